@@ -1,0 +1,1 @@
+"""On-policy RL algorithms for language models."""

@@ -1,0 +1,60 @@
+"""Per-token rewards with the KL penalty, GAE and masked statistics over padded token tensors."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Unbiased variance of the masked entries."""
+    mean = masked_mean(values, mask)
+    count = mask.sum()
+    squared = ((values - mean) ** 2 * mask).sum()
+    return squared / (count - 1).clamp(min=1)
+
+
+def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
+    """Normalise the masked entries to unit variance (and zero mean); masked-out entries become 0."""
+    mean, var = masked_mean(values, mask), masked_var(values, mask)
+    centred = values - mean
+    out = centred * torch.rsqrt(var + 1e-8)
+    if not shift_mean:
+        out = out + mean
+    return out * mask
+
+
+def kl_penalized_rewards(task_rewards: torch.Tensor, log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
+                         mask: torch.Tensor, kl_coeff: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``task_reward_t - kl_coeff * (log pi(a_t) - log pi_ref(a_t))`` on valid tokens.
+
+    Returns the total per-token reward and the per-token KL estimate, both zero on padding.
+    """
+    kl = (log_probs - ref_log_probs) * mask
+    return (task_rewards - kl_coeff * kl) * mask, kl
+
+
+def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float,
+                gae_lambda: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Generalised advantage estimation over right-padded episodes ``[B, T]``.
+
+    The episode ends after its last valid token, so the value after it is 0. Returns
+    ``(advantages, returns)`` with ``returns = advantages + values``; both 0 on padding.
+    """
+    advantages = torch.zeros_like(rewards)
+    next_value = torch.zeros(rewards.shape[0], dtype=rewards.dtype, device=rewards.device)
+    next_advantage = torch.zeros_like(next_value)
+    for t in reversed(range(rewards.shape[1])):
+        valid = mask[:, t]
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        current = delta + gamma * gae_lambda * next_advantage
+        advantages[:, t] = current * valid
+        # Padding after the end keeps carrying zeros; a valid step passes its own value back.
+        next_value = torch.where(valid > 0, values[:, t], next_value)
+        next_advantage = torch.where(valid > 0, current, next_advantage)
+    returns = (advantages + values) * mask
+    return advantages, returns

@@ -1,0 +1,124 @@
+"""Base class of the LM on-policy algorithms: an SB3 ``OnPolicyAlgorithm`` with batched rollouts."""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, Optional, Type
+
+import torch
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import configure
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from stable_baselines3.common.vec_env import VecEnv
+
+from rl4lms.algorithms.buffer import TextRolloutBuffer
+from rl4lms.algorithms.kl_controller import KLController
+from rl4lms.algorithms.rollout import RolloutCollector, RolloutStats
+from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.policies.base import LMActorCriticPolicy
+
+
+class NonFiniteLossError(FloatingPointError):
+    """Raised when a training loss becomes NaN or infinite."""
+
+
+class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
+    """Shared machinery of PPO-style algorithms on text: rollouts, KL control, stats.
+
+    ``n_steps`` keeps RL4LMs' meaning: each rollout collects at least ``n_steps * n_envs``
+    generated tokens, in generation batches of ``n_envs`` prompts. Subclasses implement
+    :meth:`train` (one update on ``self.rollout_buffer``) and put their stats in
+    ``self.train_stats``.
+    """
+
+    policy: LMActorCriticPolicy
+
+    def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
+                 n_envs: int = 1, learning_rate: float = 1e-5, n_steps: int = 128, gamma: float = 0.99,
+                 gae_lambda: float = 0.95, ent_coef: float = 0.0, vf_coef: float = 0.5, max_grad_norm: float = 0.5,
+                 normalize_advantage: bool = True, policy_kwargs: Optional[Dict[str, Any]] = None, verbose: int = 0,
+                 seed: Optional[int] = None, device: str = "auto", _init_setup_model: bool = True) -> None:
+        if n_steps < 1 or n_envs < 1:
+            raise ValueError(f"alg.args.n_steps and env.n_envs must be >= 1, got {n_steps} and {n_envs}")
+        self.text_env = env
+        self.kl_controller = kl_controller
+        self.n_generation_envs = n_envs
+        self.normalize_advantage = normalize_advantage
+        self.rollout_stats: Dict[str, float] = {}
+        self.train_stats: Dict[str, float] = {}
+        super().__init__(policy=policy, env=env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma,
+                         gae_lambda=gae_lambda, ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm,
+                         use_sde=False, sde_sample_freq=-1, monitor_wrapper=False, policy_kwargs=policy_kwargs,
+                         verbose=verbose, seed=seed, device=device, _init_setup_model=False)
+        # SB3's default logger writes to stdout and /tmp/SB3-*; the trainer keeps its own logs.
+        self.set_logger(configure(folder=None, format_strings=[]))
+        if _init_setup_model:
+            self._setup_model()
+
+    def _setup_model(self) -> None:
+        self._setup_lr_schedule()
+        self.set_random_seed(self.seed)
+        self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
+                                        **self.policy_kwargs).to(self.device)
+        self.rollout_buffer = TextRolloutBuffer(self.text_env.tokenizer.pad_token_id, self.gamma, self.gae_lambda,
+                                                self.normalize_advantage)
+        self.collector = RolloutCollector(self.policy, self.text_env)
+
+    @property
+    def tokens_per_rollout(self) -> int:
+        return self.n_steps * self.n_generation_envs
+
+    def collect_rollouts(self, env: VecEnv, callback: BaseCallback, rollout_buffer: TextRolloutBuffer,
+                         n_rollout_steps: int) -> bool:
+        """Fill ``rollout_buffer`` with whole episodes until ``n_steps * n_envs`` tokens were generated."""
+        rollout_buffer.reset()
+        callback.on_rollout_start()
+        kl_coeff = self.kl_controller.kl_coeff
+        stats = RolloutStats()
+        while rollout_buffer.n_tokens < n_rollout_steps * self.n_generation_envs:
+            samples = self.collector.draw_samples(self.n_generation_envs)
+            batch, truncated = self.collector.collect(samples, kl_coeff)
+            rollout_buffer.add(batch)
+            stats.add(batch, kl_coeff, truncated)
+            self.num_timesteps += int(batch.response_mask.sum().item())
+            callback.update_locals(locals())
+            if not callback.on_step():
+                return False
+        rollout_buffer.finalize()
+        summary = stats.summary()
+        summary["rollout_info/kl_coeff"] = kl_coeff
+        self.kl_controller.step(summary["rollout_info/kl_div_mean"])
+        self.rollout_stats = summary
+        callback.on_rollout_end()
+        return True
+
+    def objective_stats(self) -> Dict[str, float]:
+        """TRL's ``objective/*`` and ``ppo/*`` rollout statistics of the buffered rollout."""
+        data = self.rollout_buffer.data
+        assert data is not None
+        mask = data.response_mask.float()
+        episode_kl = data.kl.sum(1)
+        return {
+            "objective/kl": float(episode_kl.mean()),
+            "objective/kl_dist": float(episode_kl.std()) if len(episode_kl) > 1 else 0.0,
+            "objective/logprobs": float((data.log_probs.sum() / mask.sum()).item()),
+            "objective/ref_logprobs": float((data.ref_log_probs.sum() / mask.sum()).item()),
+            "objective/kl_coef": float(self.rollout_stats.get("rollout_info/kl_coeff", self.kl_controller.kl_coeff)),
+            "ppo/mean_scores": float(data.scores.mean()),
+            "ppo/std_scores": float(data.scores.std()) if len(data.scores) > 1 else 0.0,
+            "ppo/mean_non_score_reward": float((data.rewards.sum(1) - data.scores).mean()),
+            "tokens/queries_len_mean": float(data.prompt_mask.sum(1).float().mean()),
+            "tokens/responses_len_mean": float(mask.sum(1).mean()),
+        }
+
+    def check_finite(self, loss: torch.Tensor, name: str) -> None:
+        if not math.isfinite(float(loss.item())):
+            raise NonFiniteLossError(
+                f"{name} became {loss.item()} at timestep {self.num_timesteps}; lower alg.args.learning_rate, "
+                "check the reward function for NaN/inf, or raise alg.kl_div.coeff. The last checkpoint is intact.")
+
+    def rng_state(self) -> Dict[str, Any]:
+        """Sampler state of the prompt draws (the env's generator)."""
+        return {"env_np_random": self.text_env.np_random.bit_generator.state}
+
+    def load_rng_state(self, state: Dict[str, Any]) -> None:
+        self.text_env.np_random.bit_generator.state = state["env_np_random"]

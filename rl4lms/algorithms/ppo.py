@@ -1,0 +1,152 @@
+"""Proximal Policy Optimization on token-level rewards (RL4LMs' ``ppo``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Type
+
+import numpy as np
+import torch
+
+from rl4lms.algorithms.advantages import masked_mean, masked_var
+from rl4lms.algorithms.buffer import RolloutBatch
+from rl4lms.algorithms.kl_controller import KLController
+from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
+from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.policies.base import LMActorCriticPolicy
+from rl4lms.registry import AlgorithmRegistry
+
+
+@dataclass
+class PPOLoss:
+    """The clipped surrogate and value losses of one minibatch, with their diagnostics."""
+
+    policy_loss: torch.Tensor
+    value_loss: torch.Tensor
+    clipfrac: float
+    approx_kl: float
+    policy_kl: float
+    value_clipfrac: float
+
+
+def ppo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: torch.Tensor, values: torch.Tensor,
+             old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip_range: float,
+             clip_range_vf: Optional[float]) -> PPOLoss:
+    """Token-level PPO losses averaged over the valid tokens of ``mask``.
+
+    Policy: ``mean(max(-A * r, -A * clip(r, 1 - eps, 1 + eps)))`` with ``r = exp(logp - logp_old)``.
+    Value: ``mean(max((V - R)^2, (V_clip - R)^2))`` where ``V_clip`` keeps ``V`` within
+    ``clip_range_vf`` of the rollout's value (no clipping when ``clip_range_vf`` is None),
+    following stable-baselines3's scale (the 1/2 lives in ``vf_coef``).
+    """
+    log_ratio = (log_probs - old_log_probs) * mask
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    policy_loss = masked_mean(torch.max(unclipped, clipped), mask)
+    if clip_range_vf is None:
+        values_for_loss = values
+    else:
+        values_for_loss = old_values + torch.clamp(values - old_values, -clip_range_vf, clip_range_vf)
+    value_errors = torch.max((values - returns) ** 2, (values_for_loss - returns) ** 2)
+    value_loss = masked_mean(value_errors, mask)
+    with torch.no_grad():
+        clipfrac = masked_mean((torch.abs(ratio - 1.0) > clip_range).float(), mask).item()
+        approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask).item()
+        policy_kl = masked_mean(-log_ratio, mask).item()
+        value_clipfrac = masked_mean(((values_for_loss - returns) ** 2 > (values - returns) ** 2).float(), mask).item()
+    return PPOLoss(policy_loss, value_loss, clipfrac, approx_kl, policy_kl, value_clipfrac)
+
+
+@AlgorithmRegistry.register("ppo")
+class PPO(LMOnPolicyAlgorithm):
+    """PPO with clipped ratio, optional value clipping and SB3's ``target_kl`` early stop.
+
+    Subclass and override :meth:`train` to change the update; rollouts, KL control and
+    stats come from :class:`LMOnPolicyAlgorithm`.
+    """
+
+    def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
+                 n_envs: int = 1, learning_rate: float = 1e-5, n_steps: int = 128, batch_size: int = 64,
+                 n_epochs: int = 5, gamma: float = 0.99, gae_lambda: float = 0.95, clip_range: float = 0.2,
+                 clip_range_vf: Optional[float] = None, normalize_advantage: bool = True, ent_coef: float = 0.0,
+                 vf_coef: float = 0.5, max_grad_norm: float = 0.5, target_kl: Optional[float] = None,
+                 policy_kwargs: Optional[Dict] = None, verbose: int = 0, seed: Optional[int] = None,
+                 device: str = "auto", _init_setup_model: bool = True) -> None:
+        if batch_size < 1 or n_epochs < 1:
+            raise ValueError(f"alg.args.batch_size and n_epochs must be >= 1, got {batch_size} and {n_epochs}")
+        if clip_range <= 0:
+            raise ValueError(f"alg.args.clip_range must be > 0, got {clip_range}")
+        self.batch_size = batch_size
+        self.n_epochs = n_epochs
+        self.clip_range = clip_range
+        self.clip_range_vf = clip_range_vf
+        self.target_kl = target_kl
+        super().__init__(policy=policy, env=env, kl_controller=kl_controller, n_envs=n_envs,
+                         learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
+                         ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm,
+                         normalize_advantage=normalize_advantage, policy_kwargs=policy_kwargs, verbose=verbose,
+                         seed=seed, device=device, _init_setup_model=_init_setup_model)
+
+    def minibatch_loss(self, batch: RolloutBatch) -> tuple:
+        """Total loss of one minibatch, its :class:`PPOLoss` and the new values/entropy."""
+        out = self.policy.evaluate_actions(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+        mask = batch.response_mask.float()
+        assert batch.advantages is not None and batch.returns is not None
+        losses = ppo_loss(out.log_probs, batch.log_probs, batch.advantages, out.values, batch.values, batch.returns,
+                          mask, self.clip_range, self.clip_range_vf)
+        entropy = masked_mean(out.entropy, mask)
+        total = losses.policy_loss + self.vf_coef * losses.value_loss - self.ent_coef * entropy
+        return total, losses, out, entropy
+
+    def train(self) -> None:
+        """``n_epochs`` passes of minibatch updates over the buffered rollout."""
+        self._update_learning_rate(self.policy.optimizer)
+        self.policy.set_training_mode(True)
+        records: Dict[str, List[float]] = {}
+        stop_early = False
+        for _ in range(self.n_epochs):
+            epoch_kls = []
+            for batch in self.rollout_buffer.minibatches(self.batch_size):
+                total, losses, out, entropy = self.minibatch_loss(batch)
+                self.check_finite(total, "ppo/loss/total")
+                self.policy.optimizer.zero_grad()
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+                self.policy.optimizer.step()
+                mask = batch.response_mask.float()
+                value_error = masked_mean((out.values.detach() - batch.returns) ** 2, mask)
+                for name, value in {
+                    "ppo/loss/policy": losses.policy_loss.item(), "ppo/loss/value": losses.value_loss.item(),
+                    "ppo/loss/total": total.item(), "ppo/policy/entropy": entropy.item(),
+                    "ppo/policy/approxkl": losses.approx_kl, "ppo/policy/policykl": losses.policy_kl,
+                    "ppo/policy/clipfrac": losses.clipfrac, "ppo/val/vpred": masked_mean(out.values.detach(), mask).item(),
+                    "ppo/val/error": value_error.item(), "ppo/val/clipfrac": losses.value_clipfrac,
+                }.items():
+                    records.setdefault(name, []).append(value)
+                epoch_kls.append(losses.approx_kl)
+            if self.target_kl is not None and np.mean(epoch_kls) > 1.5 * self.target_kl:
+                stop_early = True
+                break
+        self._n_updates += self.n_epochs
+        self.train_stats = {name: float(np.mean(values)) for name, values in records.items()}
+        self.train_stats.update(self.value_stats())
+        self.train_stats.update(self.objective_stats())
+        self.train_stats["objective/entropy"] = self.train_stats["ppo/policy/entropy"]
+        self.train_stats["ppo/learning_rate"] = float(self.lr_schedule(self._current_progress_remaining))
+        self.train_stats["ppo/early_stop"] = float(stop_early)
+
+    def value_stats(self) -> Dict[str, float]:
+        """Rollout-time value diagnostics: TRL's ``ppo/returns/*`` and ``ppo/val/*``."""
+        data = self.rollout_buffer.data
+        assert data is not None and data.returns is not None and data.advantages is not None
+        mask = data.response_mask.float()
+        returns_var = masked_var(data.returns, mask)
+        residual_var = masked_var(data.returns - data.values, mask)
+        return {
+            "ppo/returns/mean": masked_mean(data.returns, mask).item(),
+            "ppo/returns/var": returns_var.item(),
+            "ppo/val/mean": masked_mean(data.values, mask).item(),
+            "ppo/val/var": masked_var(data.values, mask).item(),
+            "ppo/val/var_explained": (1.0 - residual_var / returns_var.clamp(min=1e-8)).item(),
+            "ppo/policy/advantages_mean": masked_mean(data.advantages, mask).item(),
+        }

@@ -1,0 +1,118 @@
+"""Batched rollout collection: one ``generate`` and one batched forward per batch of prompts."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from rl4lms.algorithms.advantages import kl_penalized_rewards
+from rl4lms.algorithms.buffer import RolloutBatch
+from rl4lms.data_pools.text_gen_pool import Sample
+from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.policies.base import LMActorCriticPolicy, module_device
+from rl4lms.rewards.base import BatchedRewardFunction
+
+
+def encode_prompts(env: TextGenEnv, samples: Sequence[Sample],
+                   device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Left-padded prompt ids and mask for ``samples``, plus how many prompts were truncated."""
+    encoded = [env.encode_prompt(s.prompt_or_input_text) for s in samples]
+    truncated = sum(len(env.tokenizer(s.prompt_or_input_text, add_special_tokens=False)["input_ids"]) > len(ids)
+                    for s, ids in zip(samples, encoded))
+    width = max(1, max(len(ids) for ids in encoded))
+    pad = env.tokenizer.pad_token_id
+    ids = torch.full((len(samples), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        if tokens:
+            ids[row, width - len(tokens):] = torch.tensor(tokens)
+            mask[row, width - len(tokens):] = 1
+    return ids.to(device), mask.to(device), truncated
+
+
+@dataclass
+class RolloutStats:
+    """Per-episode numbers of one rollout, aggregated into ``rollout_info/*`` records."""
+
+    scores: List[float] = field(default_factory=list)
+    kl: List[float] = field(default_factory=list)
+    kl_rewards: List[float] = field(default_factory=list)
+    lengths: List[int] = field(default_factory=list)
+    prompts_truncated: int = 0
+
+    def add(self, batch: RolloutBatch, kl_coeff: float, truncated: int) -> None:
+        episode_kl = batch.kl.sum(1)
+        self.scores += batch.scores.tolist()
+        self.kl += episode_kl.tolist()
+        self.kl_rewards += (-kl_coeff * episode_kl).tolist()
+        self.lengths += batch.response_mask.sum(1).tolist()
+        self.prompts_truncated += truncated
+
+    def summary(self) -> Dict[str, float]:
+        return {
+            "rollout_info/ep_rew": float(np.mean(self.scores)),
+            "rollout_info/ep_kl_rew": float(np.mean(self.kl_rewards)),
+            "rollout_info/ep_total_rew": float(np.mean(self.scores) + np.mean(self.kl_rewards)),
+            "rollout_info/ep_lens": float(np.mean(self.lengths)),
+            "rollout_info/kl_div_mean": float(np.mean(self.kl)),
+            "rollout_info/n_episodes": float(len(self.scores)),
+            "rollout_info/prompts_truncated": float(self.prompts_truncated),
+        }
+
+
+class RolloutCollector:
+    """Turns prompts drawn from the env's samples into scored, KL-penalised episodes."""
+
+    def __init__(self, policy: LMActorCriticPolicy, env: TextGenEnv) -> None:
+        self.policy = policy
+        self.env = env
+
+    def draw_samples(self, n: int) -> List[Sample]:
+        """``n`` prompts drawn with the env's generator (its state is saved with checkpoints)."""
+        picks = self.env.np_random.integers(len(self.env.samples), size=n)
+        return [self.env.samples[int(i)] for i in picks]
+
+    @torch.no_grad()
+    def collect(self, samples: Sequence[Sample], kl_coeff: float) -> Tuple[RolloutBatch, int]:
+        """Generate for ``samples`` and return the scored batch and the number of truncated prompts."""
+        policy, env = self.policy, self.env
+        device = module_device(policy)
+        prompt_ids, prompt_mask, truncated = encode_prompts(env, samples, device)
+        config = policy.generation_config(max_new_tokens=env.max_episode_length)
+        response_ids, response_mask = policy.generate(prompt_ids, prompt_mask, config)
+        out = policy.evaluate_actions(prompt_ids, prompt_mask, response_ids, response_mask)
+        ref_log_probs = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask)
+        mask = response_mask.float()
+        task_rewards = self.task_rewards(samples, response_ids, response_mask).to(device)
+        rewards, kl = kl_penalized_rewards(task_rewards, out.log_probs, ref_log_probs, mask, kl_coeff)
+        batch = RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+                             response_mask=response_mask, log_probs=out.log_probs * mask,
+                             ref_log_probs=ref_log_probs * mask, values=out.values * mask, rewards=rewards, kl=kl,
+                             scores=task_rewards.sum(1))
+        return batch, truncated
+
+    def task_rewards(self, samples: Sequence[Sample], response_ids: torch.Tensor,
+                     response_mask: torch.Tensor) -> torch.Tensor:
+        """Per-token task rewards ``[B, T]``: batched functions score the last token of each episode,
+        per-step functions are replayed through the env (no model calls)."""
+        lengths = response_mask.sum(1).tolist()
+        tokens = [row[:n] for row, n in zip(response_ids.tolist(), lengths)]
+        rewards = torch.zeros(response_ids.shape, dtype=torch.float32)
+        reward_fn = self.env.reward_function
+        if isinstance(reward_fn, BatchedRewardFunction):
+            texts = self.env.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+            scores = reward_fn([s.prompt_or_input_text for s in samples], texts, [list(s.references) for s in samples],
+                               [True] * len(samples), [dict(s.meta_data) for s in samples])
+            for row, (n, score) in enumerate(zip(lengths, scores)):
+                rewards[row, max(n - 1, 0)] = float(score)
+            return rewards
+        for row, (sample, actions) in enumerate(zip(samples, tokens)):
+            self.env.reset(options={"sample": sample})
+            for t, action in enumerate(actions):
+                _, reward, done, _, _ = self.env.step(action)
+                rewards[row, t] = reward
+                if done:
+                    break
+        return rewards

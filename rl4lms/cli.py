@@ -1,0 +1,66 @@
+"""Command line of ``scripts/training/train_text_generation.py`` (also installed as ``rl4lms-train``)."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from rl4lms.config import ConfigError, load_config
+from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError
+from rl4lms.models.loading import ModelLoadError
+from rl4lms.registry import RegistryError
+from rl4lms.training.trainer import ConfigMismatchError, OnPolicyTrainer
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Fine-tune a language model with RL from one YAML config.")
+    parser.add_argument("--config_path", required=True, help="path to the YAML config")
+    parser.add_argument("--experiment_name", default=None, help="run folder name (default: the config file's stem)")
+    parser.add_argument("--base_path_to_store_results", default="rl4lms_exps", help="parent folder of run folders")
+    parser.add_argument("--log_to_wandb", action="store_true", help="also log to Weights & Biases")
+    parser.add_argument("--project_name", default="rl4lms", help="wandb project")
+    parser.add_argument("--entity_name", default=None, help="wandb entity")
+    parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    return parser.parse_args(argv)
+
+
+def format_summary(summary: Dict[str, Any]) -> str:
+    """The before/after table printed at the end of a run."""
+    rows = [("split", "metric", "before", "after")]
+    for split in ("val", "test"):
+        scores = summary.get(split) or {}
+        for name, before in (scores.get("before") or {}).items():
+            rows.append((split, name, f"{before:.4f}", f"{scores['after'].get(name, float('nan')):.4f}"))
+    reward = summary.get("train_ep_rew") or {}
+    if reward:
+        rows.append(("train", "rollout_info/ep_rew (first -> last iteration)",
+                     f"{reward['first_iteration']:.4f}", f"{reward['last_iteration']:.4f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [" | ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = parse_args(argv)
+    experiment = args.experiment_name or Path(args.config_path).stem
+    run_dir = Path(args.base_path_to_store_results) / experiment
+    os.environ.setdefault("WANDB_DIR", str(run_dir))
+    try:
+        config = load_config(args.config_path)
+        trainer = OnPolicyTrainer(config, experiment, args.base_path_to_store_results, args.log_to_wandb,
+                                  args.project_name, args.entity_name, args.device)
+    except (ConfigError, ConfigMismatchError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    try:
+        summary = trainer.train_and_eval()
+    except (ModelLoadError, EmptyDataPoolError, RegistryError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    finally:
+        trainer.close()
+    print(f"\nResults of {run_dir}:\n{format_summary(summary)}")
+    return 0

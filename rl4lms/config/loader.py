@@ -1,0 +1,37 @@
+"""Reading a YAML config file into a validated dict."""
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any, Dict, Union
+
+import yaml
+
+from rl4lms.config.validation import ConfigError, validate_config
+
+
+def import_custom_modules(config: Dict[str, Any]) -> None:
+    """Import ``custom_modules`` so that their ``register`` calls run before validation."""
+    modules = config.get("custom_modules", [])
+    if not isinstance(modules, list):
+        raise ConfigError(["custom_modules: expected a list of module names"])
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as error:
+            raise ConfigError([f"custom_modules: cannot import '{name}': {error}"]) from error
+
+
+def load_config(path: Union[str, Path]) -> Dict[str, Any]:
+    """Parse ``path``, import its custom modules, validate it and fill in defaults."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError([f"config file '{path}' does not exist"])
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError([f"{path}: invalid YAML: {error}"]) from error
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    import_custom_modules(raw)
+    return validate_config(raw, source=str(path))

@@ -1,0 +1,102 @@
+"""The shape of a training config: RL4LMs' top-level sections, their keys, types and defaults."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Tuple
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    """One config key: accepted Python types, default (``_MISSING`` = required) and allowed values."""
+
+    types: Tuple[type, ...]
+    default: Any = _MISSING
+    choices: Optional[Tuple[Any, ...]] = None
+    minimum: Optional[float] = None
+    doc: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+
+@dataclass(frozen=True)
+class Section:
+    """A mapping with a fixed set of keys (each a :class:`Key`, :class:`Section` or :class:`Component`)."""
+
+    keys: Dict[str, Any]
+    required: bool = True
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class Component:
+    """``{id, args}`` naming a registered class; ``args`` are checked against its signature."""
+
+    registry: str
+    required: bool = True
+    extra_keys: Dict[str, Any] = field(default_factory=dict)
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class ComponentList:
+    """A list of :class:`Component` entries (e.g. evaluation metrics)."""
+
+    registry: str
+    required: bool = False
+    doc: str = ""
+
+
+INT, FLOAT, BOOL, STR, DICT, LIST = (int,), (float, int), (bool,), (str,), (dict,), (list,)
+NONE = type(None)
+
+CONFIG_SCHEMA = Section({
+    "tokenizer": Section({
+        "model_name": Key(STR, doc="hub id, local folder or embedded tiny model (rl4lms/tiny-gpt2, rl4lms/tiny-t5)"),
+        "padding_side": Key(STR, "left", choices=("left", "right")),
+        "truncation_side": Key(STR, "left", choices=("left", "right")),
+        "pad_token_as_eos_token": Key(BOOL, False, doc="use EOS as pad when the tokenizer has no pad token"),
+    }),
+    "reward_fn": Component("reward_fn"),
+    "datapool": Component("datapool"),
+    "env": Section({
+        "n_envs": Key(INT, 1, minimum=1, doc="prompts per generation batch during rollouts"),
+        "args": Section({
+            "max_prompt_length": Key(INT, minimum=1),
+            "max_episode_length": Key(INT, minimum=1),
+            "terminate_on_eos": Key(BOOL, True),
+            "prompt_truncation_side": Key(STR, "left", choices=("left", "right")),
+            "context_start_token": Key(INT + (NONE,), None),
+        }),
+    }),
+    "alg": Component("alg", extra_keys={
+        "kl_div": Section({
+            "coeff": Key(FLOAT, minimum=0.0),
+            "target_kl": Key(FLOAT + (NONE,), None),
+        }),
+        "policy": Component("policy"),
+    }),
+    "train_evaluation": Section({
+        "n_iters": Key(INT, minimum=1),
+        "eval_every": Key(INT, 10, minimum=1),
+        "save_every": Key(INT, 10, minimum=1),
+        "eval_batch_size": Key(INT, 32, minimum=1),
+        "metrics": ComponentList("metric"),
+        "generation_kwargs": Key(DICT, {}),
+        "save_checkpoints_to_keep": Key(INT, 2, minimum=1),
+    }),
+    "seed": Key(INT, 0, doc="seeds python, numpy, torch and the prompt sampler"),
+    "custom_modules": Key(LIST, [], doc="modules imported before validation so they can register components"),
+})
+
+# Arguments the trainer supplies itself, so they may not appear under ``args`` in a config.
+INJECTED_ARGS = {
+    "alg": {"policy", "env", "kl_controller", "n_envs", "policy_kwargs", "seed", "device", "_init_setup_model"},
+    "policy": {"observation_space", "action_space", "lr_schedule", "tokenizer", "terminate_on_eos"},
+    "datapool": {"split"},
+    "reward_fn": set(),
+    "metric": set(),
+}

@@ -1,0 +1,191 @@
+"""Up-front config validation: every error names its key path and the valid choices."""
+from __future__ import annotations
+
+import collections.abc
+import copy
+import difflib
+import inspect
+import typing
+from typing import Any, Callable, Dict, List, Optional
+
+from rl4lms.config.schema import CONFIG_SCHEMA, INJECTED_ARGS, Component, ComponentList, Key, Section
+from rl4lms.registry import ALL_REGISTRIES, RegistryError, load_builtin_components
+
+
+class ConfigError(ValueError):
+    """One or more problems in a config; ``errors`` lists them, each starting with its key path."""
+
+    def __init__(self, errors: List[str], source: Optional[str] = None) -> None:
+        self.errors = errors
+        where = f" in {source}" if source else ""
+        super().__init__(f"invalid config{where}:\n" + "\n".join(f"  - {e}" for e in errors))
+
+
+def _type_names(types: tuple) -> str:
+    return " or ".join("null" if t is type(None) else t.__name__ for t in types)
+
+
+def _coerce_float(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-5`` as a string; accept numeric strings where a float is expected."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def _is_instance(value: Any, types: tuple) -> bool:
+    if isinstance(value, bool) and bool not in types:
+        return False
+    return isinstance(value, types)
+
+
+def _hint_accepts(value: Any, hint: Any) -> bool:
+    """Whether ``value`` fits a (simple) type hint; unknown kinds of hints accept anything."""
+    origin = typing.get_origin(hint)
+    if hint is typing.Any or hint is inspect.Parameter.empty:
+        return True
+    if origin is typing.Union:
+        return any(_hint_accepts(value, arm) for arm in typing.get_args(hint))
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return _is_instance(value, (float, int))
+    if hint in (int, bool, str):
+        return _is_instance(value, (hint,))
+    if hint is dict or origin in (dict, collections.abc.Mapping):
+        return isinstance(value, dict)
+    if hint is list or origin in (list, collections.abc.Sequence):
+        return isinstance(value, list)
+    return True
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+class _Validator:
+    def __init__(self) -> None:
+        self.errors: List[str] = []
+
+    def error(self, path: str, message: str) -> None:
+        self.errors.append(f"{path}: {message}")
+
+    def unknown_keys(self, path: str, given: Dict[str, Any], valid: List[str]) -> None:
+        for key in given:
+            if key not in valid:
+                close = difflib.get_close_matches(str(key), valid, n=1)
+                hint = f" (did you mean '{close[0]}'?)" if close else ""
+                self.error(f"{path}{key}", f"unknown key{hint}; valid keys: {', '.join(valid)}")
+
+    def section(self, spec: Section, value: Any, path: str) -> Dict[str, Any]:
+        if not isinstance(value, dict):
+            self.error(path.rstrip(".") or "<top level>", f"expected a mapping, got {type(value).__name__}")
+            return {}
+        self.unknown_keys(path, value, list(spec.keys))
+        out = dict(value)
+        for key, child in spec.keys.items():
+            child_path = f"{path}{key}"
+            if key not in value:
+                if isinstance(child, Key) and not child.required:
+                    out[key] = copy.deepcopy(child.default)
+                elif isinstance(child, ComponentList) or (isinstance(child, (Section, Component)) and not child.required):
+                    continue
+                else:
+                    self.error(child_path, "required key is missing")
+                continue
+            out[key] = self.node(child, value[key], child_path)
+        return out
+
+    def node(self, spec: Any, value: Any, path: str) -> Any:
+        if isinstance(spec, Key):
+            return self.key(spec, value, path)
+        if isinstance(spec, Section):
+            return self.section(spec, value, path + ".")
+        if isinstance(spec, Component):
+            return self.component(spec, value, path)
+        if not isinstance(value, list):
+            self.error(path, f"expected a list of {{id, args}} entries, got {type(value).__name__}")
+            return value
+        return [self.component(Component(spec.registry), item, f"{path}[{ix}]") for ix, item in enumerate(value)]
+
+    def key(self, spec: Key, value: Any, path: str) -> Any:
+        if float in spec.types:
+            value = _coerce_float(value)
+        if not _is_instance(value, spec.types):
+            self.error(path, f"expected {_type_names(spec.types)}, got {type(value).__name__} ({value!r})")
+        elif spec.choices is not None and value not in spec.choices:
+            self.error(path, f"{value!r} is not one of {', '.join(map(repr, spec.choices))}")
+        elif spec.minimum is not None and value is not None and value < spec.minimum:
+            self.error(path, f"must be >= {spec.minimum}, got {value}")
+        return value
+
+    def component(self, spec: Component, value: Any, path: str) -> Dict[str, Any]:
+        if not isinstance(value, dict):
+            self.error(path, f"expected a mapping with 'id' and 'args', got {type(value).__name__}")
+            return {}
+        self.unknown_keys(path + ".", value, ["id", "args", *spec.extra_keys])
+        out = dict(value)
+        registry = ALL_REGISTRIES[spec.registry]
+        if "id" not in value:
+            self.error(f"{path}.id", f"required key is missing; valid choices: {', '.join(registry.ids())}")
+            return out
+        args = value.get("args") or {}
+        if not isinstance(args, dict):
+            self.error(f"{path}.args", f"expected a mapping, got {type(args).__name__}")
+            args = {}
+        try:
+            cls = registry.get(value["id"])
+        except RegistryError as error:
+            self.error(f"{path}.id", str(error))
+        else:
+            args = self.arguments(cls, spec.registry, args, f"{path}.args")
+        out["args"] = args
+        for key, child in spec.extra_keys.items():
+            if key in value:
+                out[key] = self.node(child, value[key], f"{path}.{key}")
+            elif child.required:
+                self.error(f"{path}.{key}", "required key is missing")
+        return out
+
+    def arguments(self, cls: type, kind: str, args: Dict[str, Any], path: str) -> Dict[str, Any]:
+        """Check ``args`` against the signature of the class's constructor (``prepare`` for pools)."""
+        target: Callable = cls.prepare if kind == "datapool" else cls.__init__
+        signature = inspect.signature(target)
+        try:
+            hints = typing.get_type_hints(target)
+        except Exception:  # unresolvable annotations: skip type checks, keep name checks
+            hints = {}
+        injected = INJECTED_ARGS[kind]
+        params = {name: p for name, p in signature.parameters.items()
+                  if name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+        accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
+        allowed = [name for name in params if name not in injected]
+        out = dict(args)
+        for name, arg in args.items():
+            if name in injected:
+                self.error(f"{path}.{name}", "is set by the trainer and may not be given in the config")
+            elif name not in params:
+                if not accepts_any:
+                    self.unknown_keys(path + ".", {name: arg}, allowed)
+            else:
+                hint = hints.get(name, inspect.Parameter.empty)
+                value = _coerce_float(arg) if _hint_accepts(1.5, hint) and not _hint_accepts("s", hint) else arg
+                if not _hint_accepts(value, hint):
+                    self.error(f"{path}.{name}", f"expected {_hint_name(hint)}, got {type(arg).__name__} ({arg!r})")
+                out[name] = value
+        for name, param in params.items():
+            if param.default is param.empty and name not in injected and name not in args:
+                self.error(f"{path}.{name}", f"required argument of {cls.__name__} is missing")
+        return out
+
+
+def validate_config(config: Dict[str, Any], source: Optional[str] = None) -> Dict[str, Any]:
+    """Validate a config dict against the schema and component signatures; return it with defaults."""
+    load_builtin_components()
+    validator = _Validator()
+    result = validator.section(CONFIG_SCHEMA, config, "")
+    if validator.errors:
+        raise ConfigError(validator.errors, source)
+    return result

@@ -1,0 +1,149 @@
+"""A gymnasium environment in which each action appends one token to the generated text."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+from transformers import PreTrainedTokenizerBase
+
+from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, Sample
+from rl4lms.envs.observation import Observation
+from rl4lms.rewards.base import AnyRewardFunction, BatchedRewardFunction
+
+
+class TextGenEnv(gym.Env):
+    """Token-level text generation MDP (RL4LMs' ``TextGenEnv`` on the gymnasium API).
+
+    ``reset`` draws a prompt from ``samples`` (or takes ``options={"sample": Sample}``);
+    ``step(token_id)`` appends the token. The episode ends when ``max_episode_length``
+    tokens were generated or, with ``terminate_on_eos``, on the EOS token; both count as
+    ``terminated`` because the finished text is final (there is nothing to bootstrap).
+    Per-step reward functions are called every step; batched ones once, at the end.
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, reward_function: AnyRewardFunction,
+                 samples: Sequence[Sample], max_episode_length: int = 512, max_prompt_length: Optional[int] = None,
+                 terminate_on_eos: bool = False, context_start_token: Optional[int] = None,
+                 prompt_truncation_side: str = "left") -> None:
+        super().__init__()
+        if len(samples) == 0:
+            raise EmptyDataPoolError("TextGenEnv needs at least one sample; the data pool split is empty")
+        if max_episode_length < 1:
+            raise ValueError(f"env.args.max_episode_length must be at least 1, got {max_episode_length}")
+        if prompt_truncation_side not in ("left", "right"):
+            raise ValueError(f"env.args.prompt_truncation_side must be 'left' or 'right', got {prompt_truncation_side!r}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token_as_eos_token or use a "
+                             "tokenizer with a pad token")
+        self.tokenizer = tokenizer
+        self.reward_function = reward_function
+        self.samples = list(samples)
+        self.max_episode_length = max_episode_length
+        self.max_prompt_length = max_prompt_length or tokenizer.model_max_length
+        self.terminate_on_eos = terminate_on_eos
+        self.context_start_token = context_start_token
+        self.prompt_truncation_side = prompt_truncation_side
+        vocab = len(tokenizer)
+        prompt_box = spaces.Box(0, vocab - 1, (self.max_prompt_length,), dtype=np.int64)
+        context_box = spaces.Box(0, vocab - 1, (self.max_episode_length,), dtype=np.int64)
+        input_box = spaces.Box(0, vocab - 1, (self.max_prompt_length + self.max_episode_length,), dtype=np.int64)
+
+        def mask_like(box: spaces.Box) -> spaces.Box:
+            return spaces.Box(0, 1, box.shape, dtype=np.int64)
+
+        self.observation_space = spaces.Dict({
+            "prompt_or_input_encoded_pt": prompt_box,
+            "prompt_or_input_attention_mask_pt": mask_like(prompt_box),
+            "context_encoded_pt": context_box,
+            "context_attention_mask_pt": mask_like(context_box),
+            "input_encoded_pt": input_box,
+            "input_attention_mask_pt": mask_like(input_box),
+        })
+        self.action_space = spaces.Discrete(vocab)
+        self._sample: Optional[Sample] = None
+        self._prompt_ids: List[int] = []
+        self._actions: List[int] = []
+        self._observation: Optional[Observation] = None
+        self._done = True
+
+    def encode_prompt(self, text: str) -> List[int]:
+        """Token ids of a prompt, truncated on ``prompt_truncation_side`` to ``max_prompt_length``."""
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(ids) > self.max_prompt_length:
+            ids = ids[-self.max_prompt_length:] if self.prompt_truncation_side == "left" else ids[:self.max_prompt_length]
+        return ids
+
+    def _build_observation(self) -> Observation:
+        assert self._sample is not None
+        pad = self.tokenizer.pad_token_id
+        prompt = np.full(self.max_prompt_length, pad, dtype=np.int64)
+        prompt_mask = np.zeros(self.max_prompt_length, dtype=np.int64)
+        if self._prompt_ids:
+            prompt[-len(self._prompt_ids):] = self._prompt_ids
+            prompt_mask[-len(self._prompt_ids):] = 1
+        start = [self.context_start_token] if self.context_start_token is not None else []
+        context_ids = (start + self._actions)[-self.max_episode_length:]
+        context = np.full(self.max_episode_length, pad, dtype=np.int64)
+        context_mask = np.zeros(self.max_episode_length, dtype=np.int64)
+        context[:len(context_ids)] = context_ids
+        context_mask[:len(context_ids)] = 1
+        joined = self._prompt_ids + context_ids
+        width = self.max_prompt_length + self.max_episode_length
+        inputs = np.full(width, pad, dtype=np.int64)
+        input_mask = np.zeros(width, dtype=np.int64)
+        if joined:
+            inputs[-len(joined):] = joined
+            input_mask[-len(joined):] = 1
+        return Observation(
+            prompt_or_input_encoded_pt=prompt, prompt_or_input_attention_mask_pt=prompt_mask,
+            prompt_or_input_text=self._sample.prompt_or_input_text,
+            context_encoded_pt=context, context_attention_mask_pt=context_mask,
+            context_text=self.tokenizer.decode(self._actions, skip_special_tokens=True),
+            target_or_reference_texts=list(self._sample.references),
+            input_encoded_pt=inputs, input_attention_mask_pt=input_mask,
+            action_history=list(self._actions), meta_info=dict(self._sample.meta_data))
+
+    def reset(self, *, seed: Optional[int] = None,
+              options: Optional[Dict[str, Any]] = None) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+        super().reset(seed=seed)
+        sample = (options or {}).get("sample")
+        if sample is None:
+            sample = self.samples[int(self.np_random.integers(len(self.samples)))]
+        self._sample = sample
+        self._prompt_ids = self.encode_prompt(sample.prompt_or_input_text)
+        self._actions = []
+        self._done = False
+        self._observation = self._build_observation()
+        return self._observation.to_dict(), {"sample_id": sample.id}
+
+    def step(self, action: int) -> Tuple[Dict[str, np.ndarray], float, bool, bool, Dict[str, Any]]:
+        if self._done or self._observation is None:
+            raise RuntimeError("step() called on a finished episode; call reset() first")
+        action = int(action)
+        if not self.action_space.contains(action):
+            raise ValueError(f"action {action} is outside the vocabulary (size {self.action_space.n})")
+        previous = self._observation
+        self._actions.append(action)
+        self._done = (len(self._actions) >= self.max_episode_length
+                      or (self.terminate_on_eos and action == self.tokenizer.eos_token_id))
+        self._observation = self._build_observation()
+        reward = self._reward(previous, action, self._observation, self._done)
+        info: Dict[str, Any] = {"output": self._observation.context_text} if self._done else {}
+        return self._observation.to_dict(), reward, self._done, False, info
+
+    def _reward(self, previous: Observation, action: int, current: Observation, done: bool) -> float:
+        if isinstance(self.reward_function, BatchedRewardFunction):
+            if not done:
+                return 0.0
+            return float(self.reward_function([current.prompt_or_input_text], [current.context_text],
+                                              [current.target_or_reference_texts], [True], [current.meta_info])[0])
+        return float(self.reward_function(previous, action, current, done, current.meta_info))
+
+    @property
+    def observation(self) -> Optional[Observation]:
+        """The full :class:`Observation` (with texts) of the current step."""
+        return self._observation

@@ -1,0 +1,3 @@
+from rl4lms.metrics.base import BaseMetric, MetricResult
+
+__all__ = ["BaseMetric", "MetricResult"]

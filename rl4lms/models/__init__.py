@@ -1,0 +1,1 @@
+"""Model and tokenizer loading, including the embedded tiny models."""

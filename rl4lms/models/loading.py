@@ -1,0 +1,51 @@
+"""Loading tokenizers and models by hub id, local path or embedded tiny-model name."""
+from __future__ import annotations
+
+from typing import Any, Type, TypeVar
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from rl4lms.models.tiny import TINY_MODELS, resolve_tiny_model
+
+M = TypeVar("M")
+
+
+class ModelLoadError(OSError):
+    """A model or tokenizer could not be loaded; the message says what to try instead."""
+
+
+def resolve_model_name(name_or_path: str) -> str:
+    """Map an embedded tiny-model name to its local folder; return anything else unchanged."""
+    if name_or_path in TINY_MODELS:
+        return str(resolve_tiny_model(name_or_path))
+    return name_or_path
+
+
+def _load(loader: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
+    resolved = resolve_model_name(name_or_path)
+    try:
+        return loader.from_pretrained(resolved, **kwargs)
+    except OSError as error:
+        raise ModelLoadError(
+            f"could not load {what} '{name_or_path}': {error}\n"
+            f"If this is a hub id, the hub may be unreachable (offline machine?): pass a local folder made with "
+            f"save_pretrained, or use an embedded tiny model ({', '.join(TINY_MODELS)}).") from error
+
+
+def load_model(model_cls: Type[M], name_or_path: str, **kwargs: Any) -> M:
+    """``model_cls.from_pretrained`` with tiny-name resolution and a clear offline error."""
+    return _load(model_cls, name_or_path, "model", **kwargs)
+
+
+def load_tokenizer(model_name: str, padding_side: str = "left", truncation_side: str = "left",
+                   pad_token_as_eos_token: bool = False) -> PreTrainedTokenizerBase:
+    """Load a tokenizer as the ``tokenizer`` config section describes (RL4LMs' keys)."""
+    tokenizer = _load(AutoTokenizer, model_name, "tokenizer")
+    if tokenizer.pad_token is None:
+        if not pad_token_as_eos_token:
+            raise ModelLoadError(f"tokenizer '{model_name}' has no pad token: set tokenizer.pad_token_as_eos_token: "
+                                 "true, or use a tokenizer with a distinct pad token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = padding_side
+    tokenizer.truncation_side = truncation_side
+    return tokenizer

@@ -1,0 +1,114 @@
+"""Tiny random-init GPT-2 and T5 models with a tokenizer trained here, for offline use.
+
+``model_name: rl4lms/tiny-gpt2`` (or ``rl4lms/tiny-t5``) in a config resolves to a
+folder under ``$RL4LMS_CACHE`` (default ``~/.cache/rl4lms``) that is built once,
+deterministically, and then loaded with the ordinary ``from_pretrained``.
+``scripts/make_tiny_models.py`` writes the same folders to any path.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable, Dict, Iterator
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFast, T5Config,
+                          T5ForConditionalGeneration)
+
+PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
+VOCAB_SIZE = 512
+_WORDS = ("the a one two three four five six seven eight nine ten date on in at is was were and or then "
+          "meeting born deadline store opened posted flight leaves happened count numbers up next after before "
+          "she he we it they year month day today tomorrow list of good bad movie film great story").split()
+
+
+def _corpus(seed: int = 0, n_lines: int = 4000) -> Iterator[str]:
+    rng = np.random.default_rng(seed)
+    for _ in range(n_lines):
+        kind = rng.integers(3)
+        if kind == 0:
+            start = int(rng.integers(0, 200))
+            yield " ".join(str(start + int(x)) for x in np.cumsum(rng.integers(0, 12, size=10)))
+        elif kind == 1:
+            year, month, day = int(rng.integers(1950, 2040)), int(rng.integers(1, 13)), int(rng.integers(1, 29))
+            yield f"{' '.join(rng.choice(_WORDS, size=3))} {year}-{month:02d}-{day:02d}."
+        else:
+            yield " ".join(rng.choice(_WORDS, size=int(rng.integers(4, 12))))
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer of ``VOCAB_SIZE`` tokens with distinct pad/eos/unk tokens."""
+    backend = Tokenizer(models.BPE(unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=[PAD, EOS, UNK],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    backend.train_from_iterator(_corpus(), trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK,
+                                   bos_token=EOS, padding_side="left", truncation_side="left",
+                                   model_max_length=256)
+
+
+def _seeded(build: Callable[[], PreTrainedModel]) -> PreTrainedModel:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build()
+
+
+def build_tiny_gpt2(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=64, n_layer=2, n_head=2,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    return _seeded(lambda: GPT2LMHeadModel(config))
+
+
+def build_tiny_t5(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2,
+                      eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                      decoder_start_token_id=tokenizer.pad_token_id)
+    return _seeded(lambda: T5ForConditionalGeneration(config))
+
+
+TINY_MODELS: Dict[str, Callable[[PreTrainedTokenizerFast], PreTrainedModel]] = {
+    "rl4lms/tiny-gpt2": build_tiny_gpt2,
+    "rl4lms/tiny-t5": build_tiny_t5,
+}
+
+
+def write_tiny_model(name: str, out_dir: Path) -> Path:
+    """Build the tiny model ``name`` with its tokenizer and ``save_pretrained`` both into ``out_dir``."""
+    tokenizer = build_tokenizer()
+    model = TINY_MODELS[name](tokenizer)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return out_dir
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("RL4LMS_CACHE", Path.home() / ".cache" / "rl4lms"))
+
+
+def resolve_tiny_model(name: str) -> Path:
+    """Folder of the tiny model ``name``, building it into the cache on first use (atomically)."""
+    target = cache_dir() / name.replace("/", "--")
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        write_tiny_model(name, staging)
+        try:
+            staging.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

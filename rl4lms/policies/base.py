@@ -1,0 +1,213 @@
+"""Actor-critic policy over a Hugging Face language model (RL4LMs' ``LMActorCriticPolicy``).
+
+One class holds the trainable LM (the actor), a value head that shares the LM's backbone
+(or, with ``shared_backbone: false``, a separate critic LM), and a frozen reference copy
+for the KL penalty. Rollouts call :meth:`generate` once per batch and
+:meth:`evaluate_actions` / :meth:`reference_log_probs` once per batch; there is no
+per-token replay.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from abc import abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Tuple, Type
+
+import torch
+from gymnasium import spaces
+from safetensors.torch import save_file
+from stable_baselines3.common.policies import BasePolicy
+from torch import nn
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+
+from rl4lms.models.loading import load_model
+from rl4lms.policies.value_head import ValueHead
+
+logger = logging.getLogger(__name__)
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+REFERENCE_PREFIX = "ref_model."
+
+
+@dataclass
+class PolicyOutput:
+    """Per-token quantities of the response tokens, each of shape ``[batch, response_len]``."""
+
+    log_probs: torch.Tensor
+    entropy: torch.Tensor
+    values: torch.Tensor
+
+
+def masked_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Log-probability of ``tokens`` under ``logits`` (``[B, T, V]`` and ``[B, T]``)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    return -(log_p.exp() * log_p).sum(-1)
+
+
+class LMActorCriticPolicy(BasePolicy):
+    """Actor-critic over an ``AutoModelFor*LM``; subclasses say how prompt and response are fed."""
+
+    model_class: Type[PreTrainedModel]
+
+    def __init__(self, observation_space: spaces.Space, action_space: spaces.Discrete,
+                 lr_schedule: Callable[[float], float], model_name: str, tokenizer: PreTrainedTokenizerBase,
+                 generation_kwargs: Optional[Dict[str, Any]] = None, shared_backbone: bool = True,
+                 weight_decay: float = 1e-6, optimizer_kwargs: Optional[Dict[str, Any]] = None,
+                 optimizer_class: Type[torch.optim.Optimizer] = torch.optim.AdamW,
+                 apply_model_parallel: bool = False, terminate_on_eos: bool = True) -> None:
+        super().__init__(observation_space, action_space, optimizer_class=optimizer_class,
+                         optimizer_kwargs=optimizer_kwargs or {})
+        if apply_model_parallel:
+            logger.info("apply_model_parallel is ignored: run multi-device training through `accelerate launch`")
+        self.model_name = model_name
+        self.tokenizer = tokenizer
+        self.generation_kwargs = dict(generation_kwargs or {})
+        self.terminate_on_eos = terminate_on_eos
+        self.shared_backbone = shared_backbone
+        self.model = load_model(self.model_class, model_name)
+        self._check_vocab()
+        self.critic_model: Optional[PreTrainedModel] = None if shared_backbone else copy.deepcopy(self.model)
+        self.ref_model = copy.deepcopy(self.model).requires_grad_(False)
+        self.value_head = ValueHead(self._hidden_size())
+        self.temperature = float(self.generation_kwargs.get("temperature", 1.0))
+        self._set_eval_mode()
+        trainable = [p for p in self.parameters() if p.requires_grad]
+        self.optimizer = optimizer_class(trainable, lr=lr_schedule(1.0), weight_decay=weight_decay,
+                                         **self.optimizer_kwargs)
+
+    # --- model plumbing -------------------------------------------------------------------------
+    def _check_vocab(self) -> None:
+        vocab = self.model.get_input_embeddings().num_embeddings
+        if len(self.tokenizer) > vocab:
+            raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but model '{self.model_name}' only "
+                             f"{vocab} embeddings: tokenizer.model_name and policy.args.model_name must match")
+
+    def _hidden_size(self) -> int:
+        config = self.model.config
+        for attribute in ("hidden_size", "d_model", "n_embd"):
+            if getattr(config, attribute, None):
+                return int(getattr(config, attribute))
+        raise ValueError(f"cannot tell the hidden size of model '{self.model_name}' from its config")
+
+    def _set_eval_mode(self) -> None:
+        # Dropout stays off in every phase: sampling, old log-probs and the update must see the
+        # same distribution for the PPO ratio to mean anything.
+        super().train(False)
+
+    def set_training_mode(self, mode: bool) -> None:
+        self._set_eval_mode()
+
+    def train(self, mode: bool = True) -> "LMActorCriticPolicy":
+        self._set_eval_mode()
+        return self
+
+    @abstractmethod
+    def _forward(self, model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                 response_ids: torch.Tensor, response_mask: torch.Tensor,
+                 want_hidden: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Logits predicting each response token ``[B, T, V]`` and the hidden states there ``[B, T, H]``."""
+
+    @abstractmethod
+    def _response_from_sequences(self, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        """Strip what ``generate`` returns down to the generated tokens."""
+
+    # --- rollout / training API -----------------------------------------------------------------
+    def generation_config(self, overrides: Optional[Dict[str, Any]] = None,
+                          max_new_tokens: Optional[int] = None) -> GenerationConfig:
+        """Generation settings: the policy's ``generation_kwargs`` updated by ``overrides``."""
+        kwargs = {**self.generation_kwargs, **(overrides or {})}
+        if max_new_tokens is not None:
+            kwargs["max_new_tokens"] = min(int(kwargs.get("max_new_tokens", max_new_tokens)), max_new_tokens)
+        base = self.model.generation_config.to_dict()
+        base.update(kwargs)
+        base["pad_token_id"] = self.tokenizer.pad_token_id
+        # Without terminate_on_eos an episode always runs max_episode_length tokens: EOS is a normal token.
+        base["eos_token_id"] = self.tokenizer.eos_token_id if self.terminate_on_eos else None
+        return GenerationConfig(**base)
+
+    @torch.no_grad()
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                 generation_config: GenerationConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Sample responses for left-padded prompts; returns ``(response_ids, response_mask)``.
+
+        The mask covers the generated tokens up to and including the first EOS (or all of them
+        when ``terminate_on_eos`` is off); positions after it hold the pad id.
+        """
+        sequences = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                        generation_config=generation_config)
+        response = self._response_from_sequences(sequences, prompt_ids.shape[1])
+        mask = response_mask_after_eos(response, self.tokenizer.eos_token_id, self.terminate_on_eos)
+        response = response.masked_fill(mask == 0, self.tokenizer.pad_token_id)
+        return response, mask
+
+    def evaluate_actions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                         response_mask: torch.Tensor) -> PolicyOutput:
+        """Log-probs, entropy and values of the response tokens, from one batched forward."""
+        logits, hidden = self._forward(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                       want_hidden=self.shared_backbone)
+        logits = logits / self.temperature
+        if self.critic_model is not None:
+            _, hidden = self._forward(self.critic_model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                      want_hidden=True)
+        assert hidden is not None
+        return PolicyOutput(log_probs=masked_log_probs(logits, response_ids), entropy=entropy_from_logits(logits),
+                            values=self.value_head(hidden))
+
+    @torch.no_grad()
+    def reference_log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                            response_mask: torch.Tensor) -> torch.Tensor:
+        """Log-probs of the response tokens under the frozen reference model."""
+        logits, _ = self._forward(self.ref_model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                  want_hidden=False)
+        return masked_log_probs(logits / self.temperature, response_ids)
+
+    # --- SB3 BasePolicy API ---------------------------------------------------------------------
+    @abstractmethod
+    def next_token_logits(self, observation: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``[B, V]`` of the next token for batched env observations."""
+
+    @torch.no_grad()
+    def _predict(self, observation: Dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
+        """Next token for SB3-style ``predict`` on env observations (one token per call)."""
+        logits = self.next_token_logits(observation) / self.temperature
+        if deterministic:
+            return logits.argmax(-1)
+        return torch.distributions.Categorical(logits=logits.float()).sample()
+
+    # --- persistence ----------------------------------------------------------------------------
+    def trainable_state_dict(self) -> Dict[str, torch.Tensor]:
+        """State without the frozen reference model (it is rebuilt from ``model_name``)."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith(REFERENCE_PREFIX)}
+
+    def load_trainable_state_dict(self, state: Dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith(REFERENCE_PREFIX)]
+        if missing or unexpected:
+            raise RuntimeError(f"checkpoint does not match the policy: missing {missing[:5]}, "
+                               f"unexpected {unexpected[:5]}")
+
+    def save_pretrained(self, out_dir: Path) -> None:
+        """Hugging Face folder of the actor LM + tokenizer, plus the value head weights."""
+        out_dir.mkdir(parents=True, exist_ok=True)
+        self.model.save_pretrained(out_dir)
+        self.tokenizer.save_pretrained(out_dir)
+        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, str(out_dir / VALUE_HEAD_FILE))
+
+
+def response_mask_after_eos(response: torch.Tensor, eos_token_id: Optional[int], terminate_on_eos: bool) -> torch.Tensor:
+    """1 for tokens up to and including the first EOS, 0 after it (all 1 without ``terminate_on_eos``)."""
+    if not terminate_on_eos or eos_token_id is None:
+        return torch.ones_like(response)
+    is_eos = (response == eos_token_id).long()
+    eos_before = torch.cumsum(is_eos, dim=1) - is_eos
+    return (eos_before == 0).long()
+
+
+def module_device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device

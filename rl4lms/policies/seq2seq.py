@@ -1,0 +1,48 @@
+"""Actor-critic policy for encoder-decoder models (``AutoModelForSeq2SeqLM``)."""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
+
+from rl4lms.policies.base import LMActorCriticPolicy
+from rl4lms.registry import PolicyRegistry
+
+
+@PolicyRegistry.register("seq2seq_lm_actor_critic_policy")
+class Seq2SeqLMActorCriticPolicy(LMActorCriticPolicy):
+    """The prompt feeds the encoder; the decoder sees the start token followed by the response."""
+
+    model_class = AutoModelForSeq2SeqLM
+
+    def _decoder_start(self) -> int:
+        start = self.model.config.decoder_start_token_id
+        return int(start if start is not None else self.tokenizer.pad_token_id)
+
+    def _forward(self, model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                 response_ids: torch.Tensor, response_mask: torch.Tensor,
+                 want_hidden: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        batch = response_ids.shape[0]
+        start = torch.full((batch, 1), self._decoder_start(), dtype=response_ids.dtype, device=response_ids.device)
+        decoder_ids = torch.cat([start, response_ids[:, :-1]], dim=1)
+        decoder_mask = torch.cat([torch.ones_like(start), response_mask[:, :-1]], dim=1)
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=decoder_ids,
+                    decoder_attention_mask=decoder_mask, output_hidden_states=want_hidden)
+        hidden = out.decoder_hidden_states[-1] if want_hidden else None
+        return out.logits, hidden
+
+    def next_token_logits(self, observation: Dict[str, torch.Tensor]) -> torch.Tensor:
+        """Needs the context to start with the decoder start token (``env.args.context_start_token``)."""
+        context_mask = observation["context_attention_mask_pt"].long()
+        if bool((context_mask.sum(dim=1) == 0).any()):
+            raise ValueError("seq2seq observations need env.args.context_start_token set to the decoder start "
+                             f"token id ({self._decoder_start()}) so the decoder has an input")
+        out = self.model(input_ids=observation["prompt_or_input_encoded_pt"].long(),
+                         attention_mask=observation["prompt_or_input_attention_mask_pt"].long(),
+                         decoder_input_ids=observation["context_encoded_pt"].long(), decoder_attention_mask=context_mask)
+        last = context_mask.sum(dim=1) - 1
+        return out.logits[torch.arange(out.logits.shape[0]), last]
+
+    def _response_from_sequences(self, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
+        return sequences[:, 1:]

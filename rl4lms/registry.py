@@ -1,0 +1,98 @@
+"""Named registries through which configs refer to components (RL4LMs ids).
+
+Users add their own components without editing the package::
+
+    from rl4lms.registry import RewardFunctionRegistry
+    RewardFunctionRegistry.register("my_reward", MyReward)
+
+or with the decorator form ``@RewardFunctionRegistry.register("my_reward")``.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Dict, Generic, List, Optional, Type, TypeVar
+
+T = TypeVar("T")
+
+
+class RegistryError(KeyError):
+    """Raised for an unknown or conflicting registry id; the message lists valid ids."""
+
+    def __str__(self) -> str:  # KeyError would wrap the message in quotes
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """A mapping from string ids to component classes of one kind."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._entries: Dict[str, Type[T]] = {}
+
+    def register(self, id: str, cls: Optional[Type[T]] = None, *, overwrite: bool = False) -> Any:
+        """Register ``cls`` under ``id``; without ``cls`` return a class decorator."""
+        if cls is None:
+            def decorator(target: Type[T]) -> Type[T]:
+                self.register(id, target, overwrite=overwrite)
+                return target
+            return decorator
+        if not isinstance(id, str) or not id:
+            raise RegistryError(f"{self.kind} ids must be non-empty strings, got {id!r}")
+        existing = self._entries.get(id)
+        if existing is not None and existing is not cls and not overwrite:
+            raise RegistryError(
+                f"{self.kind} id '{id}' is already registered to {existing.__module__}.{existing.__qualname__}; "
+                "pass overwrite=True to replace it")
+        self._entries[id] = cls
+        return cls
+
+    def get(self, id: str) -> Type[T]:
+        """Return the class registered under ``id`` or raise with the valid choices."""
+        try:
+            return self._entries[id]
+        except (KeyError, TypeError):
+            raise RegistryError(self.unknown_message(id)) from None
+
+    def unknown_message(self, id: Any) -> str:
+        close = difflib.get_close_matches(str(id), self.ids(), n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        return f"unknown {self.kind} id {id!r}.{hint} Valid choices: {', '.join(self.ids())}"
+
+    def build(self, id: str, args: Optional[Dict[str, Any]] = None) -> T:
+        """Instantiate the component registered under ``id`` with keyword ``args``."""
+        return self.get(id)(**(args or {}))
+
+    def ids(self) -> List[str]:
+        return sorted(self._entries)
+
+    def __contains__(self, id: object) -> bool:
+        return id in self._entries
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind!r}, ids={self.ids()})"
+
+
+DataPoolRegistry: Registry = Registry("datapool")
+RewardFunctionRegistry: Registry = Registry("reward_fn")
+MetricRegistry: Registry = Registry("metric")
+AlgorithmRegistry: Registry = Registry("alg")
+PolicyRegistry: Registry = Registry("policy")
+
+ALL_REGISTRIES: Dict[str, Registry] = {
+    "datapool": DataPoolRegistry,
+    "reward_fn": RewardFunctionRegistry,
+    "metric": MetricRegistry,
+    "alg": AlgorithmRegistry,
+    "policy": PolicyRegistry,
+}
+
+
+def load_builtin_components() -> None:
+    """Import the package modules whose import registers the built-in components."""
+    import rl4lms.algorithms.ppo  # noqa: F401
+    import rl4lms.data_pools.synthetic  # noqa: F401
+    import rl4lms.metrics.synthetic  # noqa: F401
+    import rl4lms.policies.causal  # noqa: F401
+    import rl4lms.policies.seq2seq  # noqa: F401
+    import rl4lms.rewards.synthetic  # noqa: F401
+

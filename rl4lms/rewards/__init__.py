@@ -1,0 +1,3 @@
+from rl4lms.rewards.base import BatchedRewardFunction, RewardFunction
+
+__all__ = ["BatchedRewardFunction", "RewardFunction"]

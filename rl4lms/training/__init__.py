@@ -1,0 +1,1 @@
+"""The config-driven trainer and what it writes to disk."""

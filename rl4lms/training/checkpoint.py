@@ -1,0 +1,75 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped."""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import numpy as np
+import torch
+
+from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
+
+STATE_FILE = "trainer_state.pt"
+_PREFIX = "checkpoint_"
+
+
+def _capture_rng() -> Dict[str, Any]:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _restore_rng(state: Dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, extra: Dict[str, Any], keep: int) -> Path:
+    """Write ``checkpoint_<iteration>`` atomically (staging folder + rename) and prune old ones."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{_PREFIX}{iteration:06d}"
+    staging = folder / f".staging_{iteration:06d}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    state = {
+        "iteration": iteration,
+        "policy": alg.policy.trainable_state_dict(),
+        "optimizer": alg.policy.optimizer.state_dict(),
+        "kl_controller": alg.kl_controller.state_dict(),
+        "num_timesteps": alg.num_timesteps,
+        "n_updates": alg._n_updates,
+        "sampler": alg.rng_state(),
+        "rng": _capture_rng(),
+        "extra": extra,
+    }
+    torch.save(state, staging / STATE_FILE)
+    with open(staging / STATE_FILE, "rb") as handle:
+        os.fsync(handle.fileno())
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    for old in sorted(p for p in folder.glob(f"{_PREFIX}*") if p.is_dir())[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def latest_checkpoint(folder: Path) -> Optional[Path]:
+    """The newest complete checkpoint folder, or None (staging leftovers are ignored)."""
+    if not folder.exists():
+        return None
+    done = sorted(p for p in folder.glob(f"{_PREFIX}*") if (p / STATE_FILE).exists())
+    return done[-1] if done else None
+
+
+def load_checkpoint(path: Path, alg: LMOnPolicyAlgorithm) -> Dict[str, Any]:
+    """Restore policy, optimizer, KL controller, counters and all RNG states; return the state."""
+    state = torch.load(path / STATE_FILE, map_location=alg.device, weights_only=False)
+    alg.policy.load_trainable_state_dict(state["policy"])
+    alg.policy.optimizer.load_state_dict(state["optimizer"])
+    alg.kl_controller.load_state_dict(state["kl_controller"])
+    alg.num_timesteps = state["num_timesteps"]
+    alg._n_updates = state["n_updates"]
+    alg.load_rng_state(state["sampler"])
+    _restore_rng(state["rng"])
+    return state

@@ -1,0 +1,167 @@
+"""The on-policy trainer loop: rollouts + updates, periodic evaluation, checkpoints and resume."""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rl4lms.training.artifacts import write_json_atomic
+from rl4lms.training.builders import RunComponents, build_components, default_device
+from rl4lms.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rl4lms.training.evaluation import evaluate_samples
+from rl4lms.training.tracker import Tracker
+
+RESUMABLE_CHANGES = {("train_evaluation", "n_iters")}
+COMPLETE_FILE = "run_complete.json"
+
+
+class ConfigMismatchError(ValueError):
+    """The run folder holds a run made with a different config."""
+
+
+def _config_differences(old: Dict[str, Any], new: Dict[str, Any], prefix: tuple = ()) -> List[tuple]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new)):
+            out += _config_differences(old.get(key), new.get(key), prefix + (key,))
+        return out
+    return [] if old == new else [prefix]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class OnPolicyTrainer:
+    """Runs one experiment from a validated config and writes it under ``<base>/<experiment>/``.
+
+    Rerunning with the same arguments after a crash continues from the newest checkpoint;
+    rerunning a finished run only prints its summary.
+    """
+
+    def __init__(self, config: Dict[str, Any], experiment_name: str, base_path_to_store_results: str,
+                 log_to_wandb: bool = False, wandb_project: str = "rl4lms", wandb_entity: Optional[str] = None,
+                 device: Optional[str] = None) -> None:
+        self.config = config
+        self.run_dir = Path(base_path_to_store_results) / experiment_name
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self._check_or_write_config()
+        self.tracker = Tracker(self.run_dir, experiment_name, config, log_to_wandb, wandb_project, wandb_entity)
+        self.eval_config = config["train_evaluation"]
+        self.n_iters: int = self.eval_config["n_iters"]
+        self.device = device or default_device()
+        self.parts: Optional[RunComponents] = None
+
+    def _check_or_write_config(self) -> None:
+        path = self.run_dir / "config.json"
+        if path.exists():
+            differences = [d for d in _config_differences(json.loads(path.read_text()), self.config)
+                           if d not in RESUMABLE_CHANGES]
+            if differences:
+                keys = ", ".join(".".join(map(str, d)) for d in differences)
+                raise ConfigMismatchError(f"{self.run_dir} holds a run with a different config (differs at: {keys}); "
+                                          "use another --experiment_name or base path to start a new run")
+        write_json_atomic(path, self.config)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    # --- phases ---------------------------------------------------------------------------------
+    def _evaluate(self, split: str, epoch: int) -> Dict[str, float]:
+        assert self.parts is not None
+        result = evaluate_samples(self.parts.alg.policy, self.parts.env, list(self.parts.pools[split]),
+                                  self.parts.metrics, self.eval_config["eval_batch_size"], split,
+                                  self.eval_config["generation_kwargs"])
+        self.tracker.log_evaluation(split, epoch, result.corpus_scores, result.predictions)
+        return result.corpus_scores
+
+    def _resume(self) -> int:
+        """Load the newest checkpoint (if any) and return the iteration to continue after."""
+        assert self.parts is not None
+        checkpoint = latest_checkpoint(self.checkpoint_dir)
+        if checkpoint is None:
+            self.tracker.rollback(-1)
+            return 0
+        state = load_checkpoint(checkpoint, self.parts.alg)
+        self.tracker.rollback(state["iteration"])
+        self.tracker.logger.info("resumed from %s", checkpoint)
+        return int(state["iteration"])
+
+    def _save(self, iteration: int) -> None:
+        assert self.parts is not None
+        save_checkpoint(self.checkpoint_dir, iteration, self.parts.alg, {"experiment": self.run_dir.name},
+                        keep=self.eval_config["save_checkpoints_to_keep"])
+
+    def train_and_eval(self) -> Dict[str, Any]:
+        """Run (or finish) the experiment and return its summary."""
+        complete = self.run_dir / COMPLETE_FILE
+        if complete.exists():
+            summary = json.loads(complete.read_text())
+            if summary["iterations"] >= self.n_iters:
+                self.tracker.logger.info("run already complete; summary in %s", complete)
+                return summary
+            complete.unlink()  # n_iters was raised: continue training the finished run
+        seed_everything(self.config["seed"])
+        self.parts = build_components(self.config, self.device)
+        alg = self.parts.alg
+        start = self._resume()
+        if start == 0:
+            self._evaluate("val", 0)
+            self._evaluate("test", 0)
+        progress = tqdm(total=self.n_iters, initial=start, desc="iterations", dynamic_ncols=True)
+        for iteration in range(start + 1, self.n_iters + 1):
+            alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
+            self.tracker.log_iteration(iteration, alg.rollout_stats, alg.train_stats, alg.num_timesteps)
+            progress.update(1)
+            progress.set_postfix(reward=f"{alg.rollout_stats['rollout_info/ep_rew']:.3f}",
+                                 kl=f"{alg.rollout_stats['rollout_info/kl_div_mean']:.3f}")
+            last = iteration == self.n_iters
+            if iteration % self.eval_config["eval_every"] == 0 or last:
+                self._evaluate("val", iteration)
+            if iteration % self.eval_config["save_every"] == 0 or last:
+                self._save(iteration)
+        progress.close()
+        if start >= self.n_iters:
+            self.tracker.logger.info("all %d iterations were done before; finishing the run", self.n_iters)
+        return self._finish()
+
+    def _finish(self) -> Dict[str, Any]:
+        assert self.parts is not None
+        if not any(r.get("epoch") == self.n_iters for r in self.tracker.metric_logs["test"].records()):
+            self._evaluate("test", self.n_iters)
+        model_dir = self.run_dir / "model"
+        staging = self.run_dir / ".model_staging"
+        shutil.rmtree(staging, ignore_errors=True)
+        self.parts.alg.policy.save_pretrained(staging)
+        shutil.rmtree(model_dir, ignore_errors=True)
+        staging.rename(model_dir)
+        summary = self.summary()
+        write_json_atomic(self.run_dir / COMPLETE_FILE, summary)
+        self.tracker.logger.info("run complete; model saved to %s", model_dir)
+        return summary
+
+    def summary(self) -> Dict[str, Any]:
+        """Before/after numbers read back from the run's own artifact files."""
+        def first_last(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+            return {"before": records[0]["metrics"], "after": records[-1]["metrics"]} if records else {}
+
+        rollouts = self.tracker.rollout_log.records()
+        return {
+            "val": first_last(self.tracker.metric_logs["val"].records()),
+            "test": first_last(self.tracker.metric_logs["test"].records()),
+            "train_ep_rew": {"first_iteration": rollouts[0]["rollout_info/ep_rew"],
+                             "last_iteration": rollouts[-1]["rollout_info/ep_rew"]} if rollouts else {},
+            "iterations": self.n_iters,
+        }
+
+    def close(self) -> None:
+        self.tracker.close()

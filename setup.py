@@ -1,0 +1,31 @@
+"""Install with: pip install torch==2.13.0 -e ."""
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="rl4lms",
+    version="0.1.0",
+    description="Config-driven reinforcement learning for language models (RL4LMs' design on current libraries)",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    packages=find_packages(include=["rl4lms", "rl4lms.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0,<6",
+        "tokenizers>=0.21",
+        "safetensors",
+        "gymnasium>=1.0,<2",
+        "stable-baselines3>=2.3,<3",
+        "datasets>=3.0",
+        "numpy",
+        "pyyaml",
+        "tqdm",
+    ],
+    extras_require={
+        "wandb": ["wandb"],
+        "test": ["pytest"],
+    },
+    entry_points={"console_scripts": ["rl4lms-train=rl4lms.cli:main"]},
+)
