@@ -11,6 +11,7 @@ from rl4lms.config import ConfigError, load_config
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError
 from rl4lms.models.loading import ModelLoadError
 from rl4lms.registry import RegistryError
+from rl4lms.training.builders import ComponentBuildError
 from rl4lms.training.trainer import ConfigMismatchError, OnPolicyTrainer
 
 
@@ -57,7 +58,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     try:
         summary = trainer.train_and_eval()
-    except (ModelLoadError, EmptyDataPoolError, RegistryError) as error:
+    except (ModelLoadError, EmptyDataPoolError, RegistryError, ComponentBuildError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     finally:

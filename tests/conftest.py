@@ -17,7 +17,9 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("home")
     os.environ["RL4LMS_CACHE"] = str(root / "rl4lms_cache")
     os.environ["HF_HOME"] = str(root / "hf_home")
-    os.environ["WANDB_DIR"] = str(root / "wandb")
+    for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
+        os.environ[name] = str(root / name.lower())
+    os.environ["XDG_CACHE_HOME"] = str(root / "xdg_cache")
     return root
 
 
@@ -26,3 +28,22 @@ def tiny_tokenizer(isolated_home: Path):
     from rl4lms.models.loading import load_tokenizer
 
     return load_tokenizer("rl4lms/tiny-gpt2")
+
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = REPO / "task_configs" / "synthetic_increasing_numbers" / "tiny_gpt2_ppo.yml"
+
+
+def write_small_config(folder: Path, n_iters: int = 4, eval_every: int = 2, save_every: int = 2,
+                       base: Path = DEFAULT_CONFIG) -> Path:
+    """A copy of a shipped config shrunk to a few quick iterations."""
+    import yaml
+
+    config = yaml.safe_load(base.read_text())
+    config["train_evaluation"].update(n_iters=n_iters, eval_every=eval_every, save_every=save_every)
+    config["datapool"]["args"]["n_samples"] = 8
+    config["alg"]["args"].update(n_steps=4, batch_size=8, n_epochs=1)
+    config["env"]["n_envs"] = 8
+    path = folder / "small.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path

@@ -61,7 +61,7 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
                                         **self.policy_kwargs).to(self.device)
         self.rollout_buffer = TextRolloutBuffer(self.text_env.tokenizer.pad_token_id, self.gamma, self.gae_lambda,
                                                 self.normalize_advantage)
-        self.collector = RolloutCollector(self.policy, self.text_env)
+        self.collector = RolloutCollector(self.policy, self.text_env, self.seed)
 
     @property
     def tokens_per_rollout(self) -> int:
@@ -117,8 +117,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
                 "check the reward function for NaN/inf, or raise alg.kl_div.coeff. The last checkpoint is intact.")
 
     def rng_state(self) -> Dict[str, Any]:
-        """Sampler state of the prompt draws (the env's generator)."""
-        return {"env_np_random": self.text_env.np_random.bit_generator.state}
+        """State of the rollout prompt sampler."""
+        return {"prompt_sampler": self.collector.rng.bit_generator.state}
 
     def load_rng_state(self, state: Dict[str, Any]) -> None:
-        self.text_env.np_random.bit_generator.state = state["env_np_random"]
+        self.collector.rng.bit_generator.state = state["prompt_sampler"]

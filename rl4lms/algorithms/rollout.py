@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -65,13 +65,16 @@ class RolloutStats:
 class RolloutCollector:
     """Turns prompts drawn from the env's samples into scored, KL-penalised episodes."""
 
-    def __init__(self, policy: LMActorCriticPolicy, env: TextGenEnv) -> None:
+    def __init__(self, policy: LMActorCriticPolicy, env: TextGenEnv, seed: Optional[int] = None) -> None:
         self.policy = policy
         self.env = env
+        # The prompt sampler has its own generator (saved with checkpoints): SB3 reseeds the env
+        # on reset, which must not replay the same prompts after a resume.
+        self.rng = np.random.default_rng(seed)
 
     def draw_samples(self, n: int) -> List[Sample]:
-        """``n`` prompts drawn with the env's generator (its state is saved with checkpoints)."""
-        picks = self.env.np_random.integers(len(self.env.samples), size=n)
+        """``n`` prompts drawn uniformly from the env's samples."""
+        picks = self.rng.integers(len(self.env.samples), size=n)
         return [self.env.samples[int(i)] for i in picks]
 
     @torch.no_grad()

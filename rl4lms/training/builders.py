@@ -1,8 +1,9 @@
 """Assembling the parts of a run from a validated config through the registries."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 import torch
 
@@ -15,6 +16,21 @@ from rl4lms.models.loading import load_tokenizer
 from rl4lms.registry import AlgorithmRegistry, DataPoolRegistry, MetricRegistry, PolicyRegistry, RewardFunctionRegistry
 
 SPLITS = ("train", "val", "test")
+
+
+class ComponentBuildError(ValueError):
+    """A component named in the config rejected its arguments or data; the message names the section."""
+
+
+@contextmanager
+def building(section: str, component_id: str) -> Iterator[None]:
+    """Re-raise argument/data errors raised while building ``section`` with the section named."""
+    try:
+        yield
+    except (ValueError, TypeError) as error:
+        if isinstance(error, ComponentBuildError):
+            raise
+        raise ComponentBuildError(f"{section} '{component_id}': {error}") from error
 
 
 @dataclass
@@ -30,7 +46,8 @@ class RunComponents:
 def build_pools(datapool: Dict[str, Any]) -> Dict[str, TextGenPool]:
     """Prepare the train/val/test splits; an empty split is an error naming the pool."""
     cls = DataPoolRegistry.get(datapool["id"])
-    pools = {split: cls.prepare(split=split, **datapool["args"]) for split in SPLITS}
+    with building("datapool", datapool["id"]):
+        pools = {split: cls.prepare(split=split, **datapool["args"]) for split in SPLITS}
     for split, pool in pools.items():
         if len(pool) == 0:
             raise EmptyDataPoolError(f"datapool '{datapool['id']}' returned no samples for split '{split}' "
@@ -46,16 +63,21 @@ def build_components(config: Dict[str, Any], device: str) -> RunComponents:
     """Tokenizer, data pools, reward, env, policy + algorithm and metrics, in that order."""
     tokenizer = load_tokenizer(**config["tokenizer"])
     pools = build_pools(config["datapool"])
-    reward_fn = RewardFunctionRegistry.build(config["reward_fn"]["id"], config["reward_fn"]["args"])
+    with building("reward_fn", config["reward_fn"]["id"]):
+        reward_fn = RewardFunctionRegistry.build(config["reward_fn"]["id"], config["reward_fn"]["args"])
     env_args = config["env"]["args"]
-    env = TextGenEnv(tokenizer, reward_fn, list(pools["train"]), **env_args)
-    env.reset(seed=config["seed"])
+    with building("env", "text_gen_env"):
+        env = TextGenEnv(tokenizer, reward_fn, list(pools["train"]), **env_args)
     alg_config = config["alg"]
     policy_config = alg_config["policy"]
     policy_kwargs = {**policy_config["args"], "tokenizer": tokenizer, "terminate_on_eos": env_args["terminate_on_eos"]}
-    alg = AlgorithmRegistry.get(alg_config["id"])(
-        policy=PolicyRegistry.get(policy_config["id"]), env=env, kl_controller=KLController(**alg_config["kl_div"]),
-        n_envs=config["env"]["n_envs"], policy_kwargs=policy_kwargs, seed=config["seed"], device=device,
-        **alg_config["args"])
-    metrics = [MetricRegistry.build(m["id"], m["args"]) for m in config["train_evaluation"]["metrics"]]
+    with building("alg", alg_config["id"]):
+        alg = AlgorithmRegistry.get(alg_config["id"])(
+            policy=PolicyRegistry.get(policy_config["id"]), env=env, kl_controller=KLController(**alg_config["kl_div"]),
+            n_envs=config["env"]["n_envs"], policy_kwargs=policy_kwargs, seed=config["seed"], device=device,
+            **alg_config["args"])
+    metrics = []
+    for metric in config["train_evaluation"]["metrics"]:
+        with building("metric", metric["id"]):
+            metrics.append(MetricRegistry.build(metric["id"], metric["args"]))
     return RunComponents(pools=pools, env=env, alg=alg, metrics=metrics)
