@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from rl4lms.algorithms.on_policy import NonFiniteLossError
 from rl4lms.config import ConfigError, load_config
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError
 from rl4lms.models.loading import ModelLoadError
@@ -61,6 +62,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ModelLoadError, EmptyDataPoolError, RegistryError, ComponentBuildError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except NonFiniteLossError as error:
+        print(f"error: training diverged: {error}", file=sys.stderr)
+        return 1
     finally:
         trainer.close()
     print(f"\nResults of {run_dir}:\n{format_summary(summary)}")

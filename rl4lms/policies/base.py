@@ -127,8 +127,9 @@ class LMActorCriticPolicy(BasePolicy):
         base = self.model.generation_config.to_dict()
         base.update(kwargs)
         base["pad_token_id"] = self.tokenizer.pad_token_id
-        # Without terminate_on_eos an episode always runs max_episode_length tokens: EOS is a normal token.
-        base["eos_token_id"] = self.tokenizer.eos_token_id if self.terminate_on_eos else None
+        # Without terminate_on_eos an episode always runs max_episode_length tokens: EOS is a normal
+        # token. An empty list (not None, which falls back to the model default) disables stopping.
+        base["eos_token_id"] = self.tokenizer.eos_token_id if self.terminate_on_eos else []
         return GenerationConfig(**base)
 
     @torch.no_grad()

@@ -1,0 +1,120 @@
+"""Batched rollouts: episode ends, reward placement, per-step reward replay, token budget, NaN guard."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import pytest
+import torch
+
+from rl4lms.algorithms.kl_controller import KLController
+from rl4lms.algorithms.on_policy import NonFiniteLossError
+from rl4lms.algorithms.ppo import PPO
+from rl4lms.data_pools.text_gen_pool import Sample
+from rl4lms.envs.observation import Observation
+from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.policies.causal import CausalLMActorCriticPolicy
+from rl4lms.rewards.base import BatchedRewardFunction, RewardFunction
+
+SAMPLES = [Sample(id=str(i), prompt_or_input_text=" ".join(str(i + k) for k in range(1 + i % 3))) for i in range(6)]
+
+
+class LengthReward(BatchedRewardFunction):
+    """Episode reward = number of characters generated (easy to check by hand)."""
+
+    def __call__(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
+                 dones: List[bool], meta_infos: Optional[List[Dict[str, Any]]] = None) -> List[float]:
+        return [float(len(text)) for text in gen_texts]
+
+
+class StepReward(RewardFunction):
+    """Per-step reward: 1 for every token, 10 at the end."""
+
+    def __call__(self, prev_observation: Observation, action: int, current_observation: Observation,
+                 done: bool, meta_info: Optional[Dict[str, Any]] = None) -> float:
+        return 10.0 if done else 1.0
+
+
+def make_ppo(tokenizer, reward, terminate_on_eos: bool = True, max_prompt_length: int = 8, **kwargs) -> PPO:
+    env = TextGenEnv(tokenizer, reward, SAMPLES, max_episode_length=6, max_prompt_length=max_prompt_length,
+                     terminate_on_eos=terminate_on_eos)
+    settings = dict(n_envs=4, n_steps=6, batch_size=4, n_epochs=1, learning_rate=1e-3, seed=0, device="cpu")
+    settings.update(kwargs)
+    return PPO(CausalLMActorCriticPolicy, env, KLController(0.1), **settings,
+               policy_kwargs=dict(model_name="rl4lms/tiny-gpt2", tokenizer=tokenizer, terminate_on_eos=terminate_on_eos,
+                                  generation_kwargs={"do_sample": True, "top_k": 0}))
+
+
+def eos_likely(policy: CausalLMActorCriticPolicy, eos_id: int) -> None:
+    def hook(module, inputs, output):
+        output[..., eos_id] += 6.0
+        return output
+    policy.model.lm_head.register_forward_hook(hook)
+
+
+def test_batched_reward_sits_on_the_last_token(tiny_tokenizer) -> None:
+    alg = make_ppo(tiny_tokenizer, LengthReward())
+    eos_likely(alg.policy, tiny_tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    batch, _ = alg.collector.collect(SAMPLES[:4], kl_coeff=0.0)
+    lengths = batch.response_mask.sum(1)
+    assert (lengths < 6).any(), "the EOS bias should end some episodes early"
+    for row in range(4):
+        n = int(lengths[row])
+        tokens = batch.response_ids[row, :n].tolist()
+        text = tiny_tokenizer.decode(tokens, skip_special_tokens=True)
+        expected = torch.zeros(batch.rewards.shape[1])
+        expected[n - 1] = len(text)
+        assert torch.allclose(batch.rewards[row], expected)  # kl_coeff 0: task reward only
+        assert batch.scores[row].item() == len(text)
+        if n < 6:
+            assert tokens[-1] == tiny_tokenizer.eos_token_id
+            assert (batch.response_ids[row, n:] == tiny_tokenizer.pad_token_id).all()
+
+
+def test_without_terminate_on_eos_episodes_run_full_length(tiny_tokenizer) -> None:
+    alg = make_ppo(tiny_tokenizer, LengthReward(), terminate_on_eos=False)
+    eos_likely(alg.policy, tiny_tokenizer.eos_token_id)
+    torch.manual_seed(0)
+    batch, _ = alg.collector.collect(SAMPLES[:4], kl_coeff=0.0)
+    assert batch.response_mask.sum(1).tolist() == [6, 6, 6, 6]
+    assert (batch.response_ids == tiny_tokenizer.eos_token_id).any()
+
+
+def test_per_step_reward_is_replayed_through_the_env(tiny_tokenizer) -> None:
+    alg = make_ppo(tiny_tokenizer, StepReward())
+    eos_likely(alg.policy, tiny_tokenizer.eos_token_id)
+    torch.manual_seed(1)
+    batch, _ = alg.collector.collect(SAMPLES[:4], kl_coeff=0.0)
+    for row, n in enumerate(batch.response_mask.sum(1).tolist()):
+        expected = [1.0] * (n - 1) + [10.0] + [0.0] * (batch.rewards.shape[1] - n)
+        assert batch.rewards[row].tolist() == expected
+
+
+def test_kl_penalty_uses_the_current_coefficient(tiny_tokenizer) -> None:
+    alg = make_ppo(tiny_tokenizer, LengthReward())
+    torch.manual_seed(0)
+    batch, _ = alg.collector.collect(SAMPLES[:4], kl_coeff=0.5)
+    mask = batch.response_mask.float()
+    task = batch.rewards + 0.5 * (batch.log_probs - batch.ref_log_probs) * mask
+    assert torch.allclose(task.sum(1), batch.scores, atol=1e-5)
+    assert torch.allclose(batch.kl, torch.zeros_like(batch.kl), atol=1e-6)  # policy == reference before training
+
+
+def test_rollout_collects_the_token_budget_and_counts_truncation(tiny_tokenizer) -> None:
+    alg = make_ppo(tiny_tokenizer, LengthReward(), max_prompt_length=1)
+    alg.learn(alg.tokens_per_rollout, reset_num_timesteps=False)
+    assert alg.num_timesteps >= 6 * 4
+    assert alg.rollout_buffer.data is not None
+    assert int(alg.rollout_buffer.data.response_mask.sum()) == alg.num_timesteps
+    assert alg.rollout_stats["rollout_info/prompts_truncated"] > 0
+    assert alg.rollout_buffer.data.prompt_ids.shape[1] == 1
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer) -> None:
+    class NaNReward(LengthReward):
+        def __call__(self, *args: Any, **kwargs: Any) -> List[float]:
+            return [float("nan")] * len(args[1])
+
+    alg = make_ppo(tiny_tokenizer, NaNReward())
+    with pytest.raises(NonFiniteLossError, match="ppo/loss/total"):
+        alg.learn(alg.tokens_per_rollout, reset_num_timesteps=False)
