@@ -22,6 +22,10 @@ class RegistryError(KeyError):
         return str(self.args[0])
 
 
+def _qualified_name(cls: Any) -> str:
+    return f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', repr(cls))}"
+
+
 class Registry(Generic[T]):
     """A mapping from string ids to component classes of one kind."""
 
@@ -30,7 +34,11 @@ class Registry(Generic[T]):
         self._entries: Dict[str, Type[T]] = {}
 
     def register(self, id: str, cls: Optional[Type[T]] = None, *, overwrite: bool = False) -> Any:
-        """Register ``cls`` under ``id``; without ``cls`` return a class decorator."""
+        """Register ``cls`` under ``id``; without ``cls`` return a class decorator.
+
+        Re-registering a class of the same module and name (a reloaded module) replaces the entry;
+        another class under a taken id needs ``overwrite=True``.
+        """
         if cls is None:
             def decorator(target: Type[T]) -> Type[T]:
                 self.register(id, target, overwrite=overwrite)
@@ -39,9 +47,9 @@ class Registry(Generic[T]):
         if not isinstance(id, str) or not id:
             raise RegistryError(f"{self.kind} ids must be non-empty strings, got {id!r}")
         existing = self._entries.get(id)
-        if existing is not None and existing is not cls and not overwrite:
+        if existing is not None and _qualified_name(existing) != _qualified_name(cls) and not overwrite:
             raise RegistryError(
-                f"{self.kind} id '{id}' is already registered to {existing.__module__}.{existing.__qualname__}; "
+                f"{self.kind} id '{id}' is already registered to {_qualified_name(existing)}; "
                 "pass overwrite=True to replace it")
         self._entries[id] = cls
         return cls

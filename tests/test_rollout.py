@@ -118,3 +118,20 @@ def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer) -> None:
     alg = make_ppo(tiny_tokenizer, NaNReward())
     with pytest.raises(NonFiniteLossError, match="ppo/loss/total"):
         alg.learn(alg.tokens_per_rollout, reset_num_timesteps=False)
+
+
+def test_separate_critic_trains_its_own_backbone(tiny_tokenizer) -> None:
+    env = TextGenEnv(tiny_tokenizer, LengthReward(), SAMPLES, max_episode_length=6, max_prompt_length=8)
+    alg = PPO(CausalLMActorCriticPolicy, env, KLController(0.1), n_envs=4, n_steps=6, batch_size=4, n_epochs=1,
+              learning_rate=1e-3, seed=0, device="cpu",
+              policy_kwargs=dict(model_name="rl4lms/tiny-gpt2", tokenizer=tiny_tokenizer, shared_backbone=False,
+                                 generation_kwargs={"do_sample": True}))
+    critic = alg.policy.critic_model
+    assert critic is not None and critic is not alg.policy.model
+    before = {name: p.detach().clone() for name, p in critic.named_parameters()}
+    actor_before = alg.policy.model.transformer.h[0].mlp.c_fc.weight.detach().clone()
+    alg.learn(alg.tokens_per_rollout, reset_num_timesteps=False)
+    changed = [name for name, p in critic.named_parameters() if not torch.equal(p, before[name])]
+    assert any(name.startswith("transformer.h.") for name in changed)
+    assert not torch.equal(alg.policy.model.transformer.h[0].mlp.c_fc.weight, actor_before)
+    assert "ppo/val/var_explained" in alg.train_stats
