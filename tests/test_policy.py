@@ -66,16 +66,18 @@ def _prompt_batch(tokenizer: Any) -> Tuple[torch.Tensor, torch.Tensor, List[List
 
 
 class _ForceEosInRow0(LogitsProcessor):
-    """Row 0 emits EOS as its 3rd generated token; every other token of every row avoids EOS."""
+    """Row 0 emits EOS as its 3rd generated token; every other sampled token avoids EOS and pad."""
 
-    def __init__(self, eos: int, start_len: int) -> None:
+    def __init__(self, eos: int, pad: int, start_len: int) -> None:
         self.eos = eos
+        self.pad = pad
         self.start_len = start_len
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.clone()
         step = input_ids.shape[1] - self.start_len
         scores[:, self.eos] = -float("inf")
+        scores[:, self.pad] = -float("inf")
         if step == 2:
             scores[0, :] = -float("inf")
             scores[0, self.eos] = 0.0
@@ -83,7 +85,7 @@ class _ForceEosInRow0(LogitsProcessor):
 
 
 def _force_eos(policy: LMActorCriticPolicy, monkeypatch: pytest.MonkeyPatch, start_len: int) -> None:
-    processor = _ForceEosInRow0(policy.tokenizer.eos_token_id, start_len)
+    processor = _ForceEosInRow0(policy.tokenizer.eos_token_id, policy.tokenizer.pad_token_id, start_len)
     monkeypatch.setattr(policy.model, "generate",
                         functools.partial(policy.model.generate, logits_processor=LogitsProcessorList([processor])))
 
@@ -121,6 +123,7 @@ def test_generate_pads_after_first_eos(kind: str, env: TextGenEnv, tiny_tokenize
     # The other rows never emit EOS and run to max_new_tokens.
     assert mask[1:].tolist() == [[1] * MAX_NEW_TOKENS] * (len(PROMPTS) - 1)
     assert (response[1:] != eos).all()
+    assert (response[1:] != pad).all()
 
 
 def test_generate_without_terminate_on_eos_keeps_tokens(kind: str, env: TextGenEnv, tiny_tokenizer: Any,
@@ -137,6 +140,7 @@ def test_generate_without_terminate_on_eos_keeps_tokens(kind: str, env: TextGenE
     assert response[0, 2].item() == tiny_tokenizer.eos_token_id
     assert mask.tolist() == [[1] * MAX_NEW_TOKENS] * len(PROMPTS)
     assert response.shape == (len(PROMPTS), MAX_NEW_TOKENS)
+    assert (response[0, 3:] != tiny_tokenizer.pad_token_id).all()
     # The tokens after EOS are those the model generated, not replaced by padding.
     torch.manual_seed(0)
     raw = policy.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)

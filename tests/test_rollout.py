@@ -135,3 +135,25 @@ def test_separate_critic_trains_its_own_backbone(tiny_tokenizer) -> None:
     assert any(name.startswith("transformer.h.") for name in changed)
     assert not torch.equal(alg.policy.model.transformer.h[0].mlp.c_fc.weight, actor_before)
     assert "ppo/val/var_explained" in alg.train_stats
+
+
+def test_sb3_predict_on_env_observations_for_both_model_kinds(tiny_tokenizer) -> None:
+    from rl4lms.policies.seq2seq import Seq2SeqLMActorCriticPolicy
+
+    for policy_cls, model, start in ((CausalLMActorCriticPolicy, "rl4lms/tiny-gpt2", None),
+                                     (Seq2SeqLMActorCriticPolicy, "rl4lms/tiny-t5", tiny_tokenizer.pad_token_id)):
+        env = TextGenEnv(tiny_tokenizer, StepReward(), SAMPLES, max_episode_length=3, max_prompt_length=8,
+                         context_start_token=start)
+        policy = policy_cls(env.observation_space, env.action_space, lambda _: 1e-3, model, tiny_tokenizer)
+        obs, _ = env.reset(seed=0)
+        done, steps = False, 0
+        while not done:
+            action, _ = policy.predict(obs, deterministic=True)
+            obs, _, done, _, _ = env.step(int(action))
+            steps += 1
+        assert steps == 3 and env.observation is not None
+        # Token-by-token prediction on observations matches batched greedy generation.
+        prompt = torch.tensor([env.encode_prompt(env.observation.prompt_or_input_text)])
+        greedy = policy.generation_config({"do_sample": False}, max_new_tokens=3)
+        response, _ = policy.generate(prompt, torch.ones_like(prompt), greedy)
+        assert env.observation.action_history == response[0].tolist()

@@ -15,7 +15,8 @@ class Observation:
     """State of one episode (RL4LMs' field names); arrays are fixed-length int64 numpy vectors.
 
     The prompt is left-padded to ``max_prompt_length``; the context (generated tokens) is
-    right-padded to ``max_episode_length``; ``input_*`` holds prompt + context, left-padded.
+    right-padded to ``max_episode_length`` (plus one for a context start token);
+    ``input_*`` holds prompt + context, left-padded.
     """
 
     prompt_or_input_encoded_pt: np.ndarray

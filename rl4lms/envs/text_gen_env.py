@@ -47,10 +47,12 @@ class TextGenEnv(gym.Env):
         self.terminate_on_eos = terminate_on_eos
         self.context_start_token = context_start_token
         self.prompt_truncation_side = prompt_truncation_side
+        # The context holds the optional start token followed by up to max_episode_length actions.
+        self.context_length = max_episode_length + (context_start_token is not None)
         vocab = len(tokenizer)
         prompt_box = spaces.Box(0, vocab - 1, (self.max_prompt_length,), dtype=np.int64)
-        context_box = spaces.Box(0, vocab - 1, (self.max_episode_length,), dtype=np.int64)
-        input_box = spaces.Box(0, vocab - 1, (self.max_prompt_length + self.max_episode_length,), dtype=np.int64)
+        context_box = spaces.Box(0, vocab - 1, (self.context_length,), dtype=np.int64)
+        input_box = spaces.Box(0, vocab - 1, (self.max_prompt_length + self.context_length,), dtype=np.int64)
 
         def mask_like(box: spaces.Box) -> spaces.Box:
             return spaces.Box(0, 1, box.shape, dtype=np.int64)
@@ -86,13 +88,13 @@ class TextGenEnv(gym.Env):
             prompt[-len(self._prompt_ids):] = self._prompt_ids
             prompt_mask[-len(self._prompt_ids):] = 1
         start = [self.context_start_token] if self.context_start_token is not None else []
-        context_ids = (start + self._actions)[-self.max_episode_length:]
-        context = np.full(self.max_episode_length, pad, dtype=np.int64)
-        context_mask = np.zeros(self.max_episode_length, dtype=np.int64)
+        context_ids = start + self._actions
+        context = np.full(self.context_length, pad, dtype=np.int64)
+        context_mask = np.zeros(self.context_length, dtype=np.int64)
         context[:len(context_ids)] = context_ids
         context_mask[:len(context_ids)] = 1
         joined = self._prompt_ids + context_ids
-        width = self.max_prompt_length + self.max_episode_length
+        width = self.max_prompt_length + self.context_length
         inputs = np.full(width, pad, dtype=np.int64)
         input_mask = np.zeros(width, dtype=np.int64)
         if joined:
