@@ -196,6 +196,12 @@ def test_value_below_minimum(config: Dict[str, Any], path: tuple, value: Any, ex
     assert error.errors == [expected]
 
 
+def test_nan_is_rejected_by_minimum(config: Dict[str, Any]) -> None:
+    config["alg"]["kl_div"]["coeff"] = float("nan")
+    error = _errors_of(config)
+    assert [e.split(":", 1)[0] for e in error.errors] == ["alg.kl_div.coeff"]
+
+
 def test_value_not_in_choices(config: Dict[str, Any]) -> None:
     config["tokenizer"]["padding_side"] = "middle"
     error = _errors_of(config)
@@ -301,7 +307,7 @@ def test_load_config_custom_module_missing(tmp_path: Path, config: Dict[str, Any
     path.write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError) as excinfo:
         load_config(path)
-    assert "custom_modules: cannot import 'rl4lms_no_such_module_xyz'" in str(excinfo.value)
+    assert "custom_modules[0]: cannot import 'rl4lms_no_such_module_xyz'" in str(excinfo.value)
 
 
 def test_load_config_custom_modules_not_a_list(tmp_path: Path, config: Dict[str, Any]) -> None:
@@ -362,3 +368,16 @@ def test_bundled_configs_exist() -> None:
 def test_bundled_config_validates(path: Path) -> None:
     loaded = load_config(path)
     assert {"tokenizer", "reward_fn", "datapool", "env", "alg", "train_evaluation"} <= set(loaded)
+
+
+def test_custom_module_that_fails_at_import_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "rl4lms_broken_plugin.py").write_text("raise RuntimeError('plugin exploded')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "c.yml"
+    path.write_text(yaml.safe_dump({"custom_modules": ["rl4lms_broken_plugin", 3]}))
+    with pytest.raises(ConfigError, match=r"custom_modules\[0\]: cannot import 'rl4lms_broken_plugin': "
+                                          r"RuntimeError: plugin exploded"):
+        load_config(path)
+    path.write_text(yaml.safe_dump({"custom_modules": [3]}))
+    with pytest.raises(ConfigError, match=r"custom_modules\[0\]: expected a module name, got int"):
+        load_config(path)

@@ -277,14 +277,29 @@ def test_context_start_token(tiny_tokenizer: Any) -> None:
     pad = tiny_tokenizer.pad_token_id
     start = tiny_tokenizer.eos_token_id
     env = _make_env(tiny_tokenizer, samples=[Sample(id="p", prompt_or_input_text="1")], max_episode_length=3,
-                    context_start_token=start)
+                    max_prompt_length=2, context_start_token=start)
+    # The context holds the start token plus up to max_episode_length actions.
+    assert env.observation_space["context_encoded_pt"].shape == (4,)
+    assert env.observation_space["input_encoded_pt"].shape == (6,)
     obs, _ = env.reset(seed=0)
-    assert obs["context_encoded_pt"].tolist() == [start, pad, pad]
-    assert obs["context_attention_mask_pt"].tolist() == [1, 0, 0]
+    prompt = _ids(tiny_tokenizer, "1")
+    assert obs["context_encoded_pt"].tolist() == [start, pad, pad, pad]
+    assert obs["context_attention_mask_pt"].tolist() == [1, 0, 0, 0]
+    assert obs["input_encoded_pt"].tolist() == [pad] * (6 - len(prompt) - 1) + prompt + [start]
     token = _non_special_token(tiny_tokenizer)
     obs, *_ = env.step(token)
-    assert obs["context_encoded_pt"].tolist() == [start, token, pad]
+    assert obs["context_encoded_pt"].tolist() == [start, token, pad, pad]
     assert env.observation.context_text == tiny_tokenizer.decode([token])
+    env.step(token)
+    obs, _, terminated, _, info = env.step(token)
+    assert terminated
+    # The start token is still there after max_episode_length actions.
+    assert obs["context_encoded_pt"].tolist() == [start, token, token, token]
+    assert obs["context_attention_mask_pt"].tolist() == [1, 1, 1, 1]
+    assert env.observation_space.contains(obs)
+    # The start token is not part of the generated text or the action history.
+    assert env.observation.action_history == [token] * 3
+    assert info["output"] == tiny_tokenizer.decode([token] * 3)
 
 
 def test_tokenizer_without_pad_token_rejected(tiny_tokenizer: Any) -> None:

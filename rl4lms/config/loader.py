@@ -15,11 +15,13 @@ def import_custom_modules(config: Dict[str, Any]) -> None:
     modules = config.get("custom_modules", [])
     if not isinstance(modules, list):
         raise ConfigError(["custom_modules: expected a list of module names"])
-    for name in modules:
+    for ix, name in enumerate(modules):
+        if not isinstance(name, str):
+            raise ConfigError([f"custom_modules[{ix}]: expected a module name, got {type(name).__name__} ({name!r})"])
         try:
             importlib.import_module(name)
-        except ImportError as error:
-            raise ConfigError([f"custom_modules: cannot import '{name}': {error}"]) from error
+        except Exception as error:  # a user module may fail in any way while importing
+            raise ConfigError([f"custom_modules[{ix}]: cannot import '{name}': {type(error).__name__}: {error}"]) from error
 
 
 def load_config(path: Union[str, Path]) -> Dict[str, Any]:

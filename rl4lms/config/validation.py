@@ -5,6 +5,7 @@ import collections.abc
 import copy
 import difflib
 import inspect
+import math
 import typing
 from typing import Any, Callable, Dict, List, Optional
 
@@ -117,6 +118,8 @@ class _Validator:
             self.error(path, f"expected {_type_names(spec.types)}, got {type(value).__name__} ({value!r})")
         elif spec.choices is not None and value not in spec.choices:
             self.error(path, f"{value!r} is not one of {', '.join(map(repr, spec.choices))}")
+        elif isinstance(value, float) and math.isnan(value):
+            self.error(path, "must be a number, got NaN")
         elif spec.minimum is not None and value is not None and value < spec.minimum:
             self.error(path, f"must be >= {spec.minimum}, got {value}")
         return value
@@ -174,6 +177,8 @@ class _Validator:
                 value = _coerce_float(arg) if _hint_accepts(1.5, hint) and not _hint_accepts("s", hint) else arg
                 if not _hint_accepts(value, hint):
                     self.error(f"{path}.{name}", f"expected {_hint_name(hint)}, got {type(arg).__name__} ({arg!r})")
+                elif isinstance(value, float) and math.isnan(value):
+                    self.error(f"{path}.{name}", "must be a number, got NaN")
                 out[name] = value
         for name, param in params.items():
             if param.default is param.empty and name not in injected and name not in args:

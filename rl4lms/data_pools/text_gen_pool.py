@@ -52,8 +52,8 @@ class TextGenPool:
 
     def split(self, ratios: Sequence[float]) -> List["TextGenPool"]:
         """Cut the pool into consecutive parts of the given fractions (which must sum to 1)."""
-        if abs(sum(ratios) - 1.0) > 1e-6:
-            raise ValueError(f"split ratios must sum to 1, got {list(ratios)}")
+        if abs(sum(ratios) - 1.0) > 1e-6 or any(r < 0 for r in ratios):
+            raise ValueError(f"split ratios must be non-negative and sum to 1, got {list(ratios)}")
         bounds = np.cumsum([0.0, *ratios]) * len(self._samples)
         edges = [int(round(b)) for b in bounds]
         return [type(self)(self._samples[a:b]) for a, b in zip(edges[:-1], edges[1:])]

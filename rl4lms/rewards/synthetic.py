@@ -29,7 +29,7 @@ def increasing_numbers_score(text: str, min_tokens: int) -> float:
         return 0.0
     run = 1
     for previous, current in zip(numbers, numbers[1:]):
-        if current <= previous:
+        if not current > previous:  # also ends the run at NaN, which compares False
             break
         run += 1
     return run / max(len(tokens), min_tokens / 2)

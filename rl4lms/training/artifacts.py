@@ -58,7 +58,8 @@ class JsonlLog:
         for line in self.path.read_text().splitlines(keepends=True):
             try:
                 record = json.loads(line)
-                keep = int(record.get(self.key, 0)) <= keep_up_to and line.endswith("\n")
+                keep = (isinstance(record, dict) and int(record.get(self.key, 0)) <= keep_up_to
+                        and line.endswith("\n"))
             except (json.JSONDecodeError, TypeError, ValueError):
                 keep = False
             (kept if keep else moved).append(line if line.endswith("\n") else line + "\n")
