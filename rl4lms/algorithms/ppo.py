@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Type
+from typing import Dict, List, Optional, Tuple, Type
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.envs.text_gen_env import TextGenEnv
-from rl4lms.policies.base import LMActorCriticPolicy
+from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput
 from rl4lms.registry import AlgorithmRegistry
 
 
@@ -87,7 +87,7 @@ class PPO(LMOnPolicyAlgorithm):
                          normalize_advantage=normalize_advantage, policy_kwargs=policy_kwargs, verbose=verbose,
                          seed=seed, device=device, _init_setup_model=_init_setup_model)
 
-    def minibatch_loss(self, batch: RolloutBatch) -> tuple:
+    def minibatch_loss(self, batch: RolloutBatch) -> Tuple[torch.Tensor, PPOLoss, PolicyOutput, torch.Tensor]:
         """Total loss of one minibatch, its :class:`PPOLoss` and the new values/entropy."""
         out = self.policy.evaluate_actions(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
         mask = batch.response_mask.float()

@@ -59,9 +59,8 @@ class LMActorCriticPolicy(BasePolicy):
                  lr_schedule: Callable[[float], float], model_name: str, tokenizer: PreTrainedTokenizerBase,
                  generation_kwargs: Optional[Dict[str, Any]] = None, shared_backbone: bool = True,
                  weight_decay: float = 1e-6, optimizer_kwargs: Optional[Dict[str, Any]] = None,
-                 optimizer_class: Type[torch.optim.Optimizer] = torch.optim.AdamW,
                  apply_model_parallel: bool = False, terminate_on_eos: bool = True) -> None:
-        super().__init__(observation_space, action_space, optimizer_class=optimizer_class,
+        super().__init__(observation_space, action_space, optimizer_class=torch.optim.AdamW,
                          optimizer_kwargs=optimizer_kwargs or {})
         if apply_model_parallel:
             logger.info("apply_model_parallel is ignored: run multi-device training through `accelerate launch`")
@@ -78,8 +77,8 @@ class LMActorCriticPolicy(BasePolicy):
         self.temperature = float(self.generation_kwargs.get("temperature", 1.0))
         self._set_eval_mode()
         trainable = [p for p in self.parameters() if p.requires_grad]
-        self.optimizer = optimizer_class(trainable, lr=lr_schedule(1.0), weight_decay=weight_decay,
-                                         **self.optimizer_kwargs)
+        self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1.0), weight_decay=weight_decay,
+                                              **self.optimizer_kwargs)
 
     # --- model plumbing -------------------------------------------------------------------------
     def _check_vocab(self) -> None:
