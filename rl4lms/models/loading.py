@@ -1,6 +1,7 @@
 """Loading tokenizers and models by hub id, local path or embedded tiny-model name."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Type, TypeVar
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
@@ -23,6 +24,8 @@ def resolve_model_name(name_or_path: str) -> str:
 
 def _load(loader: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
     resolved = resolve_model_name(name_or_path)
+    if resolved.startswith(("/", "./", "../", "~")) and not Path(resolved).expanduser().exists():
+        raise ModelLoadError(f"could not load {what} '{name_or_path}': the folder does not exist")
     try:
         return loader.from_pretrained(resolved, **kwargs)
     except OSError as error:

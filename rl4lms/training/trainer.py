@@ -117,7 +117,7 @@ class OnPolicyTrainer:
         if start == 0:
             self._evaluate("val", 0)
             self._evaluate("test", 0)
-        progress = tqdm(total=self.n_iters, initial=start, desc="iterations", dynamic_ncols=True)
+        progress = tqdm(total=self.n_iters, initial=start, desc="iterations", dynamic_ncols=True, mininterval=1.0)
         for iteration in range(start + 1, self.n_iters + 1):
             alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
             self.tracker.log_iteration(iteration, alg.rollout_stats, alg.train_stats, alg.num_timesteps)
