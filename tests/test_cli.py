@@ -64,7 +64,7 @@ def test_bad_config_fails_before_loading_models(tmp_path: Path, capsys: pytest.C
 
 
 def test_offline_hub_id_gives_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    path = _broken_config(tmp_path, lambda c: c["tokenizer"].update(model_name=str(tmp_path / "no_such_model")))
+    path = _broken_config(tmp_path, lambda c: c["tokenizer"].update(model_name="rl4lms-no-such-org/no-such-model"))
     assert main(["--config_path", str(path), "--base_path_to_store_results", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "could not load tokenizer" in err and "rl4lms/tiny-gpt2" in err

@@ -83,18 +83,17 @@ class TextRolloutBuffer:
         self.gae_lambda = gae_lambda
         self.normalize_advantage = normalize_advantage
         self._chunks: List[RolloutBatch] = []
+        self.n_tokens = 0
         self.data: Optional[RolloutBatch] = None
 
     def reset(self) -> None:
         self._chunks = []
+        self.n_tokens = 0
         self.data = None
 
     def add(self, batch: RolloutBatch) -> None:
         self._chunks.append(batch)
-
-    @property
-    def n_tokens(self) -> int:
-        return int(sum(c.response_mask.sum().item() for c in self._chunks))
+        self.n_tokens += int(batch.response_mask.sum().item())
 
     def finalize(self) -> RolloutBatch:
         """Join the chunks and compute (optionally whitened) GAE advantages and returns."""

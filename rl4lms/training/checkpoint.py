@@ -26,7 +26,7 @@ def _restore_rng(state: Dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
 
 
-def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, extra: Dict[str, Any], keep: int) -> Path:
+def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, keep: int) -> Path:
     """Write ``checkpoint_<iteration>`` atomically (staging folder + rename) and prune old ones."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / f"{_PREFIX}{iteration:06d}"
@@ -42,7 +42,6 @@ def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, extr
         "n_updates": alg._n_updates,
         "sampler": alg.rng_state(),
         "rng": _capture_rng(),
-        "extra": extra,
     }
     torch.save(state, staging / STATE_FILE)
     with open(staging / STATE_FILE, "rb") as handle:

@@ -98,8 +98,7 @@ class OnPolicyTrainer:
 
     def _save(self, iteration: int) -> None:
         assert self.parts is not None
-        save_checkpoint(self.checkpoint_dir, iteration, self.parts.alg, {"experiment": self.run_dir.name},
-                        keep=self.eval_config["save_checkpoints_to_keep"])
+        save_checkpoint(self.checkpoint_dir, iteration, self.parts.alg, keep=self.eval_config["save_checkpoints_to_keep"])
 
     def train_and_eval(self) -> Dict[str, Any]:
         """Run (or finish) the experiment and return its summary."""
