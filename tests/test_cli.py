@@ -101,3 +101,16 @@ def test_summary_table_lists_before_and_after() -> None:
     table = format_summary({"val": {"before": {"m": 0.1}, "after": {"m": 0.5}}, "test": {},
                             "train_ep_rew": {"first_iteration": 0.0, "last_iteration": 1.0}})
     assert "0.1000" in table and "0.5000" in table and "rollout_info/ep_rew" in table
+
+
+@pytest.mark.parametrize("edit, expected", [
+    (lambda c: c["env"]["args"].update(max_prompt_length=250, max_episode_length=10),
+     "max_prompt_length + max_episode_length = 260 exceeds the 256 positions"),
+    (lambda c: c["alg"]["policy"]["args"]["generation_kwargs"].update(num_return_sequences=2),
+     "num_return_sequences must be 1"),
+])
+def test_impossible_run_settings_are_reported(tmp_path: Path, capsys: pytest.CaptureFixture, edit,
+                                              expected: str) -> None:
+    path = _broken_config(tmp_path, edit)
+    assert main(["--config_path", str(path), "--base_path_to_store_results", str(tmp_path)]) == 2
+    assert expected in capsys.readouterr().err

@@ -158,16 +158,11 @@ def test_unknown_component_arg(config: Dict[str, Any]) -> None:
     assert "valid keys: n_samples, prompt_numbers, reference_numbers, seed" in error.errors[0]
 
 
-def test_injected_arg_rejected(config: Dict[str, Any]) -> None:
-    config["alg"]["args"]["seed"] = 3
+@pytest.mark.parametrize("section, name, value", [("alg", "seed", 3), ("datapool", "split", "train")])
+def test_injected_arg_rejected(config: Dict[str, Any], section: str, name: str, value: Any) -> None:
+    config[section]["args"][name] = value
     error = _errors_of(config)
-    assert error.errors == ["alg.args.seed: is set by the trainer and may not be given in the config"]
-
-
-def test_injected_split_rejected_for_datapool(config: Dict[str, Any]) -> None:
-    config["datapool"]["args"]["split"] = "train"
-    error = _errors_of(config)
-    assert error.errors == ["datapool.args.split: is set by the trainer and may not be given in the config"]
+    assert error.errors == [f"{section}.args.{name}: is set by the trainer and may not be given in the config"]
 
 
 def test_missing_required_component_arg(config: Dict[str, Any]) -> None:

@@ -54,6 +54,8 @@ class LMActorCriticPolicy(BasePolicy):
     """Actor-critic over an ``AutoModelFor*LM``; subclasses say how prompt and response are fed."""
 
     model_class: Type[PreTrainedModel]
+    prompt_and_response_share_positions: bool
+    """True when prompt and response form one sequence (causal LMs), so their lengths add up."""
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Discrete,
                  lr_schedule: Callable[[float], float], model_name: str, tokenizer: PreTrainedTokenizerBase,
@@ -75,6 +77,9 @@ class LMActorCriticPolicy(BasePolicy):
         self.ref_model = copy.deepcopy(self.model).requires_grad_(False)
         self.value_head = ValueHead(self._hidden_size())
         self.temperature = float(self.generation_kwargs.get("temperature", 1.0))
+        if not self.temperature > 0:
+            raise ValueError(f"generation_kwargs.temperature must be > 0, got {self.temperature}")
+        self.generation_config()  # fail now, not at the first rollout, on bad generation_kwargs
         self._set_eval_mode()
         trainable = [p for p in self.parameters() if p.requires_grad]
         self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1.0), weight_decay=weight_decay,
@@ -86,6 +91,19 @@ class LMActorCriticPolicy(BasePolicy):
         if len(self.tokenizer) > vocab:
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but model '{self.model_name}' only "
                              f"{vocab} embeddings: tokenizer.model_name and policy.args.model_name must match")
+
+    def check_lengths(self, max_prompt_length: int, max_episode_length: int) -> None:
+        """Raise if prompts plus generated tokens cannot fit the model's position embeddings."""
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if not limit:
+            return
+        if self.prompt_and_response_share_positions:
+            needed, what = max_prompt_length + max_episode_length, "max_prompt_length + max_episode_length"
+        else:
+            needed, what = max(max_prompt_length, max_episode_length), "max_prompt_length and max_episode_length"
+        if needed > limit:
+            raise ValueError(f"env.args: {what} = {needed} exceeds the {limit} positions of model "
+                             f"'{self.model_name}'; lower them or truncate prompts further")
 
     def _hidden_size(self) -> int:
         config = self.model.config
@@ -121,6 +139,8 @@ class LMActorCriticPolicy(BasePolicy):
                           max_new_tokens: Optional[int] = None) -> GenerationConfig:
         """Generation settings: the policy's ``generation_kwargs`` updated by ``overrides``."""
         kwargs = {**self.generation_kwargs, **(overrides or {})}
+        if kwargs.get("num_return_sequences", 1) != 1:
+            raise ValueError("generation_kwargs.num_return_sequences must be 1: each prompt is one episode")
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = min(int(kwargs.get("max_new_tokens", max_new_tokens)), max_new_tokens)
         base = self.model.generation_config.to_dict()

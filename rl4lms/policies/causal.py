@@ -15,6 +15,7 @@ class CausalLMActorCriticPolicy(LMActorCriticPolicy):
     """Prompt (left-padded) and response are one sequence; positions come from the attention mask."""
 
     model_class = AutoModelForCausalLM
+    prompt_and_response_share_positions = True
 
     def _forward(self, model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                  response_ids: torch.Tensor, response_mask: torch.Tensor,

@@ -15,6 +15,7 @@ class Seq2SeqLMActorCriticPolicy(LMActorCriticPolicy):
     """The prompt feeds the encoder; the decoder sees the start token followed by the response."""
 
     model_class = AutoModelForSeq2SeqLM
+    prompt_and_response_share_positions = False
 
     def _decoder_start(self) -> int:
         start = self.model.config.decoder_start_token_id

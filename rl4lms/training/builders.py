@@ -76,6 +76,10 @@ def build_components(config: Dict[str, Any], device: str) -> RunComponents:
             policy=PolicyRegistry.get(policy_config["id"]), env=env, kl_controller=KLController(**alg_config["kl_div"]),
             n_envs=config["env"]["n_envs"], policy_kwargs=policy_kwargs, seed=config["seed"], device=device,
             **alg_config["args"])
+    with building("env", "text_gen_env"):
+        alg.policy.check_lengths(env.max_prompt_length, env.max_episode_length)
+    with building("train_evaluation", "generation_kwargs"):
+        alg.policy.generation_config(config["train_evaluation"]["generation_kwargs"])
     metrics = []
     for metric in config["train_evaluation"]["metrics"]:
         with building("metric", metric["id"]):
