@@ -62,6 +62,11 @@ def _hint_accepts(value: Any, hint: Any) -> bool:
     return True
 
 
+def _takes_float_not_str(hint: Any) -> bool:
+    """Whether a numeric string given for this hint should be read as a float."""
+    return _hint_accepts(1.5, hint) and not _hint_accepts("text", hint)
+
+
 def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
@@ -174,7 +179,7 @@ class _Validator:
                     self.unknown_keys(path + ".", {name: arg}, allowed)
             else:
                 hint = hints.get(name, inspect.Parameter.empty)
-                value = _coerce_float(arg) if _hint_accepts(1.5, hint) and not _hint_accepts("s", hint) else arg
+                value = _coerce_float(arg) if _takes_float_not_str(hint) else arg
                 if not _hint_accepts(value, hint):
                     self.error(f"{path}.{name}", f"expected {_hint_name(hint)}, got {type(arg).__name__} ({arg!r})")
                 elif isinstance(value, float) and math.isnan(value):
