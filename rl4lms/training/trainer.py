@@ -120,9 +120,9 @@ class OnPolicyTrainer:
         for iteration in range(start + 1, self.n_iters + 1):
             alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
             self.tracker.log_iteration(iteration, alg.rollout_stats, alg.train_stats, alg.num_timesteps)
-            progress.update(1)
             progress.set_postfix(reward=f"{alg.rollout_stats['rollout_info/ep_rew']:.3f}",
-                                 kl=f"{alg.rollout_stats['rollout_info/kl_div_mean']:.3f}")
+                                 kl=f"{alg.rollout_stats['rollout_info/kl_div_mean']:.3f}", refresh=False)
+            progress.update(1)
             last = iteration == self.n_iters
             if iteration % self.eval_config["eval_every"] == 0 or last:
                 self._evaluate("val", iteration)
