@@ -157,3 +157,12 @@ def test_sb3_predict_on_env_observations_for_both_model_kinds(tiny_tokenizer) ->
         greedy = policy.generation_config({"do_sample": False}, max_new_tokens=3)
         response, _ = policy.generate(prompt, torch.ones_like(prompt), greedy)
         assert env.observation.action_history == response[0].tolist()
+
+
+def test_sb3_logger_writes_no_folders(tiny_tokenizer, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    alg = make_ppo(tiny_tokenizer, LengthReward())
+    alg.learn(alg.tokens_per_rollout, reset_num_timesteps=False)
+    assert list(tmp_path.iterdir()) == []

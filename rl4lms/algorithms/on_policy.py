@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Type
 
 import torch
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import configure
+from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
@@ -49,8 +49,9 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
                          gae_lambda=gae_lambda, ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm,
                          use_sde=False, sde_sample_freq=-1, monitor_wrapper=False, policy_kwargs=policy_kwargs,
                          verbose=verbose, seed=seed, device=device, _init_setup_model=False)
-        # SB3's default logger writes to stdout and /tmp/SB3-*; the trainer keeps its own logs.
-        self.set_logger(configure(folder=None, format_strings=[]))
+        # SB3's default logger (and its configure()) writes to stdout and /tmp/SB3-*; the trainer
+        # keeps its own logs, so SB3 gets a logger with no outputs.
+        self.set_logger(Logger(folder=None, output_formats=[]))
         if _init_setup_model:
             self._setup_model()
 
