@@ -18,9 +18,9 @@ from rl4lms.rewards.base import BatchedRewardFunction
 def encode_prompts(env: TextGenEnv, samples: Sequence[Sample],
                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """Left-padded prompt ids and mask for ``samples``, plus how many prompts were truncated."""
-    encoded = [env.encode_prompt(s.prompt_or_input_text) for s in samples]
-    truncated = sum(len(env.tokenizer(s.prompt_or_input_text, add_special_tokens=False)["input_ids"]) > len(ids)
-                    for s, ids in zip(samples, encoded))
+    tokenized = [env.tokenize_prompt(s.prompt_or_input_text) for s in samples]
+    encoded = [ids for ids, _ in tokenized]
+    truncated = sum(cut for _, cut in tokenized)
     width = max(1, max(len(ids) for ids in encoded))
     pad = env.tokenizer.pad_token_id
     ids = torch.full((len(samples), width), pad, dtype=torch.long)

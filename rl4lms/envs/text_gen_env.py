@@ -72,12 +72,18 @@ class TextGenEnv(gym.Env):
         self._observation: Optional[Observation] = None
         self._done = True
 
-    def encode_prompt(self, text: str) -> List[int]:
-        """Token ids of a prompt, truncated on ``prompt_truncation_side`` to ``max_prompt_length``."""
+    def tokenize_prompt(self, text: str) -> Tuple[List[int], bool]:
+        """Token ids of a prompt cut to ``max_prompt_length`` on ``prompt_truncation_side``, and
+        whether it had to be cut."""
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        if len(ids) > self.max_prompt_length:
-            ids = ids[-self.max_prompt_length:] if self.prompt_truncation_side == "left" else ids[:self.max_prompt_length]
-        return ids
+        if len(ids) <= self.max_prompt_length:
+            return ids, False
+        keep = ids[-self.max_prompt_length:] if self.prompt_truncation_side == "left" else ids[:self.max_prompt_length]
+        return keep, True
+
+    def encode_prompt(self, text: str) -> List[int]:
+        """Token ids of a prompt as the episode sees it (see :meth:`tokenize_prompt`)."""
+        return self.tokenize_prompt(text)[0]
 
     def _build_observation(self) -> Observation:
         assert self._sample is not None
