@@ -12,6 +12,7 @@ from rl4lms.config import ConfigError, load_config
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError
 from rl4lms.models.loading import ModelLoadError
 from rl4lms.registry import RegistryError
+from rl4lms.rewards.base import RewardOutputError
 from rl4lms.training.builders import ComponentBuildError
 from rl4lms.training.trainer import ConfigMismatchError, OnPolicyTrainer
 
@@ -62,8 +63,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ModelLoadError, EmptyDataPoolError, RegistryError, ComponentBuildError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as error:
-        print(f"error: training diverged: {error}", file=sys.stderr)
+    except (NonFiniteLossError, RewardOutputError) as error:
+        print(f"error: training stopped: {error}", file=sys.stderr)
         return 1
     finally:
         trainer.close()

@@ -13,7 +13,7 @@ from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.observation import Observation
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
-from rl4lms.rewards.base import BatchedRewardFunction, RewardFunction
+from rl4lms.rewards.base import BatchedRewardFunction, RewardFunction, RewardOutputError
 
 SAMPLES = [Sample(id=str(i), prompt_or_input_text=" ".join(str(i + k) for k in range(1 + i % 3))) for i in range(6)]
 
@@ -111,13 +111,25 @@ def test_rollout_collects_the_token_budget_and_counts_truncation(tiny_tokenizer)
 
 
 def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer) -> None:
-    class NaNReward(LengthReward):
-        def __call__(self, *args: Any, **kwargs: Any) -> List[float]:
-            return [float("nan")] * len(args[1])
-
-    alg = make_ppo(tiny_tokenizer, NaNReward())
+    alg = make_ppo(tiny_tokenizer, LengthReward())
+    with torch.no_grad():
+        alg.policy.value_head.summary.bias.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="ppo/loss/total"):
         alg.learn(alg.tokens_per_rollout, reset_num_timesteps=False)
+
+
+@pytest.mark.parametrize("scores, message", [
+    (lambda n: [float("nan")] * n, r"returned a non-finite reward for sample ids \['0', '1', '2', '3'\]"),
+    (lambda n: [1.0] * (n - 1), "returned 3 scores for 4 generations"),
+])
+def test_bad_reward_output_names_the_reward_function(tiny_tokenizer, scores, message: str) -> None:
+    class BadReward(LengthReward):
+        def __call__(self, *args: Any, **kwargs: Any) -> List[float]:
+            return scores(len(args[1]))
+
+    alg = make_ppo(tiny_tokenizer, BadReward())
+    with pytest.raises(RewardOutputError, match="reward function BadReward " + message):
+        alg.collector.collect(SAMPLES[:4], kl_coeff=0.1)
 
 
 def test_separate_critic_trains_its_own_backbone(tiny_tokenizer) -> None:

@@ -12,7 +12,7 @@ from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy, module_device
-from rl4lms.rewards.base import BatchedRewardFunction
+from rl4lms.rewards.base import BatchedRewardFunction, RewardOutputError
 
 
 def encode_prompts(env: TextGenEnv, samples: Sequence[Sample],
@@ -106,16 +106,24 @@ class RolloutCollector:
         reward_fn = self.env.reward_function
         if isinstance(reward_fn, BatchedRewardFunction):
             texts = self.env.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-            scores = reward_fn([s.prompt_or_input_text for s in samples], texts, [list(s.references) for s in samples],
-                               [True] * len(samples), [dict(s.meta_data) for s in samples])
+            scores = list(reward_fn([s.prompt_or_input_text for s in samples], texts,
+                                    [list(s.references) for s in samples], [True] * len(samples),
+                                    [dict(s.meta_data) for s in samples]))
+            if len(scores) != len(samples):
+                raise RewardOutputError(f"reward function {type(reward_fn).__name__} returned {len(scores)} scores "
+                                 f"for {len(samples)} generations")
             for row, (n, score) in enumerate(zip(lengths, scores)):
                 rewards[row, max(n - 1, 0)] = float(score)
-            return rewards
-        for row, (sample, actions) in enumerate(zip(samples, tokens)):
-            self.env.reset(options={"sample": sample})
-            for t, action in enumerate(actions):
-                _, reward, done, _, _ = self.env.step(action)
-                rewards[row, t] = reward
-                if done:
-                    break
+        else:
+            for row, (sample, actions) in enumerate(zip(samples, tokens)):
+                self.env.reset(options={"sample": sample})
+                for t, action in enumerate(actions):
+                    _, reward, done, _, _ = self.env.step(action)
+                    rewards[row, t] = reward
+                    if done:
+                        break
+        bad = (~torch.isfinite(rewards)).any(dim=1).nonzero().flatten().tolist()
+        if bad:
+            raise RewardOutputError(f"reward function {type(reward_fn).__name__} returned a non-finite reward for "
+                             f"sample ids {[samples[i].id for i in bad]}")
         return rewards

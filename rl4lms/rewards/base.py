@@ -15,6 +15,10 @@ if TYPE_CHECKING:
     from rl4lms.envs.observation import Observation
 
 
+class RewardOutputError(ValueError):
+    """A reward function returned something unusable (wrong count, NaN or infinite values)."""
+
+
 class RewardFunction(ABC):
     """Per-step reward: called after every action of an episode."""
 
