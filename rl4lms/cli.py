@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -50,7 +49,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
     experiment = args.experiment_name or Path(args.config_path).stem
     run_dir = Path(args.base_path_to_store_results) / experiment
-    os.environ.setdefault("WANDB_DIR", str(run_dir))
     try:
         config = load_config(args.config_path)
         trainer = OnPolicyTrainer(config, experiment, args.base_path_to_store_results, args.log_to_wandb,
