@@ -74,19 +74,18 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         rollout_buffer.reset()
         callback.on_rollout_start()
         kl_coeff = self.kl_controller.kl_coeff
-        stats = RolloutStats()
+        stats = RolloutStats(kl_coeff)
         while rollout_buffer.n_tokens < n_rollout_steps * self.n_generation_envs:
             samples = self.collector.draw_samples(self.n_generation_envs)
             batch, truncated = self.collector.collect(samples, kl_coeff)
             rollout_buffer.add(batch)
-            stats.add(batch, kl_coeff, truncated)
+            stats.add(batch, truncated)
             self.num_timesteps += int(batch.response_mask.sum().item())
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
         rollout_buffer.finalize()
         summary = stats.summary()
-        summary["rollout_info/kl_coeff"] = kl_coeff
         self.kl_controller.step(summary["rollout_info/kl_div_mean"])
         self.rollout_stats = summary
         callback.on_rollout_end()

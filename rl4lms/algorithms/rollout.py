@@ -11,7 +11,7 @@ from rl4lms.algorithms.advantages import kl_penalized_rewards
 from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
-from rl4lms.policies.base import LMActorCriticPolicy, module_device
+from rl4lms.policies.base import LMActorCriticPolicy, module_device, response_tokens
 from rl4lms.rewards.base import BatchedRewardFunction, RewardOutputError
 
 
@@ -36,29 +36,29 @@ def encode_prompts(env: TextGenEnv, samples: Sequence[Sample],
 class RolloutStats:
     """Per-episode numbers of one rollout, aggregated into ``rollout_info/*`` records."""
 
+    kl_coeff: float
     scores: List[float] = field(default_factory=list)
     kl: List[float] = field(default_factory=list)
-    kl_rewards: List[float] = field(default_factory=list)
     lengths: List[int] = field(default_factory=list)
     prompts_truncated: int = 0
 
-    def add(self, batch: RolloutBatch, kl_coeff: float, truncated: int) -> None:
-        episode_kl = batch.kl.sum(1)
+    def add(self, batch: RolloutBatch, truncated: int) -> None:
         self.scores += batch.scores.tolist()
-        self.kl += episode_kl.tolist()
-        self.kl_rewards += (-kl_coeff * episode_kl).tolist()
+        self.kl += batch.kl.sum(1).tolist()
         self.lengths += batch.response_mask.sum(1).tolist()
         self.prompts_truncated += truncated
 
     def summary(self) -> Dict[str, float]:
+        kl_reward = -self.kl_coeff * float(np.mean(self.kl))
         return {
             "rollout_info/ep_rew": float(np.mean(self.scores)),
-            "rollout_info/ep_kl_rew": float(np.mean(self.kl_rewards)),
-            "rollout_info/ep_total_rew": float(np.mean(self.scores) + np.mean(self.kl_rewards)),
+            "rollout_info/ep_kl_rew": kl_reward,
+            "rollout_info/ep_total_rew": float(np.mean(self.scores)) + kl_reward,
             "rollout_info/ep_lens": float(np.mean(self.lengths)),
             "rollout_info/kl_div_mean": float(np.mean(self.kl)),
             "rollout_info/n_episodes": float(len(self.scores)),
             "rollout_info/prompts_truncated": float(self.prompts_truncated),
+            "rollout_info/kl_coeff": self.kl_coeff,
         }
 
 
@@ -100,8 +100,7 @@ class RolloutCollector:
                      response_mask: torch.Tensor) -> torch.Tensor:
         """Per-token task rewards ``[B, T]``: batched functions score the last token of each episode,
         per-step functions are replayed through the env (no model calls)."""
-        lengths = response_mask.sum(1).tolist()
-        tokens = [row[:n] for row, n in zip(response_ids.tolist(), lengths)]
+        tokens = response_tokens(response_ids, response_mask)
         rewards = torch.zeros(response_ids.shape, dtype=torch.float32)
         reward_fn = self.env.reward_function
         if isinstance(reward_fn, BatchedRewardFunction):
@@ -112,8 +111,8 @@ class RolloutCollector:
             if len(scores) != len(samples):
                 raise RewardOutputError(f"reward function {type(reward_fn).__name__} returned {len(scores)} scores "
                                  f"for {len(samples)} generations")
-            for row, (n, score) in enumerate(zip(lengths, scores)):
-                rewards[row, max(n - 1, 0)] = float(score)
+            for row, (episode, score) in enumerate(zip(tokens, scores)):
+                rewards[row, max(len(episode) - 1, 0)] = float(score)
         else:
             for row, (sample, actions) in enumerate(zip(samples, tokens)):
                 self.env.reset(options={"sample": sample})

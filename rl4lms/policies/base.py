@@ -13,7 +13,7 @@ import logging
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Tuple, Type
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 from gymnasium import spaces
@@ -227,6 +227,11 @@ def response_mask_after_eos(response: torch.Tensor, eos_token_id: Optional[int],
     is_eos = (response == eos_token_id).long()
     eos_before = torch.cumsum(is_eos, dim=1) - is_eos
     return (eos_before == 0).long()
+
+
+def response_tokens(response_ids: torch.Tensor, response_mask: torch.Tensor) -> List[List[int]]:
+    """Each episode's generated token ids, without the padding after its end."""
+    return [row[:n] for row, n in zip(response_ids.tolist(), response_mask.sum(1).tolist())]
 
 
 def module_device(module: nn.Module) -> torch.device:

@@ -10,7 +10,7 @@ from rl4lms.algorithms.rollout import encode_prompts
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.metrics.base import BaseMetric
-from rl4lms.policies.base import LMActorCriticPolicy, module_device
+from rl4lms.policies.base import LMActorCriticPolicy, module_device, response_tokens
 
 
 @dataclass
@@ -32,9 +32,7 @@ def generate_texts(policy: LMActorCriticPolicy, env: TextGenEnv, samples: Sequen
         chunk = samples[start:start + batch_size]
         prompt_ids, prompt_mask, _ = encode_prompts(env, chunk, device)
         response, mask = policy.generate(prompt_ids, prompt_mask, config)
-        lengths = mask.sum(1).tolist()
-        texts += env.tokenizer.batch_decode([row[:n] for row, n in zip(response.tolist(), lengths)],
-                                            skip_special_tokens=True)
+        texts += env.tokenizer.batch_decode(response_tokens(response, mask), skip_special_tokens=True)
     return texts
 
 
