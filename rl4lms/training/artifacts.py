@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -16,6 +17,20 @@ def write_json_atomic(path: Path, payload: Any) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def write_folder_atomic(target: Path, write: Callable[[Path], None]) -> Path:
+    """Let ``write`` fill a staging folder beside ``target``, then swap it in with a rename.
+
+    A crash leaves either the old ``target`` or the staging folder, never a half-written ``target``.
+    """
+    staging = target.with_name(f".staging_{target.name}")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    write(staging)
+    shutil.rmtree(target, ignore_errors=True)
+    os.replace(staging, target)
+    return target
 
 
 class JsonlLog:

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
+from rl4lms.training.artifacts import write_folder_atomic
 
 STATE_FILE = "trainer_state.pt"
 _PREFIX = "checkpoint_"
@@ -33,11 +34,6 @@ def _restore_rng(state: Dict[str, Any]) -> None:
 
 def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, keep: int) -> Path:
     """Write ``checkpoint_<iteration>`` atomically (staging folder + rename) and prune old ones."""
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / f"{_PREFIX}{iteration:06d}"
-    staging = folder / f".staging_{iteration:06d}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
     state = {
         "iteration": iteration,
         "policy": alg.policy.trainable_state_dict(),
@@ -48,11 +44,13 @@ def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, keep
         "sampler": alg.rng_state(),
         "rng": _capture_rng(),
     }
-    torch.save(state, staging / STATE_FILE)
-    with open(staging / STATE_FILE, "rb") as handle:
-        os.fsync(handle.fileno())
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+
+    def write(staging: Path) -> None:
+        torch.save(state, staging / STATE_FILE)
+        with open(staging / STATE_FILE, "rb") as handle:
+            os.fsync(handle.fileno())
+
+    target = write_folder_atomic(folder / f"{_PREFIX}{iteration:06d}", write)
     for old in sorted(p for p in folder.glob(f"{_PREFIX}*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return target

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -11,7 +10,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rl4lms.training.artifacts import write_json_atomic
+from rl4lms.training.artifacts import write_folder_atomic, write_json_atomic
 from rl4lms.training.builders import RunComponents, build_components, default_device
 from rl4lms.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rl4lms.training.evaluation import evaluate_samples
@@ -138,11 +137,7 @@ class OnPolicyTrainer:
         if not any(r.get("epoch") == self.n_iters for r in self.tracker.metric_logs["test"].records()):
             self._evaluate("test", self.n_iters)
         model_dir = self.run_dir / "model"
-        staging = self.run_dir / ".model_staging"
-        shutil.rmtree(staging, ignore_errors=True)
-        self.parts.alg.policy.save_pretrained(staging)
-        shutil.rmtree(model_dir, ignore_errors=True)
-        staging.rename(model_dir)
+        write_folder_atomic(model_dir, self.parts.alg.policy.save_pretrained)
         summary = self.summary()
         write_json_atomic(self.run_dir / COMPLETE_FILE, summary)
         self.tracker.logger.info("run complete; model saved to %s", model_dir)
