@@ -9,14 +9,19 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w") as handle:
-        json.dump(payload, handle, indent=2, default=str)
+        handle.write(text)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write ``payload`` as indented JSON with :func:`write_text_atomic`."""
+    write_text_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
 def write_folder_atomic(target: Path, write: Callable[[Path], None]) -> Path:
@@ -87,10 +92,5 @@ class JsonlLog:
             handle.writelines(moved)
             handle.flush()
             os.fsync(handle.fileno())
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        with open(tmp, "w") as handle:
-            handle.writelines(kept)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, "".join(kept))
         return len(moved)
