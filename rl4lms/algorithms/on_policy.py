@@ -116,6 +116,19 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"{name} became {loss.item()} at timestep {self.num_timesteps}; lower alg.args.learning_rate, "
                 "check the reward function for NaN/inf, or raise alg.kl_div.coeff. The last checkpoint is intact.")
 
+    def optimization_step(self, loss: torch.Tensor, name: str) -> float:
+        """Check ``loss`` is finite, back-propagate it, clip gradients to ``max_grad_norm`` and step.
+
+        Every algorithm updates through this method, so gradient handling (clipping, and later
+        accumulation or distributed reduction) lives in one place. Returns the pre-clip norm.
+        """
+        self.check_finite(loss, name)
+        self.policy.optimizer.zero_grad()
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self.policy.optimizer.step()
+        return float(grad_norm)
+
     def rng_state(self) -> Dict[str, Any]:
         """State of the rollout prompt sampler."""
         return {"prompt_sampler": self.collector.rng.bit_generator.state}

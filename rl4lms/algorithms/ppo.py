@@ -108,11 +108,7 @@ class PPO(LMOnPolicyAlgorithm):
             epoch_kls = []
             for batch in self.rollout_buffer.minibatches(self.batch_size):
                 total, losses, out, entropy = self.minibatch_loss(batch)
-                self.check_finite(total, "ppo/loss/total")
-                self.policy.optimizer.zero_grad()
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-                self.policy.optimizer.step()
+                grad_norm = self.optimization_step(total, "ppo/loss/total")
                 mask = batch.response_mask.float()
                 value_error = masked_mean((out.values.detach() - batch.returns) ** 2, mask)
                 for name, value in {
@@ -121,6 +117,7 @@ class PPO(LMOnPolicyAlgorithm):
                     "ppo/policy/approxkl": losses.approx_kl, "ppo/policy/policykl": losses.policy_kl,
                     "ppo/policy/clipfrac": losses.clipfrac, "ppo/val/vpred": masked_mean(out.values.detach(), mask).item(),
                     "ppo/val/error": value_error.item(), "ppo/val/clipfrac": losses.value_clipfrac,
+                    "ppo/grad_norm": grad_norm,
                 }.items():
                     records.setdefault(name, []).append(value)
                 epoch_kls.append(losses.approx_kl)
