@@ -97,10 +97,15 @@ ALL_REGISTRIES: Dict[str, Registry] = {
 
 def load_builtin_components() -> None:
     """Import the package modules whose import registers the built-in components."""
+    import rl4lms.algorithms.a2c  # noqa: F401
+    import rl4lms.algorithms.nlpo  # noqa: F401
     import rl4lms.algorithms.ppo  # noqa: F401
+    import rl4lms.algorithms.supervised  # noqa: F401
+    import rl4lms.algorithms.trpo  # noqa: F401
     import rl4lms.data_pools.synthetic  # noqa: F401
     import rl4lms.metrics.synthetic  # noqa: F401
     import rl4lms.policies.causal  # noqa: F401
+    import rl4lms.policies.maskable  # noqa: F401
     import rl4lms.policies.seq2seq  # noqa: F401
     import rl4lms.rewards.synthetic  # noqa: F401
 

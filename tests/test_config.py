@@ -119,7 +119,8 @@ def test_missing_required_key(config: Dict[str, Any]) -> None:
 def test_missing_required_section(config: Dict[str, Any]) -> None:
     del config["alg"]["kl_div"]
     error = _errors_of(config)
-    assert error.errors == ["alg.kl_div: required key is missing"]
+    assert error.errors == ["alg.kl_div: required key is missing (alg 'ppo' learns from rewards; "
+                            "only 'supervised' runs without it)"]
 
 
 def test_unknown_registry_id_lists_choices(config: Dict[str, Any]) -> None:

@@ -28,6 +28,8 @@ class RolloutBatch:
     rewards: torch.Tensor
     kl: torch.Tensor
     scores: torch.Tensor
+    action_masks: Optional[torch.Tensor] = None
+    """NLPO: the allowed tokens ``[B, T, V]`` each response token was sampled from."""
     advantages: Optional[torch.Tensor] = None
     returns: Optional[torch.Tensor] = None
 
@@ -42,16 +44,17 @@ class RolloutBatch:
         for name, tensor in picked.items():
             if name.startswith("prompt"):
                 picked[name] = tensor[:, prompt_keep]
-            elif tensor.dim() == 2:
+            elif tensor.dim() >= 2:
                 picked[name] = tensor[:, :max(response_len, 1)]
         return replace(self, **picked)
 
 
 def _pad_to(tensor: torch.Tensor, width: int, value: float, left: bool) -> torch.Tensor:
+    """Pad dimension 1 of ``tensor`` to ``width`` with ``value``."""
     missing = width - tensor.shape[1]
     if missing == 0:
         return tensor
-    pad = torch.full((tensor.shape[0], missing), value, dtype=tensor.dtype, device=tensor.device)
+    pad = torch.full((tensor.shape[0], missing, *tensor.shape[2:]), value, dtype=tensor.dtype, device=tensor.device)
     return torch.cat([pad, tensor] if left else [tensor, pad], dim=1)
 
 
@@ -68,7 +71,8 @@ def concat_batches(batches: List[RolloutBatch], pad_token_id: int) -> RolloutBat
             joined[f.name] = torch.cat(parts)
             continue
         is_prompt = f.name.startswith("prompt")
-        value = pad_token_id if f.name.endswith("_ids") else 0
+        # Padded positions are outside the response mask; masks there allow every token.
+        value = pad_token_id if f.name.endswith("_ids") else (True if f.name == "action_masks" else 0)
         width = prompt_width if is_prompt else response_width
         joined[f.name] = torch.cat([_pad_to(p, width, value, left=is_prompt) for p in parts])
     return RolloutBatch(**joined)

@@ -10,6 +10,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
+from rl4lms.algorithms.advantages import masked_mean, masked_var
 from rl4lms.algorithms.buffer import TextRolloutBuffer
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.rollout import RolloutCollector, RolloutStats
@@ -31,6 +32,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
     """
 
     policy: LMActorCriticPolicy
+    needs_reward_function = True
+    """False for algorithms that learn without rollouts (``supervised``)."""
 
     def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
                  n_envs: int = 1, learning_rate: float = 1e-5, n_steps: int = 128, gamma: float = 0.99,
@@ -91,6 +94,11 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         callback.on_rollout_end()
         return True
 
+    def progress_stats(self) -> Dict[str, float]:
+        """The few numbers shown on the progress bar after each iteration."""
+        return {"reward": self.rollout_stats.get("rollout_info/ep_rew", float("nan")),
+                "kl": self.rollout_stats.get("rollout_info/kl_div_mean", float("nan"))}
+
     def objective_stats(self) -> Dict[str, float]:
         """TRL's ``objective/*`` and ``ppo/*`` rollout statistics of the buffered rollout."""
         data = self.rollout_buffer.data
@@ -108,6 +116,22 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
             "ppo/mean_non_score_reward": float((data.rewards.sum(1) - data.scores).mean()),
             "tokens/queries_len_mean": float(data.prompt_mask.sum(1).float().mean()),
             "tokens/responses_len_mean": float(mask.sum(1).mean()),
+        }
+
+    def value_stats(self) -> Dict[str, float]:
+        """Rollout-time value diagnostics: TRL's ``ppo/returns/*`` and ``ppo/val/*``."""
+        data = self.rollout_buffer.data
+        assert data is not None and data.returns is not None and data.advantages is not None
+        mask = data.response_mask.float()
+        returns_var = masked_var(data.returns, mask)
+        residual_var = masked_var(data.returns - data.values, mask)
+        return {
+            "ppo/returns/mean": masked_mean(data.returns, mask).item(),
+            "ppo/returns/var": returns_var.item(),
+            "ppo/val/mean": masked_mean(data.values, mask).item(),
+            "ppo/val/var": masked_var(data.values, mask).item(),
+            "ppo/val/var_explained": (1.0 - residual_var / returns_var.clamp(min=1e-8)).item(),
+            "ppo/policy/advantages_mean": masked_mean(data.advantages, mask).item(),
         }
 
     def check_finite(self, loss: torch.Tensor, name: str) -> None:

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Tuple, Type
 import numpy as np
 import torch
 
-from rl4lms.algorithms.advantages import masked_mean, masked_var
+from rl4lms.algorithms.advantages import masked_mean
 from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
@@ -89,7 +89,8 @@ class PPO(LMOnPolicyAlgorithm):
 
     def minibatch_loss(self, batch: RolloutBatch) -> Tuple[torch.Tensor, PPOLoss, PolicyOutput, torch.Tensor]:
         """Total loss of one minibatch, its :class:`PPOLoss` and the new values/entropy."""
-        out = self.policy.evaluate_actions(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+        out = self.policy.evaluate_actions(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
+                                           batch.action_masks)
         mask = batch.response_mask.float()
         assert batch.advantages is not None and batch.returns is not None
         losses = ppo_loss(out.log_probs, batch.log_probs, batch.advantages, out.values, batch.values, batch.returns,
@@ -131,19 +132,3 @@ class PPO(LMOnPolicyAlgorithm):
         self.train_stats["objective/entropy"] = self.train_stats["ppo/policy/entropy"]
         self.train_stats["ppo/learning_rate"] = float(self.lr_schedule(self._current_progress_remaining))
         self.train_stats["ppo/early_stop"] = float(stop_early)
-
-    def value_stats(self) -> Dict[str, float]:
-        """Rollout-time value diagnostics: TRL's ``ppo/returns/*`` and ``ppo/val/*``."""
-        data = self.rollout_buffer.data
-        assert data is not None and data.returns is not None and data.advantages is not None
-        mask = data.response_mask.float()
-        returns_var = masked_var(data.returns, mask)
-        residual_var = masked_var(data.returns - data.values, mask)
-        return {
-            "ppo/returns/mean": masked_mean(data.returns, mask).item(),
-            "ppo/returns/var": returns_var.item(),
-            "ppo/val/mean": masked_mean(data.values, mask).item(),
-            "ppo/val/var": masked_var(data.values, mask).item(),
-            "ppo/val/var_explained": (1.0 - residual_var / returns_var.clamp(min=1e-8)).item(),
-            "ppo/policy/advantages_mean": masked_mean(data.advantages, mask).item(),
-        }

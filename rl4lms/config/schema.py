@@ -60,7 +60,7 @@ CONFIG_SCHEMA = Section({
         "truncation_side": Key(STR, "left", choices=("left", "right")),
         "pad_token_as_eos_token": Key(BOOL, False, doc="use EOS as pad when the tokenizer has no pad token"),
     }),
-    "reward_fn": Component("reward_fn"),
+    "reward_fn": Component("reward_fn", required=False, doc="required by every algorithm but supervised"),
     "datapool": Component("datapool"),
     "env": Section({
         "n_envs": Key(INT, 1, minimum=1, doc="prompts per generation batch during rollouts"),
@@ -76,7 +76,7 @@ CONFIG_SCHEMA = Section({
         "kl_div": Section({
             "coeff": Key(FLOAT, minimum=0.0),
             "target_kl": Key(FLOAT + (NONE,), None),
-        }),
+        }, required=False, doc="required by every algorithm but supervised"),
         "policy": Component("policy"),
     }),
     "train_evaluation": Section({

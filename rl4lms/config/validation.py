@@ -7,7 +7,7 @@ import difflib
 import inspect
 import math
 import typing
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from rl4lms.config.schema import CONFIG_SCHEMA, INJECTED_ARGS, Component, ComponentList, Key, Section
 from rl4lms.registry import ALL_REGISTRIES, RegistryError, load_builtin_components
@@ -69,6 +69,33 @@ def _takes_float_not_str(hint: Any) -> bool:
 
 def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _constructor_parameters(cls: type, kind: str) -> Tuple[Dict[str, inspect.Parameter], Dict[str, Any], bool]:
+    """Named parameters (with type hints) of the constructor, ``prepare`` for pools.
+
+    A constructor that forwards ``**kwargs`` to its parent (e.g. a mixin adding a few
+    arguments) also accepts the parent's parameters; only when no class in the MRO names them
+    does the component accept any keyword.
+    """
+    params: Dict[str, inspect.Parameter] = {}
+    hints: Dict[str, Any] = {}
+    owners = [cls] if kind == "datapool" else [c for c in cls.__mro__ if "__init__" in vars(c)]
+    for owner in owners:
+        target: Callable = owner.prepare if kind == "datapool" else vars(owner)["__init__"]
+        signature = inspect.signature(target)
+        try:
+            owner_hints = typing.get_type_hints(target)
+        except Exception:  # unresolvable annotations: skip type checks, keep name checks
+            owner_hints = {}
+        for name, param in signature.parameters.items():
+            if name not in ("self", "cls") and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                params.setdefault(name, param)
+                if name in owner_hints:
+                    hints.setdefault(name, owner_hints[name])
+        if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+            return params, hints, False
+    return params, hints, True
 
 
 class _Validator:
@@ -159,16 +186,8 @@ class _Validator:
 
     def arguments(self, cls: type, kind: str, args: Dict[str, Any], path: str) -> Dict[str, Any]:
         """Check ``args`` against the signature of the class's constructor (``prepare`` for pools)."""
-        target: Callable = cls.prepare if kind == "datapool" else cls.__init__
-        signature = inspect.signature(target)
-        try:
-            hints = typing.get_type_hints(target)
-        except Exception:  # unresolvable annotations: skip type checks, keep name checks
-            hints = {}
+        params, hints, accepts_any = _constructor_parameters(cls, kind)
         injected = INJECTED_ARGS[kind]
-        params = {name: p for name, p in signature.parameters.items()
-                  if name not in ("self", "cls") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
-        accepts_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
         allowed = [name for name in params if name not in injected]
         out = dict(args)
         for name, arg in args.items():
@@ -191,11 +210,27 @@ class _Validator:
         return out
 
 
+def _check_reward_sections(validator: _Validator, config: Dict[str, Any]) -> None:
+    """``reward_fn`` and ``alg.kl_div`` are optional only for algorithms that learn without rewards."""
+    alg = config.get("alg")
+    try:
+        alg_class = ALL_REGISTRIES["alg"].get(alg["id"]) if isinstance(alg, dict) and "id" in alg else None
+    except RegistryError:
+        return  # already reported
+    if alg_class is None or not getattr(alg_class, "needs_reward_function", True):
+        return
+    for path, present in (("reward_fn", "reward_fn" in config), ("alg.kl_div", "kl_div" in alg)):
+        if not present:
+            validator.error(path, f"required key is missing (alg '{alg['id']}' learns from rewards; "
+                                  "only 'supervised' runs without it)")
+
+
 def validate_config(config: Dict[str, Any], source: Optional[str] = None) -> Dict[str, Any]:
     """Validate a config dict against the schema and component signatures; return it with defaults."""
     load_builtin_components()
     validator = _Validator()
     result = validator.section(CONFIG_SCHEMA, config, "")
+    _check_reward_sections(validator, result)
     if validator.errors:
         raise ConfigError(validator.errors, source)
     return result

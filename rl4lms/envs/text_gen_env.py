@@ -25,7 +25,7 @@ class TextGenEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, tokenizer: PreTrainedTokenizerBase, reward_function: AnyRewardFunction,
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, reward_function: Optional[AnyRewardFunction],
                  samples: Sequence[Sample], max_episode_length: int = 512, max_prompt_length: Optional[int] = None,
                  terminate_on_eos: bool = False, context_start_token: Optional[int] = None,
                  prompt_truncation_side: str = "left") -> None:

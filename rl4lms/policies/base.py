@@ -38,11 +38,24 @@ class PolicyOutput:
     log_probs: torch.Tensor
     entropy: torch.Tensor
     values: torch.Tensor
+    unmasked_log_probs: torch.Tensor
+    """Log-probs without action masks (equal to ``log_probs`` when none were given); the KL uses these."""
 
 
 def masked_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Log-probability of ``tokens`` under ``logits`` (``[B, T, V]`` and ``[B, T]``)."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def apply_action_masks(logits: torch.Tensor, action_masks: Optional[torch.Tensor]) -> torch.Tensor:
+    """Logits with disallowed tokens (``action_masks`` False) pushed to the lowest finite value.
+
+    A finite fill keeps log-probs finite at padded positions, where multiplying by a zero
+    mask must give zero (``-inf * 0`` would be NaN).
+    """
+    if action_masks is None:
+        return logits
+    return logits.masked_fill(~action_masks, torch.finfo(logits.dtype).min)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -161,14 +174,36 @@ class LMActorCriticPolicy(BasePolicy):
         """
         sequences = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
                                         generation_config=generation_config)
-        response = self._response_from_sequences(sequences, prompt_ids.shape[1])
+        return self._finish_response(sequences, prompt_ids.shape[1])
+
+    def _finish_response(self, sequences: torch.Tensor, prompt_len: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Generated tokens of ``sequences`` and their mask, pad ids after each episode's end."""
+        response = self._response_from_sequences(sequences, prompt_len)
         mask = response_mask_after_eos(response, self.tokenizer.eos_token_id, self.terminate_on_eos)
         response = response.masked_fill(mask == 0, self.tokenizer.pad_token_id)
         return response, mask
 
+    @torch.no_grad()
+    def sample_actions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                       generation_config: GenerationConfig) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Rollout generation: :meth:`generate`'s output plus the action masks it sampled under
+        (``[B, T, V]`` booleans; None for policies that do not mask actions)."""
+        response, mask = self.generate(prompt_ids, prompt_mask, generation_config)
+        return response, mask, None
+
+    def response_logits(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                        response_mask: torch.Tensor) -> torch.Tensor:
+        """Temperature-scaled logits ``[B, T, V]`` of the actor at each response position."""
+        logits, _ = self._forward(self.model, prompt_ids, prompt_mask, response_ids, response_mask, want_hidden=False)
+        return logits / self.temperature
+
     def evaluate_actions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                         response_mask: torch.Tensor) -> PolicyOutput:
-        """Log-probs, entropy and values of the response tokens, from one batched forward."""
+                         response_mask: torch.Tensor, action_masks: Optional[torch.Tensor] = None) -> PolicyOutput:
+        """Log-probs, entropy and values of the response tokens, from one batched forward.
+
+        With ``action_masks`` the log-probs and entropy are those of the masked distribution
+        the tokens were sampled from (NLPO); ``unmasked_log_probs`` are always unmasked.
+        """
         logits, hidden = self._forward(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
                                        want_hidden=self.shared_backbone)
         logits = logits / self.temperature
@@ -176,8 +211,29 @@ class LMActorCriticPolicy(BasePolicy):
             _, hidden = self._forward(self.critic_model, prompt_ids, prompt_mask, response_ids, response_mask,
                                       want_hidden=True)
         assert hidden is not None
-        return PolicyOutput(log_probs=masked_log_probs(logits, response_ids), entropy=entropy_from_logits(logits),
-                            values=self.value_head(hidden))
+        unmasked = masked_log_probs(logits, response_ids)
+        if action_masks is None:
+            return PolicyOutput(log_probs=unmasked, entropy=entropy_from_logits(logits),
+                                values=self.value_head(hidden), unmasked_log_probs=unmasked)
+        allowed = action_masks | (response_mask == 0).unsqueeze(-1)
+        masked_logits = apply_action_masks(logits, allowed)
+        return PolicyOutput(log_probs=masked_log_probs(masked_logits, response_ids),
+                            entropy=entropy_from_logits(masked_logits), values=self.value_head(hidden),
+                            unmasked_log_probs=unmasked)
+
+    def predict_values(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                       response_mask: torch.Tensor) -> torch.Tensor:
+        """Values of the response positions where only the critic learns: with a shared backbone
+        the backbone's features are detached, so the gradient reaches the value head alone."""
+        if self.critic_model is not None:
+            _, hidden = self._forward(self.critic_model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                      want_hidden=True)
+        else:
+            with torch.no_grad():
+                _, hidden = self._forward(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                          want_hidden=True)
+        assert hidden is not None
+        return self.value_head(hidden)
 
     @torch.no_grad()
     def reference_log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,

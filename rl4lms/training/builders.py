@@ -61,19 +61,23 @@ def default_device() -> str:
 
 def build_components(config: Dict[str, Any], device: str) -> RunComponents:
     """Tokenizer, data pools, reward, env, policy + algorithm and metrics, in that order."""
+    alg_config = config["alg"]
+    alg_class = AlgorithmRegistry.get(alg_config["id"])
     tokenizer = load_tokenizer(**config["tokenizer"])
     pools = build_pools(config["datapool"])
-    with building("reward_fn", config["reward_fn"]["id"]):
-        reward_fn = RewardFunctionRegistry.build(config["reward_fn"]["id"], config["reward_fn"]["args"])
+    reward_fn = None
+    if "reward_fn" in config:
+        with building("reward_fn", config["reward_fn"]["id"]):
+            reward_fn = RewardFunctionRegistry.build(config["reward_fn"]["id"], config["reward_fn"]["args"])
     env_args = config["env"]["args"]
     with building("env", "text_gen_env"):
         env = TextGenEnv(tokenizer, reward_fn, list(pools["train"]), **env_args)
-    alg_config = config["alg"]
     policy_config = alg_config["policy"]
     policy_kwargs = {**policy_config["args"], "tokenizer": tokenizer, "terminate_on_eos": env_args["terminate_on_eos"]}
+    kl_controller = KLController(**alg_config.get("kl_div", {"coeff": 0.0}))
     with building("alg", alg_config["id"]):
-        alg = AlgorithmRegistry.get(alg_config["id"])(
-            policy=PolicyRegistry.get(policy_config["id"]), env=env, kl_controller=KLController(**alg_config["kl_div"]),
+        alg = alg_class(
+            policy=PolicyRegistry.get(policy_config["id"]), env=env, kl_controller=kl_controller,
             n_envs=config["env"]["n_envs"], policy_kwargs=policy_kwargs, seed=config["seed"], device=device,
             **alg_config["args"])
     with building("env", "text_gen_env"):

@@ -119,8 +119,7 @@ class OnPolicyTrainer:
         for iteration in range(start + 1, self.n_iters + 1):
             alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
             self.tracker.log_iteration(iteration, alg.rollout_stats, alg.train_stats, alg.num_timesteps)
-            progress.set_postfix(reward=f"{alg.rollout_stats['rollout_info/ep_rew']:.3f}",
-                                 kl=f"{alg.rollout_stats['rollout_info/kl_div_mean']:.3f}", refresh=False)
+            progress.set_postfix({k: f"{v:.3f}" for k, v in alg.progress_stats().items()}, refresh=False)
             progress.update(1)
             last = iteration == self.n_iters
             if iteration % self.eval_config["eval_every"] == 0 or last:
@@ -148,7 +147,7 @@ class OnPolicyTrainer:
         def first_last(records: List[Dict[str, Any]]) -> Dict[str, Any]:
             return {"before": records[0]["metrics"], "after": records[-1]["metrics"]} if records else {}
 
-        rollouts = self.tracker.rollout_log.records()
+        rollouts = [r for r in self.tracker.rollout_log.records() if "rollout_info/ep_rew" in r]
         return {
             "val": first_last(self.tracker.metric_logs["val"].records()),
             "test": first_last(self.tracker.metric_logs["test"].records()),

@@ -1,0 +1,91 @@
+"""Supervised fine-tuning on a data pool's references (RL4LMs' ``supervised``).
+
+Runs inside the same trainer loop as the RL algorithms, so evaluation, checkpoints, resume
+and the final ``model/`` folder are shared: one trainer iteration is one epoch over every
+(prompt, reference) pair of the train split. The output folder warm-starts RL runs
+(``*_on_supervised`` configs set ``alg.policy.args.model_name`` to it).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
+
+import torch
+
+from rl4lms.algorithms.advantages import masked_mean
+from rl4lms.algorithms.kl_controller import KLController
+from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
+from rl4lms.algorithms.rollout import encode_prompts
+from rl4lms.data_pools.text_gen_pool import Sample
+from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.policies.base import LMActorCriticPolicy, module_device
+from rl4lms.registry import AlgorithmRegistry
+
+
+def encode_targets(env: TextGenEnv, texts: Sequence[str], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded target ids (each ending with EOS, cut to ``max_episode_length``) and their mask."""
+    tokenizer = env.tokenizer
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    encoded = [(tokenizer.encode(text, add_special_tokens=False) + eos)[:env.max_episode_length] for text in texts]
+    width = max(1, max(len(ids) for ids in encoded))
+    ids = torch.full((len(texts), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(texts), width), dtype=torch.long)
+    for row, tokens in enumerate(encoded):
+        ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+        mask[row, :len(tokens)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def reference_pairs(samples: Sequence[Sample]) -> List[Tuple[Sample, str]]:
+    """One (sample, reference) training pair per reference text."""
+    return [(sample, reference) for sample in samples for reference in sample.references]
+
+
+@AlgorithmRegistry.register("supervised")
+class Supervised(LMOnPolicyAlgorithm):
+    """Teacher-forced cross-entropy on the references; each ``learn`` call is one shuffled epoch."""
+
+    needs_reward_function = False
+
+    def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
+                 n_envs: int = 1, learning_rate: float = 1e-4, batch_size: int = 16, max_grad_norm: float = 1.0,
+                 policy_kwargs: Optional[Dict[str, Any]] = None, verbose: int = 0, seed: Optional[int] = None,
+                 device: str = "auto", _init_setup_model: bool = True) -> None:
+        if batch_size < 1:
+            raise ValueError(f"alg.args.batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        super().__init__(policy=policy, env=env, kl_controller=kl_controller, n_envs=n_envs,
+                         learning_rate=learning_rate, n_steps=1, max_grad_norm=max_grad_norm,
+                         policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
+                         _init_setup_model=_init_setup_model)
+        self.pairs = reference_pairs(self.text_env.samples)
+        if not self.pairs:
+            raise ValueError("alg 'supervised' needs references: the train split's samples have none")
+
+    def learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> "Supervised":
+        """One epoch over the (prompt, reference) pairs; ``total_timesteps`` is not used."""
+        self._update_learning_rate(self.policy.optimizer)
+        self.policy.set_training_mode(True)
+        device = module_device(self.policy)
+        order = self.collector.rng.permutation(len(self.pairs))
+        total_nll, total_tokens = 0.0, 0
+        for start in range(0, len(order), self.batch_size):
+            chunk = [self.pairs[int(i)] for i in order[start:start + self.batch_size]]
+            prompt_ids, prompt_mask, _ = encode_prompts(self.text_env, [s for s, _ in chunk], device)
+            target_ids, target_mask = encode_targets(self.text_env, [r for _, r in chunk], device)
+            out = self.policy.evaluate_actions(prompt_ids, prompt_mask, target_ids, target_mask)
+            loss = -masked_mean(out.log_probs, target_mask.float())
+            self.optimization_step(loss, "supervised/loss")
+            tokens = int(target_mask.sum())
+            total_nll += loss.item() * tokens
+            total_tokens += tokens
+        self.num_timesteps += total_tokens
+        self._n_updates += 1
+        mean_nll = total_nll / max(total_tokens, 1)
+        self.rollout_stats = {}
+        self.train_stats = {"supervised/loss": mean_nll, "supervised/perplexity": math.exp(min(mean_nll, 50.0)),
+                            "supervised/n_pairs": float(len(self.pairs)), "supervised/tokens": float(total_tokens)}
+        return self
+
+    def progress_stats(self) -> Dict[str, float]:
+        return {"loss": self.train_stats.get("supervised/loss", float("nan"))}
