@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any, Dict, Optional
 
 import pytest
 
@@ -35,15 +36,19 @@ DEFAULT_CONFIG = REPO / "task_configs" / "synthetic_increasing_numbers" / "tiny_
 
 
 def write_small_config(folder: Path, n_iters: int = 4, eval_every: int = 2, save_every: int = 2,
-                       base: Path = DEFAULT_CONFIG) -> Path:
-    """A copy of a shipped config shrunk to a few quick iterations."""
+                       base: Path = DEFAULT_CONFIG, policy_args: Optional[Dict[str, Any]] = None,
+                       name: str = "small.yml") -> Path:
+    """A copy of a shipped config shrunk to a few quick iterations (``policy_args`` override the policy's)."""
     import yaml
 
     config = yaml.safe_load(base.read_text())
     config["train_evaluation"].update(n_iters=n_iters, eval_every=eval_every, save_every=save_every)
     config["datapool"]["args"]["n_samples"] = 8
-    config["alg"]["args"].update(n_steps=4, batch_size=8, n_epochs=1)
+    alg_args = config["alg"]["args"]
+    alg_args.update({k: v for k, v in {"n_steps": 4, "batch_size": 8, "n_epochs": 1, "n_critic_updates": 1}.items()
+                     if k in alg_args})
+    config["alg"]["policy"]["args"].update(policy_args or {})
     config["env"]["n_envs"] = 8
-    path = folder / "small.yml"
+    path = folder / name
     path.write_text(yaml.safe_dump(config))
     return path

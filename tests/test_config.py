@@ -363,7 +363,8 @@ def test_bundled_configs_exist() -> None:
 @pytest.mark.parametrize("path", BUNDLED, ids=lambda p: str(p.relative_to(TASK_CONFIGS)))
 def test_bundled_config_validates(path: Path) -> None:
     loaded = load_config(path)
-    assert {"tokenizer", "reward_fn", "datapool", "env", "alg", "train_evaluation"} <= set(loaded)
+    assert {"tokenizer", "datapool", "env", "alg", "train_evaluation"} <= set(loaded)
+    assert ("reward_fn" in loaded) == (loaded["alg"]["id"] != "supervised")
 
 
 def test_custom_module_that_fails_at_import_is_a_config_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,7 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, write_small_config
+import pytest
+from conftest import DEFAULT_CONFIG, REPO, write_small_config
 
 SCRIPT = REPO / "scripts" / "training" / "train_text_generation.py"
 
@@ -29,8 +30,17 @@ def _jsonl(path: Path) -> list:
     return [json.loads(line) for line in lines]  # every line must be complete JSON
 
 
-def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path: Path) -> None:
-    config = write_small_config(tmp_path, n_iters=30, eval_every=5, save_every=5)
+NLPO_CONFIG = REPO / "task_configs" / "synthetic_increasing_numbers" / "tiny_gpt2_nlpo.yml"
+
+
+@pytest.mark.parametrize("base, policy_args", [
+    (DEFAULT_CONFIG, {}),
+    # NLPO: the mask model refreshes every 3 updates, so the kill lands between refreshes and the
+    # resumed run must restore both the mask model and its refresh counter.
+    (NLPO_CONFIG, {"target_update_iterations": 3, "min_tokens_to_keep": 20}),
+], ids=["ppo", "nlpo"])
+def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path: Path, base: Path, policy_args: dict) -> None:
+    config = write_small_config(tmp_path, n_iters=30, eval_every=5, save_every=5, base=base, policy_args=policy_args)
     subprocess.run(_command(config, tmp_path, "straight"), env=_env(), check=True, capture_output=True)
 
     process = subprocess.Popen(_command(config, tmp_path, "killed"), env=_env(), stdout=subprocess.DEVNULL,

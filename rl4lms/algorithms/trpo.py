@@ -137,7 +137,7 @@ class TRPO(LMOnPolicyAlgorithm):
         curvature = float(direction @ fisher_vector(direction))
         full_step = direction * math.sqrt(2 * self.target_kl / max(curvature, 1e-12))
         start = [p.detach().clone() for p in params]
-        before = float(surrogate)
+        before = float(surrogate.detach())
         fraction = 1.0
         with torch.no_grad():
             for _ in range(self.line_search_max_iter):
