@@ -49,13 +49,14 @@ def test_natural_step_stays_within_the_kl_constraint(tiny_tokenizer) -> None:
 
     # Recompute the KL between the old and new policy on the rollout, independently of TRPO's own number.
     data = alg.rollout_buffer.data
-    torch.set_grad_enabled(False)
-    new_logits = alg.policy.response_logits(data.prompt_ids, data.prompt_mask, data.response_ids, data.response_mask)
-    alg.policy.model, current = before, alg.policy.model
-    old_logits = alg.policy.response_logits(data.prompt_ids, data.prompt_mask, data.response_ids, data.response_mask)
-    alg.policy.model = current
+    with torch.no_grad():
+        new_logits = alg.policy.response_logits(data.prompt_ids, data.prompt_mask, data.response_ids,
+                                                data.response_mask)
+        alg.policy.model, current = before, alg.policy.model
+        old_logits = alg.policy.response_logits(data.prompt_ids, data.prompt_mask, data.response_ids,
+                                                data.response_mask)
+        alg.policy.model = current
     kl = float(token_kl(torch.log_softmax(old_logits, -1), torch.log_softmax(new_logits, -1),
                         data.response_mask.float()))
-    torch.set_grad_enabled(True)
     assert 0 < kl <= target_kl
     assert abs(kl - stats["trpo/kl"]) < 1e-4
