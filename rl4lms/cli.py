@@ -13,7 +13,11 @@ from rl4lms.models.loading import ModelLoadError
 from rl4lms.registry import RegistryError
 from rl4lms.rewards.base import RewardOutputError
 from rl4lms.training.builders import ComponentBuildError
+from rl4lms.training.run_lock import RunLockedError
 from rl4lms.training.trainer import ConfigMismatchError, OnPolicyTrainer
+
+EXIT_RUN_LOCKED = 3
+"""Exit status when another process is training the same run folder."""
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -25,6 +29,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument("--project_name", default="rl4lms", help="wandb project")
     parser.add_argument("--entity_name", default=None, help="wandb entity")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--override", action="append", default=[], metavar="KEY.PATH=VALUE",
+                        help="set a config value, e.g. alg.args.learning_rate=1e-5 (repeatable; YAML-typed)")
     return parser.parse_args(argv)
 
 
@@ -50,12 +56,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     experiment = args.experiment_name or Path(args.config_path).stem
     run_dir = Path(args.base_path_to_store_results) / experiment
     try:
-        config = load_config(args.config_path)
+        config = load_config(args.config_path, args.override)
         trainer = OnPolicyTrainer(config, experiment, args.base_path_to_store_results, args.log_to_wandb,
                                   args.project_name, args.entity_name, args.device)
     except (ConfigError, ConfigMismatchError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except RunLockedError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_RUN_LOCKED
     try:
         summary = trainer.train_and_eval()
     except (ModelLoadError, EmptyDataPoolError, RegistryError, ComponentBuildError) as error:
@@ -68,3 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         trainer.close()
     print(f"\nResults of {run_dir}:\n{format_summary(summary)}")
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

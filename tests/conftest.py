@@ -21,6 +21,7 @@ def isolated_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR"):
         os.environ[name] = str(root / name.lower())
     os.environ["XDG_CACHE_HOME"] = str(root / "xdg_cache")
+    os.environ["MPLCONFIGDIR"] = str(root / "matplotlib")
     return root
 
 

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
-from typing import Any, Dict, Union
+from typing import Any, Dict, Sequence, Union
 
 import yaml
 
+from rl4lms.config.overrides import apply_overrides
 from rl4lms.config.validation import ConfigError, validate_config
 
 
@@ -24,8 +25,8 @@ def import_custom_modules(config: Dict[str, Any]) -> None:
             raise ConfigError([f"custom_modules[{ix}]: cannot import '{name}': {type(error).__name__}: {error}"]) from error
 
 
-def load_config(path: Union[str, Path]) -> Dict[str, Any]:
-    """Parse ``path``, import its custom modules, validate it and fill in defaults."""
+def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> Dict[str, Any]:
+    """Parse ``path``, apply dot-path ``overrides``, import custom modules, validate and fill in defaults."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file '{path}' does not exist"])
@@ -35,5 +36,6 @@ def load_config(path: Union[str, Path]) -> Dict[str, Any]:
         raise ConfigError([f"{path}: invalid YAML: {error}"]) from error
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    raw = apply_overrides(raw, overrides)
     import_custom_modules(raw)
     return validate_config(raw, source=str(path))

@@ -14,6 +14,7 @@ from rl4lms.training.artifacts import write_folder_atomic, write_json_atomic
 from rl4lms.training.builders import RunComponents, build_components, default_device
 from rl4lms.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rl4lms.training.evaluation import evaluate_samples
+from rl4lms.training.run_lock import RunLock
 from rl4lms.training.tracker import Tracker
 
 RESUMABLE_CHANGES = {("train_evaluation", "n_iters")}
@@ -52,7 +53,12 @@ class OnPolicyTrainer:
         self.config = config
         self.run_dir = Path(base_path_to_store_results) / experiment_name
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self._check_or_write_config()
+        self.lock = RunLock(self.run_dir).acquire()
+        try:
+            self._check_or_write_config()
+        except ConfigMismatchError:
+            self.lock.release()
+            raise
         self.tracker = Tracker(self.run_dir, experiment_name, config, log_to_wandb, wandb_project, wandb_entity)
         self.eval_config = config["train_evaluation"]
         self.n_iters: int = self.eval_config["n_iters"]
@@ -158,3 +164,4 @@ class OnPolicyTrainer:
 
     def close(self) -> None:
         self.tracker.close()
+        self.lock.release()

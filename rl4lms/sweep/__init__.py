@@ -1,0 +1,1 @@
+"""Benchmark sweeps: grids of runs (``grid``), their parallel execution (``runner``) and reports (``report``)."""
