@@ -104,13 +104,26 @@ def write_csv(rows: List[ResultRow], path: Path) -> None:
                                  len(row.seeds), " ".join(map(str, row.seeds))])
 
 
-def plot_curves(runs: List[RunRecord], out_dir: Path) -> List[Path]:
-    """Per task: reward and KL over iterations, one line per run."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save(plt: Any, figure: Any, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def plot_curves(runs: List[RunRecord], out_dir: Path) -> List[Path]:
+    """Per task: reward and KL over iterations, one line per run."""
+    plt = _pyplot()
     paths = []
     for task in sorted({r.task for r in runs}):
         figure, (reward_ax, kl_ax) = plt.subplots(1, 2, figsize=(11, 4))
@@ -122,21 +135,13 @@ def plot_curves(runs: List[RunRecord], out_dir: Path) -> List[Path]:
         reward_ax.set(title=f"{task}: episode reward", xlabel="iteration", ylabel="rollout_info/ep_rew")
         kl_ax.set(title=f"{task}: KL to the reference", xlabel="iteration", ylabel="rollout_info/kl_div_mean")
         reward_ax.legend(fontsize="x-small")
-        figure.tight_layout()
-        path = out_dir / f"curves_{task}.png"
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        paths.append(path)
+        paths.append(_save(plt, figure, out_dir / f"curves_{task}.png"))
     return paths
 
 
 def plot_metric_bars(rows: List[ResultRow], out_dir: Path, split: str = "test") -> List[Path]:
     """Per task: one group of bars per metric, one bar per algorithm (error bar = std over seeds)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     paths = []
     for task in sorted({r.task for r in rows}):
         members = [r for r in rows if r.task == task]
@@ -154,11 +159,7 @@ def plot_metric_bars(rows: List[ResultRow], out_dir: Path, split: str = "test") 
         axis.set_xticks([m + 0.4 - width / 2 for m in range(len(metrics))], metrics, fontsize="small")
         axis.set(title=f"{task}: {split} metrics (mean ± std over seeds)")
         axis.legend(fontsize="small")
-        figure.tight_layout()
-        path = out_dir / f"metrics_{task}.png"
-        figure.savefig(path, dpi=100)
-        plt.close(figure)
-        paths.append(path)
+        paths.append(_save(plt, figure, out_dir / f"metrics_{task}.png"))
     return paths
 
 
