@@ -75,7 +75,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
     finally:
         trainer.close()
-    print(f"\nResults of {run_dir}:\n{format_summary(summary)}")
+    if trainer.is_main:
+        print(f"\nResults of {run_dir}:\n{format_summary(summary)}")
     return 0
 
 

@@ -86,7 +86,7 @@ def test_unknown_top_level_key(config: Dict[str, Any]) -> None:
     error = _errors_of(config)
     assert len(error.errors) == 1
     assert error.errors[0].startswith("frobnicate: unknown key")
-    assert "valid keys: tokenizer, reward_fn, datapool, env, alg, train_evaluation, seed, custom_modules" in str(error)
+    assert "valid keys: tokenizer, reward_fn, datapool, env, alg, train_evaluation, accelerator, seed, custom_modules" in str(error)
 
 
 def test_misspelled_key_suggests_correct_one(config: Dict[str, Any]) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 import math
 from typing import Any, Dict, Optional, Type
 
+import numpy as np
 import torch
+from accelerate import Accelerator, DistributedType
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -34,6 +36,9 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
     policy: LMActorCriticPolicy
     needs_reward_function = True
     """False for algorithms that learn without rollouts (``supervised``)."""
+    supports_multiprocess = True
+    """False when the update cannot run under DDP (TRPO's second-order actor step)."""
+    accelerator: Optional[Accelerator] = None
 
     def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
                  n_envs: int = 1, learning_rate: float = 1e-5, n_steps: int = 128, gamma: float = 0.99,
@@ -48,6 +53,7 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.normalize_advantage = normalize_advantage
         self.rollout_stats: Dict[str, float] = {}
         self.train_stats: Dict[str, float] = {}
+        self._pending_micro_steps = 0
         super().__init__(policy=policy, env=env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma,
                          gae_lambda=gae_lambda, ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm,
                          use_sde=False, sde_sample_freq=-1, monitor_wrapper=False, policy_kwargs=policy_kwargs,
@@ -78,7 +84,9 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         callback.on_rollout_start()
         kl_coeff = self.kl_controller.kl_coeff
         stats = RolloutStats(kl_coeff)
-        while rollout_buffer.n_tokens < n_rollout_steps * self.n_generation_envs:
+        # Under DDP every process must collect the same number of batches (each update runs the
+        # same number of synchronised backward passes), so a process goes on while any needs more.
+        while self.any_process(rollout_buffer.n_tokens < n_rollout_steps * self.n_generation_envs):
             samples = self.collector.draw_samples(self.n_generation_envs)
             batch, truncated = self.collector.collect(samples, kl_coeff)
             rollout_buffer.add(batch)
@@ -88,7 +96,7 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
             if not callback.on_step():
                 return False
         rollout_buffer.finalize()
-        summary = stats.summary()
+        summary = self.mean_across_processes(stats.summary())
         self.kl_controller.step(summary["rollout_info/kl_div_mean"])
         self.rollout_stats = summary
         callback.on_rollout_end()
@@ -140,22 +148,84 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"{name} became {loss.item()} at timestep {self.num_timesteps}; lower alg.args.learning_rate, "
                 "check the reward function for NaN/inf, or raise alg.kl_div.coeff. The last checkpoint is intact.")
 
+    def attach_accelerator(self, accelerator: Accelerator) -> None:
+        """Train through ``accelerator``: DDP-wrapped trainable modules when several processes
+        run, its mixed precision and its ``gradient_accumulation_steps``. Each process draws its
+        own prompts (the sampler is seeded with the process index)."""
+        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+            raise ValueError(f"{accelerator.distributed_type.value} is not supported yet: rollouts generate with "
+                             "the unsharded actor; use DDP (`accelerate launch --multi_gpu`)")
+        if accelerator.num_processes > 1 and not self.supports_multiprocess:
+            raise ValueError(f"{type(self).__name__} cannot run in {accelerator.num_processes} processes; "
+                             "launch it as a single process")
+        self.accelerator = accelerator
+        self.policy.wrap_trainable_modules(accelerator.prepare_model)
+        self.policy.optimizer = accelerator.prepare_optimizer(self.policy.optimizer)
+        if accelerator.num_processes > 1:
+            self.collector.rng = np.random.default_rng([self.seed or 0, accelerator.process_index])
+
+    def any_process(self, flag: bool) -> bool:
+        """``flag`` or-ed over all processes (just ``flag`` in a single process)."""
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return flag
+        votes = self.accelerator.gather(torch.tensor([float(flag)], device=self.accelerator.device))
+        return bool(votes.max().item() > 0)
+
+    def mean_across_processes(self, values: Dict[str, float]) -> Dict[str, float]:
+        """Each value averaged over the processes, so every process logs and acts on the same numbers."""
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return values
+        stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=self.accelerator.device)
+        means = self.accelerator.reduce(stacked, reduction="mean")
+        return dict(zip(values, means.tolist()))
+
     def optimization_step(self, loss: torch.Tensor, name: str) -> float:
         """Check ``loss`` is finite, back-propagate it, clip gradients to ``max_grad_norm`` and step.
 
-        Every algorithm updates through this method, so gradient handling (clipping, and later
-        accumulation or distributed reduction) lives in one place. Returns the pre-clip norm.
+        Every algorithm updates through this method, so gradient handling lives in one place.
+        With an accelerator the backward pass goes through it (DDP all-reduce, mixed precision)
+        and the optimizer steps every ``gradient_accumulation_steps`` calls (the loss is divided
+        by that number). Returns the pre-clip gradient norm, or NaN for a call that only accumulated.
         """
         self.check_finite(loss, name)
-        self.policy.optimizer.zero_grad()
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        if self.accelerator is None:
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+            self.policy.optimizer.step()
+            return float(grad_norm)
+        self.accelerator.backward(loss)
+        self._pending_micro_steps += 1
+        if self._pending_micro_steps < self.accelerator.gradient_accumulation_steps:
+            return float("nan")
+        return self.apply_accumulated_gradients()
+
+    def apply_accumulated_gradients(self) -> float:
+        """Clip and apply the gradients accumulated so far (at the end of an update, also a
+        partial accumulation); returns the pre-clip norm, NaN when nothing was pending."""
+        if self.accelerator is None or self._pending_micro_steps == 0:
+            return float("nan")
+        grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self.policy.optimizer.step()
+        self.policy.optimizer.zero_grad()
+        self._pending_micro_steps = 0
         return float(grad_norm)
+
+    def learn(self, *args: Any, **kwargs: Any) -> "LMOnPolicyAlgorithm":
+        """SB3's ``learn`` (rollout + ``train``), then any gradients still accumulating are applied."""
+        super().learn(*args, **kwargs)
+        self.apply_accumulated_gradients()
+        return self
 
     def rng_state(self) -> Dict[str, Any]:
         """State of the rollout prompt sampler."""
         return {"prompt_sampler": self.collector.rng.bit_generator.state}
 
     def load_rng_state(self, state: Dict[str, Any]) -> None:
+        """Restore the prompt sampler. Checkpoints hold the main process's sampler; the other
+        processes of a multi-process run reseed theirs from the process index and the restored
+        step count, so they keep drawing prompts of their own."""
         self.collector.rng.bit_generator.state = state["prompt_sampler"]
+        if self.accelerator is not None and self.accelerator.process_index > 0:
+            self.collector.rng = np.random.default_rng([self.seed or 0, self.accelerator.process_index,
+                                                        self.num_timesteps])

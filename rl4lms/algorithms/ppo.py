@@ -1,6 +1,7 @@
 """Proximal Policy Optimization on token-level rewards (RL4LMs' ``ppo``)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, Type
 
@@ -118,11 +119,13 @@ class PPO(LMOnPolicyAlgorithm):
                     "ppo/policy/approxkl": losses.approx_kl, "ppo/policy/policykl": losses.policy_kl,
                     "ppo/policy/clipfrac": losses.clipfrac, "ppo/val/vpred": masked_mean(out.values.detach(), mask).item(),
                     "ppo/val/error": value_error.item(), "ppo/val/clipfrac": losses.value_clipfrac,
-                    "ppo/grad_norm": grad_norm,
                 }.items():
                     records.setdefault(name, []).append(value)
+                if not math.isnan(grad_norm):  # NaN: this call only accumulated gradients
+                    records.setdefault("ppo/grad_norm", []).append(grad_norm)
                 epoch_kls.append(losses.approx_kl)
-            if self.target_kl is not None and np.mean(epoch_kls) > 1.5 * self.target_kl:
+            epoch_kl = self.mean_across_processes({"approx_kl": float(np.mean(epoch_kls))})["approx_kl"]
+            if self.target_kl is not None and epoch_kl > 1.5 * self.target_kl:
                 stop_early = True
                 break
         self._n_updates += self.n_epochs

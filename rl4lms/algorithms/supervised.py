@@ -79,6 +79,7 @@ class Supervised(LMOnPolicyAlgorithm):
             tokens = int(target_mask.sum())
             total_nll += loss.item() * tokens
             total_tokens += tokens
+        self.apply_accumulated_gradients()
         self.num_timesteps += total_tokens
         self._n_updates += 1
         mean_nll = total_nll / max(total_tokens, 1)

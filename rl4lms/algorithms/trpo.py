@@ -97,6 +97,8 @@ class TRPO(LMOnPolicyAlgorithm):
                          normalize_advantage=normalize_advantage, policy_kwargs=policy_kwargs, verbose=verbose,
                          seed=seed, device=device, _init_setup_model=_init_setup_model)
 
+    supports_multiprocess = False  # the Fisher-vector products use autograd.grad, which DDP does not synchronise
+
     def _setup_model(self) -> None:
         super()._setup_model()
         # Fisher-vector products differentiate twice; fused attention kernels (SDPA on CPU)

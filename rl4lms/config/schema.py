@@ -88,6 +88,10 @@ CONFIG_SCHEMA = Section({
         "generation_kwargs": Key(DICT, {}),
         "save_checkpoints_to_keep": Key(INT, 2, minimum=1),
     }),
+    "accelerator": Section({
+        "mixed_precision": Key(STR, "no", choices=("no", "bf16", "fp16"), doc="autocast of the training forwards"),
+        "gradient_accumulation_steps": Key(INT, 1, minimum=1, doc="optimizer step every N loss backward passes"),
+    }, required=False, doc="accelerate settings; multi-process runs are started with `accelerate launch`"),
     "seed": Key(INT, 0, doc="seeds python, numpy, torch and the prompt sampler"),
     "custom_modules": Key(LIST, [], doc="modules imported before validation so they can register components"),
 })

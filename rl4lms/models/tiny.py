@@ -7,6 +7,7 @@ deterministically, and then loaded with the ordinary ``from_pretrained``.
 """
 from __future__ import annotations
 
+import fcntl
 import os
 import shutil
 import tempfile
@@ -101,14 +102,17 @@ def resolve_tiny_model(name: str) -> Path:
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
-        write_tiny_model(name, staging)
+    # Processes started together (e.g. the ranks of a distributed run) take turns: the first
+    # builds the model, the others find it built.
+    with open(target.parent / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / "config.json").exists():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
         try:
+            write_tiny_model(name, staging)
+            shutil.rmtree(target, ignore_errors=True)  # a leftover without config.json is incomplete
             staging.rename(target)
-        except OSError:  # another process finished first
-            if not (target / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return target

@@ -89,6 +89,12 @@ class LMActorCriticPolicy(BasePolicy):
         self.critic_model: Optional[PreTrainedModel] = None if shared_backbone else copy.deepcopy(self.model)
         self.ref_model = copy.deepcopy(self.model).requires_grad_(False)
         self.value_head = ValueHead(self._hidden_size())
+        # The modules the training forward passes go through: the modules themselves, or their
+        # distributed wrappers after `wrap_trainable_modules`. A plain dict, so the wrappers are
+        # not registered as submodules (the state dict keeps its keys).
+        self.training_modules: Dict[str, nn.Module] = {"model": self.model, "value_head": self.value_head}
+        if self.critic_model is not None:
+            self.training_modules["critic_model"] = self.critic_model
         self.temperature = float(self.generation_kwargs.get("temperature", 1.0))
         if not self.temperature > 0:
             raise ValueError(f"generation_kwargs.temperature must be > 0, got {self.temperature}")
@@ -204,22 +210,29 @@ class LMActorCriticPolicy(BasePolicy):
         With ``action_masks`` the log-probs and entropy are those of the masked distribution
         the tokens were sampled from (NLPO); ``unmasked_log_probs`` are always unmasked.
         """
-        logits, hidden = self._forward(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
+        modules = self.training_modules
+        logits, hidden = self._forward(modules["model"], prompt_ids, prompt_mask, response_ids, response_mask,
                                        want_hidden=self.shared_backbone)
         logits = logits / self.temperature
-        if self.critic_model is not None:
-            _, hidden = self._forward(self.critic_model, prompt_ids, prompt_mask, response_ids, response_mask,
+        if "critic_model" in modules:
+            _, hidden = self._forward(modules["critic_model"], prompt_ids, prompt_mask, response_ids, response_mask,
                                       want_hidden=True)
         assert hidden is not None
+        values = modules["value_head"](hidden)
         unmasked = masked_log_probs(logits, response_ids)
         if action_masks is None:
-            return PolicyOutput(log_probs=unmasked, entropy=entropy_from_logits(logits),
-                                values=self.value_head(hidden), unmasked_log_probs=unmasked)
+            return PolicyOutput(log_probs=unmasked, entropy=entropy_from_logits(logits), values=values,
+                                unmasked_log_probs=unmasked)
         allowed = action_masks | (response_mask == 0).unsqueeze(-1)
         masked_logits = apply_action_masks(logits, allowed)
         return PolicyOutput(log_probs=masked_log_probs(masked_logits, response_ids),
-                            entropy=entropy_from_logits(masked_logits), values=self.value_head(hidden),
-                            unmasked_log_probs=unmasked)
+                            entropy=entropy_from_logits(masked_logits), values=values, unmasked_log_probs=unmasked)
+
+    def wrap_trainable_modules(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
+        """Route the training forwards through ``wrap(module)`` (e.g. ``accelerator.prepare_model``,
+        which adds DDP gradient synchronisation or mixed precision); generation, the reference
+        model and the saved weights keep using the modules themselves."""
+        self.training_modules = {name: wrap(module) for name, module in self.training_modules.items()}
 
     def predict_values(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                        response_mask: torch.Tensor) -> torch.Tensor:

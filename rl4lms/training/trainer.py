@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from rl4lms.training.artifacts import write_folder_atomic, write_json_atomic
 from rl4lms.training.builders import RunComponents, build_components, default_device
 from rl4lms.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from rl4lms.training.distributed import make_accelerator, rank_checksums
 from rl4lms.training.evaluation import evaluate_samples
 from rl4lms.training.run_lock import RunLock
 from rl4lms.training.tracker import Tracker
@@ -52,17 +53,23 @@ class OnPolicyTrainer:
                  device: Optional[str] = None) -> None:
         self.config = config
         self.run_dir = Path(base_path_to_store_results) / experiment_name
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.lock = RunLock(self.run_dir).acquire()
-        try:
-            self._check_or_write_config()
-        except ConfigMismatchError:
-            self.lock.release()
-            raise
-        self.tracker = Tracker(self.run_dir, experiment_name, config, log_to_wandb, wandb_project, wandb_entity)
+        self.accelerator = make_accelerator(config.get("accelerator") or {}, device or default_device())
+        # Under several processes only the main one writes files; the others train alongside.
+        self.is_main = self.accelerator is None or self.accelerator.is_main_process
+        self.lock: Optional[RunLock] = None
+        self.tracker: Optional[Tracker] = None
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.run_dir).acquire()
+            try:
+                self._check_or_write_config()
+            except ConfigMismatchError:
+                self.lock.release()
+                raise
+            self.tracker = Tracker(self.run_dir, experiment_name, config, log_to_wandb, wandb_project, wandb_entity)
         self.eval_config = config["train_evaluation"]
         self.n_iters: int = self.eval_config["n_iters"]
-        self.device = device or default_device()
+        self.device = device or (str(self.accelerator.device) if self.accelerator else default_device())
         self.parts: Optional[RunComponents] = None
 
     def _check_or_write_config(self) -> None:
@@ -81,29 +88,30 @@ class OnPolicyTrainer:
         return self.run_dir / "checkpoints"
 
     # --- phases ---------------------------------------------------------------------------------
-    def _evaluate(self, split: str, epoch: int) -> Dict[str, float]:
+    def _evaluate(self, split: str, epoch: int) -> None:
         assert self.parts is not None
+        if self.tracker is None:
+            return
         result = evaluate_samples(self.parts.alg.policy, self.parts.env, list(self.parts.pools[split]),
                                   self.parts.metrics, self.eval_config["eval_batch_size"], split,
                                   self.eval_config["generation_kwargs"])
         self.tracker.log_evaluation(split, epoch, result.corpus_scores, result.predictions)
-        return result.corpus_scores
 
     def _resume(self) -> int:
         """Load the newest checkpoint (if any) and return the iteration to continue after."""
         assert self.parts is not None
         checkpoint = latest_checkpoint(self.checkpoint_dir)
-        if checkpoint is None:
-            self.tracker.rollback(-1)
-            return 0
-        state = load_checkpoint(checkpoint, self.parts.alg)
-        self.tracker.rollback(state["iteration"])
-        self.tracker.logger.info("resumed from %s", checkpoint)
-        return int(state["iteration"])
+        iteration = 0 if checkpoint is None else int(load_checkpoint(checkpoint, self.parts.alg)["iteration"])
+        if self.tracker is not None:
+            self.tracker.rollback(iteration if checkpoint else -1)
+            if checkpoint:
+                self.tracker.logger.info("resumed from %s", checkpoint)
+        return iteration
 
     def _save(self, iteration: int) -> None:
         assert self.parts is not None
-        save_checkpoint(self.checkpoint_dir, iteration, self.parts.alg, keep=self.eval_config["save_checkpoints_to_keep"])
+        if self.is_main:
+            save_checkpoint(self.checkpoint_dir, iteration, self.parts.alg, keep=self.eval_config["save_checkpoints_to_keep"])
 
     def train_and_eval(self) -> Dict[str, Any]:
         """Run (or finish) the experiment and return its summary."""
@@ -111,20 +119,26 @@ class OnPolicyTrainer:
         if complete.exists():
             summary = json.loads(complete.read_text())
             if summary["iterations"] >= self.n_iters:
-                self.tracker.logger.info("run already complete; summary in %s", complete)
+                if self.tracker is not None:
+                    self.tracker.logger.info("run already complete; summary in %s", complete)
                 return summary
-            complete.unlink()  # n_iters was raised: continue training the finished run
+            if self.is_main:
+                complete.unlink()  # n_iters was raised: continue training the finished run
         seed_everything(self.config["seed"])
         self.parts = build_components(self.config, self.device)
         alg = self.parts.alg
+        if self.accelerator is not None:
+            alg.attach_accelerator(self.accelerator)
         start = self._resume()
         if start == 0:
             self._evaluate("val", 0)
             self._evaluate("test", 0)
-        progress = tqdm(total=self.n_iters, initial=start, desc="iterations", dynamic_ncols=True, mininterval=1.0)
+        progress = tqdm(total=self.n_iters, initial=start, desc="iterations", dynamic_ncols=True, mininterval=1.0,
+                        disable=not self.is_main)
         for iteration in range(start + 1, self.n_iters + 1):
             alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
-            self.tracker.log_iteration(iteration, alg.rollout_stats, alg.train_stats, alg.num_timesteps)
+            if self.tracker is not None:
+                self.tracker.log_iteration(iteration, alg.rollout_stats, alg.train_stats, alg.num_timesteps)
             progress.set_postfix({k: f"{v:.3f}" for k, v in alg.progress_stats().items()}, refresh=False)
             progress.update(1)
             last = iteration == self.n_iters
@@ -133,23 +147,35 @@ class OnPolicyTrainer:
             if iteration % self.eval_config["save_every"] == 0 or last:
                 self._save(iteration)
         progress.close()
+        distributed = self._distributed_summary()
+        if self.tracker is None:
+            return {}
         if start >= self.n_iters:
             self.tracker.logger.info("all %d iterations were done before; finishing the run", self.n_iters)
-        return self._finish()
+        return self._finish(distributed)
 
-    def _finish(self) -> Dict[str, Any]:
+    def _distributed_summary(self) -> Dict[str, Any]:
+        """Process count and each process's weight checksum (all processes take part in the gather)."""
+        if self.accelerator is None or self.accelerator.num_processes == 1:
+            return {}
         assert self.parts is not None
+        return {"distributed": {"num_processes": self.accelerator.num_processes,
+                                "trainable_weight_checksums": rank_checksums(self.accelerator, self.parts.alg.policy)}}
+
+    def _finish(self, extra: Dict[str, Any]) -> Dict[str, Any]:
+        assert self.parts is not None and self.tracker is not None
         if not any(r.get("epoch") == self.n_iters for r in self.tracker.metric_logs["test"].records()):
             self._evaluate("test", self.n_iters)
         model_dir = self.run_dir / "model"
         write_folder_atomic(model_dir, self.parts.alg.policy.save_pretrained)
-        summary = self.summary()
+        summary = {**self.summary(), **extra}
         write_json_atomic(self.run_dir / COMPLETE_FILE, summary)
         self.tracker.logger.info("run complete; model saved to %s", model_dir)
         return summary
 
     def summary(self) -> Dict[str, Any]:
         """Before/after numbers read back from the run's own artifact files."""
+        assert self.tracker is not None
         def first_last(records: List[Dict[str, Any]]) -> Dict[str, Any]:
             return {"before": records[0]["metrics"], "after": records[-1]["metrics"]} if records else {}
 
@@ -163,5 +189,7 @@ class OnPolicyTrainer:
         }
 
     def close(self) -> None:
-        self.tracker.close()
-        self.lock.release()
+        if self.tracker is not None:
+            self.tracker.close()
+        if self.lock is not None:
+            self.lock.release()

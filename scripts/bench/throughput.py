@@ -1,0 +1,213 @@
+"""Rollout and update throughput on one model, batch and length, with an RL4LMs-style reference.
+
+    python scripts/bench/throughput.py [--sizes tiny gpt2-small] [--batch_size 8] [--new_tokens 64] [--quick]
+
+For each model size (random init, built here) it times, on the same prompts and lengths:
+  1. ``generate``       pure ``model.generate`` of ``new_tokens`` tokens: the floor;
+  2. ``rollout``        this project's rollout: generate + one batched policy/value forward +
+                        one reference forward + rewards + KL penalty (``RolloutCollector.collect``);
+  3. ``per_token``      an RL4LMs-style rollout, implemented below as the reference: one
+                        ``generate``, then for every generated token one policy, one value and one
+                        reference forward (each with its own KV cache, the value model a separate
+                        LM copy as in RL4LMs) and one ``SubprocVecEnv.step`` over the episodes;
+  4. ``ppo_epoch``      one PPO epoch (``n_epochs=1``, minibatch = batch) on the rollout.
+It prints tokens/s, the time ratios against the targets, the parameter memory of policy +
+reference + value head relative to the policy's weights, and writes everything as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+
+from stable_baselines3.common.vec_env import SubprocVecEnv  # noqa: E402
+
+from rl4lms.algorithms.kl_controller import KLController  # noqa: E402
+from rl4lms.algorithms.ppo import PPO  # noqa: E402
+from rl4lms.algorithms.rollout import encode_prompts  # noqa: E402
+from rl4lms.data_pools.synthetic import IncreasingNumbersPool  # noqa: E402
+from rl4lms.envs.text_gen_env import TextGenEnv  # noqa: E402
+from rl4lms.models.loading import load_tokenizer, resolve_model_name  # noqa: E402
+from rl4lms.policies.causal import CausalLMActorCriticPolicy  # noqa: E402
+from rl4lms.rewards.synthetic import IncreasingNumbersReward  # noqa: E402
+
+TARGETS = {"rollout / generate": 1.5, "per_token / rollout": 5.0, "memory / policy weights": 2.2}
+
+
+def build_model(size: str, tokenizer: Any, folder: Path) -> str:
+    """A model name or folder for ``size``: the embedded tiny GPT-2, or a random-init GPT-2 small (124M)."""
+    if size == "tiny":
+        return "rl4lms/tiny-gpt2"
+    config = GPT2Config(n_layer=12, n_head=12, n_embd=768, n_positions=1024, vocab_size=50257,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+                        pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+def best_time(fn: Callable[[], Any], repeats: int) -> float:
+    """Fastest of ``repeats`` timed calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def module_bytes(*modules: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for m in modules for t in list(m.parameters()) + list(m.buffers()))
+
+
+class PerTokenReference:
+    """RL4LMs' rollout, reimplemented as the baseline: one ``generate``, then every generated
+    token is replayed through three cached forwards (policy, a separate value LM, reference)
+    and one ``SubprocVecEnv.step`` over the episodes' envs."""
+
+    def __init__(self, policy: CausalLMActorCriticPolicy, env: TextGenEnv, samples: List[Any]) -> None:
+        self.policy = policy
+        self.critic = copy.deepcopy(policy.model).requires_grad_(False)  # RL4LMs keeps a separate value LM
+        self.samples = samples
+        self.env = env
+        self.vec_env = SubprocVecEnv([lambda: copy.copy(env) for _ in samples], start_method="fork")
+        self.vec_env.set_options([{"sample": s} for s in samples])
+
+    @torch.no_grad()
+    def __call__(self, new_tokens: int) -> None:
+        policy = self.policy
+        self.vec_env.reset()
+        prompt_ids, prompt_mask, _ = encode_prompts(self.env, self.samples, torch.device("cpu"))
+        config = policy.generation_config(max_new_tokens=new_tokens)
+        response, _ = policy.generate(prompt_ids, prompt_mask, config)
+        mask, positions = prompt_mask, (prompt_mask.cumsum(1) - 1).clamp(min=0)
+        step_ids = prompt_ids
+        caches: Dict[str, Any] = {"policy": None, "value": None, "ref": None}
+        models = (("policy", policy.model), ("value", self.critic), ("ref", policy.ref_model))
+        for t in range(response.shape[1]):
+            outputs = {}
+            for name, model in models:
+                outputs[name] = model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                      cache=caches[name], use_cache=True, output_hidden_states=name == "value")
+                caches[name] = outputs[name].cache
+            actions = response[:, t]
+            torch.log_softmax(outputs["policy"].logits[:, -1], -1).gather(-1, actions[:, None])
+            torch.log_softmax(outputs["ref"].logits[:, -1], -1).gather(-1, actions[:, None])
+            policy.value_head(outputs["value"].hidden_states[-1][:, -1:])
+            self.vec_env.step(actions.numpy())
+            step_ids = actions[:, None]
+            mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
+            positions = positions[:, -1:] + 1
+
+    def close(self) -> None:
+        self.vec_env.close()
+
+
+def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, Any]:
+    tokenizer = load_tokenizer("rl4lms/tiny-gpt2")
+    model_name = build_model(size, tokenizer, folder / size)
+    pool = IncreasingNumbersPool.prepare("train", n_samples=args.batch_size, prompt_numbers=args.prompt_numbers)
+    samples = list(pool)
+    # No EOS stopping, so every method produces exactly new_tokens tokens per episode.
+    env = TextGenEnv(tokenizer, IncreasingNumbersReward(min_tokens=4), samples, max_episode_length=args.new_tokens,
+                     max_prompt_length=args.prompt_length, terminate_on_eos=False)
+    generation = {"do_sample": True, "top_k": 0, "max_new_tokens": args.new_tokens}
+    vocab = GPT2Config.from_pretrained(resolve_model_name(model_name)).vocab_size
+    if vocab > len(tokenizer):
+        # GPT-2 small keeps its 50257-token output layer (its real cost); ids the project's small
+        # tokenizer lacks are never sampled.
+        generation["suppress_tokens"] = list(range(len(tokenizer), vocab))
+    alg = PPO(CausalLMActorCriticPolicy, env, KLController(0.01), n_envs=args.batch_size, n_steps=args.new_tokens,
+              batch_size=args.batch_size, n_epochs=1, seed=0, device="cpu",
+              policy_kwargs={"model_name": model_name, "tokenizer": tokenizer, "terminate_on_eos": False,
+                             "generation_kwargs": generation})
+    policy = alg.policy
+    reference = PerTokenReference(policy, env, samples)
+    prompt_ids, prompt_mask, _ = encode_prompts(env, samples, torch.device("cpu"))
+    config = policy.generation_config(max_new_tokens=args.new_tokens)
+
+    def generate() -> None:
+        with torch.no_grad():
+            policy.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
+
+    batches = []
+
+    def rollout() -> None:
+        batches.append(alg.collector.collect(samples, 0.01)[0])
+
+    def ppo_epoch() -> None:
+        alg.rollout_buffer.reset()
+        alg.rollout_buffer.add(batches[-1])
+        alg.rollout_buffer.finalize()
+        alg.train()
+
+    times = {"generate": best_time(generate, args.repeats), "rollout": best_time(rollout, args.repeats),
+             "per_token": best_time(lambda: reference(args.new_tokens), args.repeats),
+             "ppo_epoch": best_time(ppo_epoch, args.repeats)}
+    reference.close()
+    tokens = args.batch_size * args.new_tokens
+    weights = module_bytes(policy.model)
+    return {
+        "size": size, "parameters": sum(p.numel() for p in policy.model.parameters()), "tokens": tokens,
+        "seconds": times, "tokens_per_second": {k: tokens / v for k, v in times.items()},
+        "ratios": {"rollout / generate": times["rollout"] / times["generate"],
+                   "per_token / rollout": times["per_token"] / times["rollout"],
+                   "memory / policy weights": module_bytes(policy.model, policy.ref_model, policy.value_head) / weights},
+        "policy_weight_bytes": weights,
+    }
+
+
+def table(results: List[Dict[str, Any]]) -> str:
+    lines = ["| model | params | generate tok/s | rollout tok/s | per-token ref tok/s | PPO epoch tok/s | "
+             "rollout / generate (<= 1.5) | per-token / rollout (>= 5) | memory / policy (<= 2.2) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        tps, ratios = r["tokens_per_second"], r["ratios"]
+        lines.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {tps['generate']:.0f} | {tps['rollout']:.0f} | "
+                     f"{tps['per_token']:.0f} | {tps['ppo_epoch']:.0f} | {ratios['rollout / generate']:.2f} | "
+                     f"{ratios['per_token / rollout']:.1f} | {ratios['memory / policy weights']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", nargs="+", default=["tiny", "gpt2-small"], choices=["tiny", "gpt2-small"])
+    parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--new_tokens", type=int, default=64)
+    parser.add_argument("--prompt_length", type=int, default=16)
+    parser.add_argument("--prompt_numbers", type=int, default=4, help="numbers in each prompt (its length)")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="tiny model, 16 tokens, 1 repeat")
+    parser.add_argument("--json", default="bench_throughput.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.new_tokens, args.repeats = ["tiny"], 16, 1
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory(prefix="rl4lms_throughput_") as folder:
+        results = [bench_size(size, args, Path(folder)) for size in args.sizes]
+    machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    Path(args.json).write_text(json.dumps({"machine": machine, "settings": vars(args), "targets": TARGETS,
+                                           "results": results}, indent=2))
+    print(f"batch {args.batch_size} x {args.new_tokens} new tokens, prompts <= {args.prompt_length} tokens; {machine}\n")
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

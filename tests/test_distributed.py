@@ -1,0 +1,90 @@
+"""accelerate: a 2-process (gloo) run ends with identical weights; gradient accumulation; bf16 on CPU."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from accelerate import Accelerator
+
+from conftest import REPO, write_small_config
+from test_rollout import LengthReward, make_ppo
+
+SCRIPT = REPO / "scripts" / "training" / "train_text_generation.py"
+ACCELERATE = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _env() -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+def test_two_processes_end_with_identical_weights_and_one_writer(tmp_path: Path) -> None:
+    config = write_small_config(tmp_path, n_iters=2, eval_every=1, save_every=1)
+    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               str(SCRIPT), "--config_path", str(config), "--base_path_to_store_results", str(tmp_path),
+               "--experiment_name", "ddp"]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "ddp"
+    summary = json.loads((run / "run_complete.json").read_text())
+    checksums = summary["distributed"]["trainable_weight_checksums"]
+    assert summary["distributed"]["num_processes"] == 2 and len(checksums) == 2
+    assert checksums[0] == checksums[1]  # gradients were all-reduced: the ranks hold the same model
+    assert result.stdout.count("Results of") == 1  # only the main process reports and writes
+    assert (run / "log.txt").read_text().count("run complete;") == 1
+    assert [json.loads(line)["iteration"] for line in (run / "rollout_info.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_gradient_accumulation_steps_every_n_calls_with_the_mean_gradient(tiny_tokenizer) -> None:
+    alg, reference = make_ppo(tiny_tokenizer, LengthReward()), make_ppo(tiny_tokenizer, LengthReward())
+    reference.policy.value_head.load_state_dict(alg.policy.value_head.state_dict())
+    alg.attach_accelerator(Accelerator(cpu=True, gradient_accumulation_steps=2))
+    features = torch.randn(4, alg.policy.value_head.summary.in_features, generator=torch.Generator().manual_seed(0))
+
+    def loss(policy, part: int) -> torch.Tensor:
+        values = policy.value_head(features[2 * part:2 * part + 2])
+        return (values ** 2).mean() if part == 0 else (3 * values).mean()
+
+    weight = alg.policy.value_head.summary.weight
+    start = weight.detach().clone()
+    assert torch.isnan(torch.tensor(alg.optimization_step(loss(alg.policy, 0), "loss")))
+    assert torch.equal(weight, start), "stepped before the accumulation was complete"
+    alg.optimization_step(loss(alg.policy, 1), "loss")
+    assert not torch.equal(weight, start)
+    # One plain step on the mean of the two losses lands on the same weights.
+    reference.optimization_step((loss(reference.policy, 0) + loss(reference.policy, 1)) / 2, "loss")
+    torch.testing.assert_close(reference.policy.value_head.summary.weight, weight)
+
+    # A partial accumulation left at the end of an update is applied, not dropped.
+    alg.optimization_step(loss(alg.policy, 0), "loss")
+    before = weight.detach().clone()
+    assert torch.isfinite(torch.tensor(alg.apply_accumulated_gradients()))
+    assert not torch.equal(weight, before)
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path: Path) -> None:
+    config = write_small_config(tmp_path, n_iters=2, eval_every=2, save_every=2)
+    raw = yaml.safe_load(config.read_text())
+    raw["accelerator"] = {"mixed_precision": "bf16", "gradient_accumulation_steps": 2}
+    config.write_text(yaml.safe_dump(raw))
+    result = subprocess.run([sys.executable, str(SCRIPT), "--config_path", str(config), "--base_path_to_store_results",
+                             str(tmp_path), "--experiment_name", "bf16"], env=_env(), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = [json.loads(line) for line in (tmp_path / "bf16" / "training_info.jsonl").read_text().splitlines()]
+    assert len(stats) == 2 and all(torch.isfinite(torch.tensor(s["ppo/loss/total"])) for s in stats)
