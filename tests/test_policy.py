@@ -181,6 +181,22 @@ def test_evaluate_actions_matches_generate_scores(policy: LMActorCriticPolicy, t
     assert bool((result.entropy >= 0).all())
 
 
+def test_rollout_outputs_from_generate_equal_a_batched_forward(policy: LMActorCriticPolicy,
+                                                              tiny_tokenizer: Any) -> None:
+    """The rollout reuses generate's logits and hidden states; they match evaluate_actions (log-probs,
+    entropy and values) at every valid position, for causal and seq2seq policies."""
+    prompt_ids, prompt_mask, _ = _prompt_batch(tiny_tokenizer)
+    torch.manual_seed(0)
+    sampled = policy.sample_actions(prompt_ids, prompt_mask, policy.generation_config(max_new_tokens=6))
+    assert sampled.step_logits.shape[:2] == sampled.response_ids.shape == sampled.step_hidden.shape[:2]
+    fast = policy.rollout_outputs(prompt_ids, prompt_mask, sampled)
+    with torch.no_grad():
+        slow = policy.evaluate_actions(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask)
+    valid = sampled.response_mask.bool()
+    for name in ("log_probs", "entropy", "values", "unmasked_log_probs"):
+        torch.testing.assert_close(getattr(fast, name)[valid], getattr(slow, name)[valid], atol=1e-4, rtol=1e-4)
+
+
 def test_evaluate_actions_batch_equals_single(policy: LMActorCriticPolicy, tiny_tokenizer: Any) -> None:
     """Padding a prompt into a batch does not change its log-probs or values."""
     prompt_ids, prompt_mask, encoded = _prompt_batch(tiny_tokenizer)

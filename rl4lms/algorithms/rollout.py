@@ -84,8 +84,9 @@ class RolloutCollector:
         device = module_device(policy)
         prompt_ids, prompt_mask, truncated = encode_prompts(env, samples, device)
         config = policy.generation_config(max_new_tokens=env.max_episode_length)
-        response_ids, response_mask, action_masks = policy.sample_actions(prompt_ids, prompt_mask, config)
-        out = policy.evaluate_actions(prompt_ids, prompt_mask, response_ids, response_mask, action_masks)
+        sampled = policy.sample_actions(prompt_ids, prompt_mask, config)
+        response_ids, response_mask = sampled.response_ids, sampled.response_mask
+        out = policy.rollout_outputs(prompt_ids, prompt_mask, sampled)
         ref_log_probs = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask)
         mask = response_mask.float()
         task_rewards = self.task_rewards(samples, response_ids, response_mask).to(device)
@@ -95,7 +96,7 @@ class RolloutCollector:
         batch = RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
                              response_mask=response_mask, log_probs=out.log_probs * mask,
                              ref_log_probs=ref_log_probs * mask, values=out.values * mask, rewards=rewards, kl=kl,
-                             scores=task_rewards.sum(1), action_masks=action_masks)
+                             scores=task_rewards.sum(1), action_masks=sampled.action_masks)
         return batch, truncated
 
     def task_rewards(self, samples: Sequence[Sample], response_ids: torch.Tensor,

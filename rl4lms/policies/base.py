@@ -20,7 +20,7 @@ from gymnasium import spaces
 from safetensors.torch import save_file
 from stable_baselines3.common.policies import BasePolicy
 from torch import nn
-from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from rl4lms.models.loading import load_model
 from rl4lms.policies.value_head import ValueHead
@@ -40,6 +40,22 @@ class PolicyOutput:
     values: torch.Tensor
     unmasked_log_probs: torch.Tensor
     """Log-probs without action masks (equal to ``log_probs`` when none were given); the KL uses these."""
+
+
+@dataclass
+class SampledActions:
+    """Rollout generation output: responses, their mask and what was computed while sampling.
+
+    ``step_logits`` ``[B, T, V]`` are the actor's raw logits and ``step_hidden`` ``[B, T, H]`` its
+    last hidden states at the positions that predicted each response token; ``action_masks``
+    ``[B, T, V]`` are the allowed tokens of masked (NLPO) sampling.
+    """
+
+    response_ids: torch.Tensor
+    response_mask: torch.Tensor
+    action_masks: Optional[torch.Tensor] = None
+    step_logits: Optional[torch.Tensor] = None
+    step_hidden: Optional[torch.Tensor] = None
 
 
 def masked_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -191,11 +207,30 @@ class LMActorCriticPolicy(BasePolicy):
 
     @torch.no_grad()
     def sample_actions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                       generation_config: GenerationConfig) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """Rollout generation: :meth:`generate`'s output plus the action masks it sampled under
-        (``[B, T, V]`` booleans; None for policies that do not mask actions)."""
-        response, mask = self.generate(prompt_ids, prompt_mask, generation_config)
-        return response, mask, None
+                       generation_config: GenerationConfig,
+                       logits_processor: Optional[LogitsProcessorList] = None) -> SampledActions:
+        """Rollout generation: the responses plus the actor's raw logits and last hidden states at
+        each generated position, returned by ``generate`` itself so the rollout needs no second
+        forward of the actor."""
+        out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                  generation_config=generation_config, logits_processor=logits_processor,
+                                  return_dict_in_generate=True, output_logits=True, output_hidden_states=True)
+        response, mask = self._finish_response(out.sequences, prompt_ids.shape[1])
+        steps = out.decoder_hidden_states if self.model.config.is_encoder_decoder else out.hidden_states
+        hidden = torch.stack([layers[-1][:, -1] for layers in steps], dim=1)
+        return SampledActions(response, mask, step_logits=torch.stack(out.logits, dim=1), step_hidden=hidden)
+
+    @torch.no_grad()
+    def rollout_outputs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                        sampled: SampledActions) -> PolicyOutput:
+        """Log-probs, entropy and values of sampled responses. With a shared backbone they come from
+        the logits and hidden states ``generate`` already computed; a separate critic LM needs
+        :meth:`evaluate_actions`."""
+        if self.critic_model is not None or sampled.step_logits is None or sampled.step_hidden is None:
+            return self.evaluate_actions(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask,
+                                         sampled.action_masks)
+        return self._outputs_from_logits(sampled.step_logits / self.temperature, self.value_head(sampled.step_hidden),
+                                         sampled.response_ids, sampled.response_mask, sampled.action_masks)
 
     def response_logits(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                         response_mask: torch.Tensor) -> torch.Tensor:
@@ -218,7 +253,12 @@ class LMActorCriticPolicy(BasePolicy):
             _, hidden = self._forward(modules["critic_model"], prompt_ids, prompt_mask, response_ids, response_mask,
                                       want_hidden=True)
         assert hidden is not None
-        values = modules["value_head"](hidden)
+        return self._outputs_from_logits(logits, modules["value_head"](hidden), response_ids, response_mask,
+                                         action_masks)
+
+    @staticmethod
+    def _outputs_from_logits(logits: torch.Tensor, values: torch.Tensor, response_ids: torch.Tensor,
+                             response_mask: torch.Tensor, action_masks: Optional[torch.Tensor]) -> PolicyOutput:
         unmasked = masked_log_probs(logits, response_ids)
         if action_masks is None:
             return PolicyOutput(log_probs=unmasked, entropy=entropy_from_logits(logits), values=values,

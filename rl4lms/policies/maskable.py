@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from rl4lms.policies.base import LMActorCriticPolicy
+from rl4lms.policies.base import LMActorCriticPolicy, SampledActions
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
 from rl4lms.policies.seq2seq import Seq2SeqLMActorCriticPolicy
 from rl4lms.registry import PolicyRegistry
@@ -104,22 +104,21 @@ class MaskablePolicyMixin(LMActorCriticPolicy):
 
     @torch.no_grad()
     def sample_actions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                       generation_config: GenerationConfig) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+                       generation_config: GenerationConfig,
+                       logits_processor: Optional[LogitsProcessorList] = None) -> SampledActions:
+        """Generation restricted to the mask at every step; the masks are returned with the tokens."""
         processor = _ActionMaskProcessor(self, prompt_ids, prompt_mask)
-        sequences = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                        generation_config=generation_config,
-                                        logits_processor=LogitsProcessorList([processor]))
-        response, mask = self._finish_response(sequences, prompt_ids.shape[1])
-        masks = torch.stack(processor.masks, dim=1) if processor.masks else torch.ones(
-            (*response.shape, len(self.tokenizer)), dtype=torch.bool, device=response.device)
-        return response, mask, masks[:, :response.shape[1]]
+        processors = LogitsProcessorList([processor, *(logits_processor or [])])
+        sampled = super().sample_actions(prompt_ids, prompt_mask, generation_config, processors)
+        sampled.action_masks = torch.stack(processor.masks, dim=1)[:, :sampled.response_ids.shape[1]]
+        return sampled
 
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                  generation_config: GenerationConfig) -> Tuple[torch.Tensor, torch.Tensor]:
         """Masked generation, also at evaluation time (the policy only knows the masked action space)."""
-        response, mask, _ = self.sample_actions(prompt_ids, prompt_mask, generation_config)
-        return response, mask
+        sampled = self.sample_actions(prompt_ids, prompt_mask, generation_config)
+        return sampled.response_ids, sampled.response_mask
 
     def after_update(self) -> None:
         """Count one policy update; refresh the mask model every ``target_update_iterations``."""
