@@ -23,11 +23,10 @@ from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from rl4lms.models.loading import load_model
-from rl4lms.policies.value_head import ValueHead
+from rl4lms.policies.value_head import VALUE_HEAD_FILE, ValueHead, hidden_size
 
 logger = logging.getLogger(__name__)
 
-VALUE_HEAD_FILE = "value_head.safetensors"
 REFERENCE_PREFIX = "ref_model."
 
 
@@ -104,7 +103,7 @@ class LMActorCriticPolicy(BasePolicy):
         self._check_vocab()
         self.critic_model: Optional[PreTrainedModel] = None if shared_backbone else copy.deepcopy(self.model)
         self.ref_model = copy.deepcopy(self.model).requires_grad_(False)
-        self.value_head = ValueHead(self._hidden_size())
+        self.value_head = ValueHead(hidden_size(self.model.config))
         # The modules the training forward passes go through: the modules themselves, or their
         # distributed wrappers after `wrap_trainable_modules`. A plain dict, so the wrappers are
         # not registered as submodules (the state dict keeps its keys).
@@ -139,13 +138,6 @@ class LMActorCriticPolicy(BasePolicy):
         if needed > limit:
             raise ValueError(f"env.args: {what} = {needed} exceeds the {limit} positions of model "
                              f"'{self.model_name}'; lower them or truncate prompts further")
-
-    def _hidden_size(self) -> int:
-        config = self.model.config
-        for attribute in ("hidden_size", "d_model", "n_embd"):
-            if getattr(config, attribute, None):
-                return int(getattr(config, attribute))
-        raise ValueError(f"cannot tell the hidden size of model '{self.model_name}' from its config")
 
     def _set_eval_mode(self) -> None:
         # Dropout stays off in every phase: sampling, old log-probs and the update must see the

@@ -1,8 +1,21 @@
 """Scalar value head on top of a language model's hidden states."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+"""The value head's weights inside a ``save_pretrained`` folder, next to the LM's own files."""
+
+
+def hidden_size(config: Any) -> int:
+    """Width of a model's hidden states, whatever its config calls it."""
+    for attribute in ("hidden_size", "d_model", "n_embd"):
+        if getattr(config, attribute, None):
+            return int(getattr(config, attribute))
+    raise ValueError(f"cannot tell the hidden size of a {type(config).__name__} model config")
 
 
 class ValueHead(nn.Module):
