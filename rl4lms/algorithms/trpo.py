@@ -108,10 +108,7 @@ class TRPO(LMOnPolicyAlgorithm):
     def _log_dist(self, batch: RolloutBatch) -> torch.Tensor:
         logits = self.policy.response_logits(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
                                              batch.response_mask)
-        if batch.action_masks is not None:
-            allowed = batch.action_masks | (batch.response_mask == 0).unsqueeze(-1)
-            logits = apply_action_masks(logits, allowed)
-        return torch.log_softmax(logits.float(), dim=-1)
+        return torch.log_softmax(apply_action_masks(logits, batch.action_masks, batch.response_mask).float(), dim=-1)
 
     def _surrogate(self, log_dist: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
         assert batch.advantages is not None

@@ -62,15 +62,18 @@ def masked_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
-def apply_action_masks(logits: torch.Tensor, action_masks: Optional[torch.Tensor]) -> torch.Tensor:
-    """Logits with disallowed tokens (``action_masks`` False) pushed to the lowest finite value.
+def apply_action_masks(logits: torch.Tensor, action_masks: Optional[torch.Tensor],
+                       response_mask: torch.Tensor) -> torch.Tensor:
+    """Response logits ``[B, T, V]`` with disallowed tokens (``action_masks`` False) pushed to the
+    lowest finite value; positions outside ``response_mask`` (padding) allow every token.
 
     A finite fill keeps log-probs finite at padded positions, where multiplying by a zero
     mask must give zero (``-inf * 0`` would be NaN).
     """
     if action_masks is None:
         return logits
-    return logits.masked_fill(~action_masks, torch.finfo(logits.dtype).min)
+    allowed = action_masks | (response_mask == 0).unsqueeze(-1)
+    return logits.masked_fill(~allowed, torch.finfo(logits.dtype).min)
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
@@ -255,8 +258,7 @@ class LMActorCriticPolicy(BasePolicy):
         if action_masks is None:
             return PolicyOutput(log_probs=unmasked, entropy=entropy_from_logits(logits), values=values,
                                 unmasked_log_probs=unmasked)
-        allowed = action_masks | (response_mask == 0).unsqueeze(-1)
-        masked_logits = apply_action_masks(logits, allowed)
+        masked_logits = apply_action_masks(logits, action_masks, response_mask)
         return PolicyOutput(log_probs=masked_log_probs(masked_logits, response_ids),
                             entropy=entropy_from_logits(masked_logits), values=values, unmasked_log_probs=unmasked)
 
