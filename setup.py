@@ -28,6 +28,7 @@ setup(
         "sacrebleu>=2.0",
         "nltk>=3.8",
         "matplotlib",
+        "bert-score>=0.3.13",
     ],
     extras_require={
         "wandb": ["wandb"],

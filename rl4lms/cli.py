@@ -8,7 +8,9 @@ from typing import Any, Dict, List, Optional
 
 from rl4lms.algorithms.on_policy import NonFiniteLossError
 from rl4lms.config import ConfigError, load_config
+from rl4lms.data_pools.sources import DataSourceError
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError
+from rl4lms.metrics.wordnet import WordNetMissingError
 from rl4lms.models.loading import ModelLoadError
 from rl4lms.registry import RegistryError
 from rl4lms.rewards.base import RewardOutputError
@@ -23,12 +25,15 @@ EXIT_RUN_LOCKED = 3
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Fine-tune a language model with RL from one YAML config.")
     parser.add_argument("--config_path", required=True, help="path to the YAML config")
-    parser.add_argument("--experiment_name", default=None, help="run folder name (default: the config file's stem)")
+    parser.add_argument("--experiment_name", default=None,
+                        help="run folder name (default: the config file's stem, plus _smoke with --smoke)")
     parser.add_argument("--base_path_to_store_results", default="rl4lms_exps", help="parent folder of run folders")
     parser.add_argument("--log_to_wandb", action="store_true", help="also log to Weights & Biases")
     parser.add_argument("--project_name", default="rl4lms", help="wandb project")
     parser.add_argument("--entity_name", default=None, help="wandb entity")
     parser.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="offline smoke run: tiny model, the data pool's shipped fixture, one short iteration")
     parser.add_argument("--override", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="set a config value, e.g. alg.args.learning_rate=1e-5 (repeatable; YAML-typed)")
     return parser.parse_args(argv)
@@ -53,10 +58,10 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    experiment = args.experiment_name or Path(args.config_path).stem
+    experiment = args.experiment_name or Path(args.config_path).stem + ("_smoke" if args.smoke else "")
     run_dir = Path(args.base_path_to_store_results) / experiment
     try:
-        config = load_config(args.config_path, args.override)
+        config = load_config(args.config_path, args.override, smoke=args.smoke)
         trainer = OnPolicyTrainer(config, experiment, args.base_path_to_store_results, args.log_to_wandb,
                                   args.project_name, args.entity_name, args.device)
     except (ConfigError, ConfigMismatchError) as error:
@@ -67,7 +72,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         return EXIT_RUN_LOCKED
     try:
         summary = trainer.train_and_eval()
-    except (ModelLoadError, EmptyDataPoolError, RegistryError, ComponentBuildError) as error:
+    except (ModelLoadError, DataSourceError, WordNetMissingError, EmptyDataPoolError, RegistryError,
+            ComponentBuildError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, RewardOutputError) as error:

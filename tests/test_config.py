@@ -144,10 +144,10 @@ def test_unknown_policy_id_in_nested_component(config: Dict[str, Any]) -> None:
 
 
 def test_unknown_metric_in_list_names_index(config: Dict[str, Any]) -> None:
-    config["train_evaluation"]["metrics"].append({"id": "bleu"})
+    config["train_evaluation"]["metrics"].append({"id": "bleu_score"})
     error = _errors_of(config)
     assert len(error.errors) == 1
-    assert error.errors[0].startswith("train_evaluation.metrics[1].id: unknown metric id 'bleu'")
+    assert error.errors[0].startswith("train_evaluation.metrics[1].id: unknown metric id 'bleu_score'")
 
 
 def test_unknown_component_arg(config: Dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Dict, Sequence, Union
 import yaml
 
 from rl4lms.config.overrides import apply_overrides
+from rl4lms.config.smoke import smoke_config
 from rl4lms.config.validation import ConfigError, validate_config
 
 
@@ -25,8 +26,9 @@ def import_custom_modules(config: Dict[str, Any]) -> None:
             raise ConfigError([f"custom_modules[{ix}]: cannot import '{name}': {type(error).__name__}: {error}"]) from error
 
 
-def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> Dict[str, Any]:
-    """Parse ``path``, apply dot-path ``overrides``, import custom modules, validate and fill in defaults."""
+def load_config(path: Union[str, Path], overrides: Sequence[str] = (), smoke: bool = False) -> Dict[str, Any]:
+    """Parse ``path``, shrink it to a smoke run if asked, apply dot-path ``overrides``, import custom
+    modules, validate and fill in defaults."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file '{path}' does not exist"])
@@ -36,6 +38,9 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = ()) -> Dict[s
         raise ConfigError([f"{path}: invalid YAML: {error}"]) from error
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    if smoke:
+        import_custom_modules(raw)  # the smoke rewrite looks up the config's (maybe custom) data pool
+        raw = smoke_config(raw)
     raw = apply_overrides(raw, overrides)
     import_custom_modules(raw)
     return validate_config(raw, source=str(path))

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Type, TypeVar
 
+import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from rl4lms.models.tiny import TINY_MODELS, resolve_tiny_model
@@ -22,7 +23,12 @@ def resolve_model_name(name_or_path: str) -> str:
     return name_or_path
 
 
-def _load(loader: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pretrained(loader: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` with tiny-name resolution; failures name ``what`` and what to try instead."""
     resolved = resolve_model_name(name_or_path)
     if resolved.startswith(("/", "./", "../", "~")) and not Path(resolved).expanduser().exists():
         raise ModelLoadError(f"could not load {what} '{name_or_path}': the folder does not exist")
@@ -37,13 +43,13 @@ def _load(loader: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
 
 def load_model(model_cls: Type[M], name_or_path: str, **kwargs: Any) -> M:
     """``model_cls.from_pretrained`` with tiny-name resolution and a clear offline error."""
-    return _load(model_cls, name_or_path, "model", **kwargs)
+    return load_pretrained(model_cls, name_or_path, "model", **kwargs)
 
 
 def load_tokenizer(model_name: str, padding_side: str = "left", truncation_side: str = "left",
                    pad_token_as_eos_token: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer as the ``tokenizer`` config section describes (RL4LMs' keys)."""
-    tokenizer = _load(AutoTokenizer, model_name, "tokenizer")
+    tokenizer = load_pretrained(AutoTokenizer, model_name, "tokenizer")
     if tokenizer.pad_token is None:
         if not pad_token_as_eos_token:
             raise ModelLoadError(f"tokenizer '{model_name}' has no pad token: set tokenizer.pad_token_as_eos_token: "

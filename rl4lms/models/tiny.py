@@ -17,8 +17,8 @@ from typing import Callable, Dict, Iterator
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (GPT2Config, GPT2LMHeadModel, PreTrainedModel, PreTrainedTokenizerFast, T5Config,
-                          T5ForConditionalGeneration)
+from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedModel,
+                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 VOCAB_SIZE = 512
@@ -74,9 +74,19 @@ def build_tiny_t5(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
     return _seeded(lambda: T5ForConditionalGeneration(config))
 
 
+def build_tiny_classifier(tokenizer: PreTrainedTokenizerFast, num_labels: int) -> PreTrainedModel:
+    """A tiny GPT-2 sequence classifier (random init): stands in for reward/intent classifiers offline."""
+    config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=1, n_head=2,
+                        num_labels=num_labels, pad_token_id=tokenizer.pad_token_id,
+                        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)
+    return _seeded(lambda: GPT2ForSequenceClassification(config))
+
+
 TINY_MODELS: Dict[str, Callable[[PreTrainedTokenizerFast], PreTrainedModel]] = {
     "rl4lms/tiny-gpt2": build_tiny_gpt2,
     "rl4lms/tiny-t5": build_tiny_t5,
+    "rl4lms/tiny-sentiment-classifier": lambda tokenizer: build_tiny_classifier(tokenizer, num_labels=2),
+    "rl4lms/tiny-intent-classifier": lambda tokenizer: build_tiny_classifier(tokenizer, num_labels=4),
 }
 
 
@@ -84,8 +94,9 @@ def write_tiny_model(name: str, out_dir: Path) -> Path:
     """Build the tiny model ``name`` with its tokenizer and ``save_pretrained`` both into ``out_dir``."""
     tokenizer = build_tokenizer()
     model = TINY_MODELS[name](tokenizer)
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    if model.can_generate():
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)

@@ -182,15 +182,16 @@ class LMActorCriticPolicy(BasePolicy):
         return GenerationConfig(**base)
 
     @torch.no_grad()
-    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                 generation_config: GenerationConfig) -> Tuple[torch.Tensor, torch.Tensor]:
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generation_config: GenerationConfig,
+                 logits_processor: Optional[LogitsProcessorList] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Sample responses for left-padded prompts; returns ``(response_ids, response_mask)``.
 
         The mask covers the generated tokens up to and including the first EOS (or all of them
         when ``terminate_on_eos`` is off); positions after it hold the pad id.
         """
+        extra = {"logits_processor": logits_processor} if logits_processor is not None else {}
         sequences = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                        generation_config=generation_config)
+                                        generation_config=generation_config, **extra)
         return self._finish_response(sequences, prompt_ids.shape[1])
 
     def _finish_response(self, sequences: torch.Tensor, prompt_len: int) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -56,8 +56,11 @@ class _ActionMaskProcessor(LogitsProcessor):
         if self.policy.mask_type == "topk":
             source = scores
         else:
+            # Beam search runs num_beams rows per prompt, beams of one prompt next to each other.
+            beams = input_ids.shape[0] // self.prompt_ids.shape[0]
             generated = self.policy._response_from_sequences(input_ids, self.prompt_ids.shape[1])
-            source = self.policy.mask_model_next_logits(self.prompt_ids, self.prompt_mask, generated)
+            source = self.policy.mask_model_next_logits(self.prompt_ids.repeat_interleave(beams, dim=0),
+                                                        self.prompt_mask.repeat_interleave(beams, dim=0), generated)
         allowed = action_mask_from_logits(source, self.policy.mask_type, self.policy.top_mask,
                                           self.policy.min_tokens_to_keep, self.policy.always_allowed_ids)
         self.masks.append(allowed)
@@ -117,8 +120,8 @@ class MaskablePolicyMixin(LMActorCriticPolicy):
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                  generation_config: GenerationConfig) -> Tuple[torch.Tensor, torch.Tensor]:
         """Masked generation, also at evaluation time (the policy only knows the masked action space)."""
-        sampled = self.sample_actions(prompt_ids, prompt_mask, generation_config)
-        return sampled.response_ids, sampled.response_mask
+        processor = _ActionMaskProcessor(self, prompt_ids, prompt_mask)
+        return super().generate(prompt_ids, prompt_mask, generation_config, LogitsProcessorList([processor]))
 
     def after_update(self) -> None:
         """Count one policy update; refresh the mask model every ``target_update_iterations``."""

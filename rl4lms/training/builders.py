@@ -5,14 +5,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Dict, Iterator, List
 
-import torch
-
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, TextGenPool
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.metrics.base import BaseMetric
-from rl4lms.models.loading import load_tokenizer
+from rl4lms.models.loading import default_device, load_tokenizer
 from rl4lms.registry import AlgorithmRegistry, DataPoolRegistry, MetricRegistry, PolicyRegistry, RewardFunctionRegistry
 
 SPLITS = ("train", "val", "test")
@@ -53,10 +51,6 @@ def build_pools(datapool: Dict[str, Any]) -> Dict[str, TextGenPool]:
             raise EmptyDataPoolError(f"datapool '{datapool['id']}' returned no samples for split '{split}' "
                                      f"(datapool.args: {datapool['args']})")
     return pools
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def build_components(config: Dict[str, Any], device: str) -> RunComponents:

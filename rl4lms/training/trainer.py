@@ -11,7 +11,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rl4lms.training.artifacts import write_folder_atomic, write_json_atomic
-from rl4lms.training.builders import RunComponents, build_components, default_device
+from rl4lms.models.loading import default_device
+from rl4lms.training.builders import RunComponents, build_components
 from rl4lms.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from rl4lms.training.distributed import make_accelerator, rank_checksums
 from rl4lms.training.evaluation import evaluate_samples

@@ -1,0 +1,210 @@
+"""N-gram overlap metrics computed with the reference libraries (``rouge-score``, ``sacrebleu``, ``nltk``).
+
+Each metric returns per-sample scores and a corpus score under RL4LMs' names (``lexical/...``).
+:meth:`SentenceMetric.sentence_scores` is the per-sample score that the matching reward uses.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+from nltk.tokenize import NLTKWordTokenizer
+from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
+from nltk.translate.meteor_score import meteor_score
+from rouge_score import rouge_scorer
+from sacrebleu.metrics import BLEU, CHRF, TER
+
+from rl4lms.metrics.base import BaseMetric, MetricResult
+from rl4lms.metrics.wordnet import load_wordnet
+from rl4lms.registry import MetricRegistry
+
+ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
+
+
+def _mean(scores: Sequence[float]) -> float:
+    return float(np.mean(scores)) if len(scores) else 0.0
+
+
+def _reference_streams(references: Sequence[Sequence[str]]) -> List[List[Optional[str]]]:
+    """sacrebleu's layout: one stream per reference position, ``None`` where a sample has fewer."""
+    width = max((len(refs) for refs in references), default=0)
+    return [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
+
+
+class SentenceMetric(BaseMetric):
+    """A metric with one main per-sample score (``name``) and a corpus score."""
+
+    name: str
+
+    def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
+                        reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
+                        ) -> List[float]:
+        raise NotImplementedError
+
+    def corpus_score(self, generated_texts: List[str], reference_texts: List[List[str]],
+                     sentence_scores: List[float]) -> float:
+        """Corpus-level score; the mean of the sentence scores unless the metric defines its own."""
+        return _mean(sentence_scores)
+
+    def compute(self, prompt_texts: List[str], generated_texts: List[str], reference_texts: List[List[str]],
+                meta_infos: Optional[List[Dict[str, Any]]] = None, model: Any = None,
+                split_name: Optional[str] = None) -> MetricResult:
+        scores = self.sentence_scores(prompt_texts, generated_texts, reference_texts, meta_infos)
+        return {self.name: (scores, self.corpus_score(generated_texts, reference_texts, scores))}
+
+
+@MetricRegistry.register("meteor")
+class MeteorMetric(SentenceMetric):
+    """METEOR (NLTK, WordNet synonyms, alpha 0.9, beta 3, gamma 0.5); the corpus score is the mean."""
+
+    name = "lexical/meteor"
+
+    def __init__(self, alpha: float = 0.9, beta: float = 3.0, gamma: float = 0.5) -> None:
+        self.params = {"alpha": alpha, "beta": beta, "gamma": gamma}
+        self.wordnet = load_wordnet()
+        self.tokenizer = NLTKWordTokenizer()
+
+    def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
+                        reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
+                        ) -> List[float]:
+        return [float(meteor_score([self.tokenizer.tokenize(r) for r in refs], self.tokenizer.tokenize(gen),
+                                   wordnet=self.wordnet, **self.params)) if refs else 0.0
+                for gen, refs in zip(generated_texts, reference_texts)]
+
+
+class RougeScorer:
+    """ROUGE F-measures from ``rouge-score``; several references give the best score per type."""
+
+    def __init__(self, rouge_types: Sequence[str], use_stemmer: bool, use_single_ref: bool) -> None:
+        unknown = [t for t in rouge_types if t not in ROUGE_TYPES]
+        if unknown:
+            raise ValueError(f"unknown rouge type(s) {unknown}; valid: {', '.join(ROUGE_TYPES)}")
+        self.rouge_types = list(rouge_types)
+        self.use_single_ref = use_single_ref
+        self.scorer = rouge_scorer.RougeScorer(self.rouge_types, use_stemmer=use_stemmer)
+
+    def scores(self, generated: str, references: Sequence[str]) -> Dict[str, float]:
+        if not references:
+            return {t: 0.0 for t in self.rouge_types}
+        refs = list(references[:1]) if self.use_single_ref else list(references)
+        results = self.scorer.score_multi(refs, generated)
+        return {t: float(results[t].fmeasure) for t in self.rouge_types}
+
+
+@MetricRegistry.register("rouge")
+class RougeMetric(BaseMetric):
+    """ROUGE-1/2/L/Lsum F-measures with stemming (``lexical/rouge_<type>``); corpus = mean over samples."""
+
+    def __init__(self, use_single_ref: bool = True, use_stemmer: bool = True) -> None:
+        self.scorer = RougeScorer(ROUGE_TYPES, use_stemmer, use_single_ref)
+
+    def compute(self, prompt_texts: List[str], generated_texts: List[str], reference_texts: List[List[str]],
+                meta_infos: Optional[List[Dict[str, Any]]] = None, model: Any = None,
+                split_name: Optional[str] = None) -> MetricResult:
+        per_sample = [self.scorer.scores(gen, refs) for gen, refs in zip(generated_texts, reference_texts)]
+        result: MetricResult = {}
+        for rouge_type in ROUGE_TYPES:
+            scores = [s[rouge_type] for s in per_sample]
+            result[f"lexical/rouge_{rouge_type}"] = (scores, _mean(scores))
+        return result
+
+
+@MetricRegistry.register("rouge_l_max")
+class RougeLMaxMetric(SentenceMetric):
+    """ROUGE-L F-measure against the best-matching reference (NarrativeQA's metric)."""
+
+    name = "lexical/rouge_l_max"
+
+    def __init__(self, use_stemmer: bool = True) -> None:
+        self.scorer = RougeScorer(["rougeL"], use_stemmer, use_single_ref=False)
+
+    def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
+                        reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
+                        ) -> List[float]:
+        return [self.scorer.scores(gen, refs)["rougeL"] for gen, refs in zip(generated_texts, reference_texts)]
+
+
+@MetricRegistry.register("bleu")
+class BLEUMetric(SentenceMetric):
+    """BLEU-4 on whitespace tokens (NLTK): corpus BLEU, and smoothed sentence BLEU per sample."""
+
+    name = "lexical/bleu"
+
+    def __init__(self, max_order: int = 4) -> None:
+        if max_order < 1:
+            raise ValueError(f"max_order must be at least 1, got {max_order}")
+        self.weights = tuple([1.0 / max_order] * max_order)
+        self.smoothing = SmoothingFunction().method1
+
+    def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
+                        reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
+                        ) -> List[float]:
+        return [float(sentence_bleu([r.split() for r in refs], gen.split(), self.weights,
+                                    smoothing_function=self.smoothing)) if refs and gen.split() else 0.0
+                for gen, refs in zip(generated_texts, reference_texts)]
+
+    def corpus_score(self, generated_texts: List[str], reference_texts: List[List[str]],
+                     sentence_scores: List[float]) -> float:
+        pairs = [(gen.split(), [r.split() for r in refs]) for gen, refs in zip(generated_texts, reference_texts)
+                 if refs]
+        if not pairs or not any(hyp for hyp, _ in pairs):
+            return 0.0
+        return float(corpus_bleu([refs for _, refs in pairs], [hyp for hyp, _ in pairs], self.weights))
+
+
+class _SacreMetric(SentenceMetric):
+    """A ``sacrebleu`` metric object; scores are divided by 100 as in RL4LMs."""
+
+    def __init__(self, metric: Any, sentence_metric: Any = None) -> None:
+        self.metric = metric
+        self.sentence_metric = sentence_metric or metric
+
+    def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
+                        reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
+                        ) -> List[float]:
+        return [self.sentence_metric.sentence_score(gen, list(refs)).score / 100 if refs else 0.0
+                for gen, refs in zip(generated_texts, reference_texts)]
+
+    def corpus_score(self, generated_texts: List[str], reference_texts: List[List[str]],
+                     sentence_scores: List[float]) -> float:
+        if not any(reference_texts):
+            return 0.0
+        return self.metric.corpus_score(list(generated_texts), _reference_streams(reference_texts)).score / 100
+
+
+@MetricRegistry.register("sacre_bleu")
+class SacreBLEUMetric(_SacreMetric):
+    """sacreBLEU (``sacrebleu.metrics.BLEU`` options, e.g. ``tokenize: intl``); sentence scores use
+    ``effective_order``, as sacrebleu advises for single sentences."""
+
+    name = "lexical/sacrebleu"
+
+    def __init__(self, tokenize: Optional[str] = None, lowercase: bool = False, smooth_method: str = "exp",
+                 smooth_value: Optional[float] = None, max_ngram_order: int = 4) -> None:
+        options = dict(tokenize=tokenize, lowercase=lowercase, smooth_method=smooth_method,
+                       smooth_value=smooth_value, max_ngram_order=max_ngram_order)
+        super().__init__(BLEU(**options), BLEU(**options, effective_order=True))
+
+
+@MetricRegistry.register("chrf")
+class ChrFMetric(_SacreMetric):
+    """chrF (``sacrebleu.metrics.CHRF``; ``word_order: 2`` gives chrF++)."""
+
+    name = "lexical/chrf"
+
+    def __init__(self, char_order: int = 6, word_order: int = 0, beta: int = 2, lowercase: bool = False,
+                 whitespace: bool = False) -> None:
+        super().__init__(CHRF(char_order=char_order, word_order=word_order, beta=beta, lowercase=lowercase,
+                              whitespace=whitespace))
+
+
+@MetricRegistry.register("ter")
+class TERMetric(_SacreMetric):
+    """Translation edit rate (``sacrebleu.metrics.TER``; lower is better)."""
+
+    name = "lexical/ter"
+
+    def __init__(self, normalized: bool = False, no_punct: bool = False, asian_support: bool = False,
+                 case_sensitive: bool = False) -> None:
+        super().__init__(TER(normalized=normalized, no_punct=no_punct, asian_support=asian_support,
+                             case_sensitive=case_sensitive))

@@ -1,0 +1,55 @@
+"""A sequence-classification model with its tokenizer that scores texts in batches.
+
+Shared by the ``learned_reward`` reward and metric and by ``intent_accuracy``; any
+``AutoModelForSequenceClassification`` checkpoint (hub id, local folder or embedded tiny model).
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from rl4lms.models.loading import default_device, load_pretrained
+
+
+class TextClassifier:
+    """Label probabilities for texts, ``batch_size`` texts per forward, truncated from the left."""
+
+    def __init__(self, model_name: str, batch_size: int = 32, device: Optional[str] = None,
+                 max_length: Optional[int] = None) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        self.model_name = model_name
+        self.batch_size = batch_size
+        self.device = device or default_device()
+        self.tokenizer = load_pretrained(AutoTokenizer, model_name, "classifier tokenizer")
+        self.tokenizer.truncation_side = "left"  # keep the end of the text: the generation
+        self.tokenizer.padding_side = "right"  # position ids then need no adjusting for padding
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = load_pretrained(AutoModelForSequenceClassification, model_name, "classifier model")
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.model.to(self.device).eval()
+        self.max_length = max_length or min(self.tokenizer.model_max_length, 4096)
+
+    @property
+    def num_labels(self) -> int:
+        return int(self.model.config.num_labels)
+
+    def check_label(self, label_ix: int, key: str = "label_ix") -> None:
+        if not 0 <= label_ix < self.num_labels:
+            raise ValueError(f"{key} {label_ix} is out of range: classifier '{self.model_name}' has "
+                             f"{self.num_labels} labels (0..{self.num_labels - 1})")
+
+    @torch.no_grad()
+    def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[len(texts), num_labels]`` softmax probabilities (on CPU)."""
+        chunks: List[torch.Tensor] = []
+        for start in range(0, len(texts), self.batch_size):
+            encoded = self.tokenizer(list(texts[start:start + self.batch_size]), return_tensors="pt",
+                                     padding=True, truncation=True, max_length=self.max_length).to(self.device)
+            logits = self.model(input_ids=encoded.input_ids, attention_mask=encoded.attention_mask).logits
+            chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
+        return torch.cat(chunks) if chunks else torch.zeros(0, self.num_labels)

