@@ -6,6 +6,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     HF_HOME=/work/.hf \
     RL4LMS_CACHE=/work/.rl4lms_cache
 
+# WordNet for METEOR (see README, "Metrics").
+RUN apt-get update && apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index \
+    && rm -rf /var/lib/apt/lists/*
+
 WORKDIR /opt/rl4lms
 COPY setup.py README.md ./
 COPY rl4lms ./rl4lms

@@ -10,6 +10,7 @@ setup(
     long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["rl4lms", "rl4lms.*"]),
+    package_data={"rl4lms.data_pools": ["fixtures/*/*", "fixtures/*/*/*/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4",

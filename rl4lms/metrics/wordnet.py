@@ -1,16 +1,14 @@
 """WordNet for METEOR without a download: NLTK's own copy, or Debian's ``wordnet-base`` files.
 
 ``apt-get install wordnet-base wordnet-sense-index`` puts the WordNet 3.0 database in
-``/usr/share/wordnet``. NLTK's reader also wants a ``lexnames`` file, which Debian ships only
-as the ``lexnames(5WN)`` man page; :func:`load_wordnet` assembles an NLTK-layout copy
-(database files + ``lexnames``) under ``$RL4LMS_CACHE/nltk_data`` once and reads it from there.
+``/usr/share/wordnet``. NLTK's reader also wants WordNet's ``lexnames`` file (the numbered list of
+lexicographer files), which Debian ships only as a man page; :func:`load_wordnet` assembles an
+NLTK-layout copy (database files + ``lexnames``) under ``$RL4LMS_CACHE/nltk_data`` once.
 """
 from __future__ import annotations
 
 import functools
-import gzip
 import os
-import re
 import shutil
 import tempfile
 import warnings
@@ -20,10 +18,16 @@ from typing import Any, List
 from rl4lms.models.tiny import cache_dir
 
 DEBIAN_WORDNET_DIR = Path(os.environ.get("RL4LMS_WORDNET_DIR", "/usr/share/wordnet"))
-DEBIAN_LEXNAMES_MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
 _DATABASE_FILES = ("data.adj", "data.adv", "data.noun", "data.verb", "index.adj", "index.adv", "index.noun",
                    "index.verb", "index.sense", "adj.exc", "adv.exc", "noun.exc", "verb.exc")
-_LEXNAME_LINE = re.compile(r"^(\d\d)\s+((?:adj|adv|noun|verb)\.\w+)")
+# WordNet 3.0's lexicographer files, in their numbered order (lexnames(5WN)).
+LEXICOGRAPHER_FILES = (
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location noun.motive "
+    "noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process noun.quantity "
+    "noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change verb.cognition "
+    "verb.communication verb.competition verb.consumption verb.contact verb.creation verb.emotion verb.motion "
+    "verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl").split()
 _SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 
@@ -31,37 +35,28 @@ class WordNetMissingError(LookupError):
     """Neither NLTK's WordNet nor Debian's WordNet packages are installed."""
 
 
-def lexnames_from_man_page(man_page: Path = DEBIAN_LEXNAMES_MAN_PAGE) -> List[str]:
-    """The 45 ``lexnames`` lines (``NN<TAB>name<TAB>category``) read from Debian's man page."""
-    lines = []
-    with gzip.open(man_page, "rt", encoding="utf-8", errors="replace") as page:
-        for raw in page:
-            match = _LEXNAME_LINE.match(raw.strip())
-            if match:
-                number, name = match.groups()
-                lines.append(f"{number}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}")
-    if [int(line.split("\t")[0]) for line in lines] != list(range(len(lines))) or not lines:
-        raise WordNetMissingError(f"could not read the lexnames table from {man_page}")
-    return lines
+def lexnames_lines() -> List[str]:
+    """``NN<TAB>name<TAB>category`` lines of WordNet's ``lexnames`` file."""
+    return [f"{ix:02d}\t{name}\t{_SYNTACTIC_CATEGORY[name.split('.')[0]]}"
+            for ix, name in enumerate(LEXICOGRAPHER_FILES)]
 
 
 def _build_nltk_copy(target: Path) -> None:
     missing = [name for name in _DATABASE_FILES if not (DEBIAN_WORDNET_DIR / name).is_file()]
-    if missing or not DEBIAN_LEXNAMES_MAN_PAGE.is_file():
+    if missing:
         raise WordNetMissingError(
             "METEOR needs WordNet, and neither NLTK's copy nor Debian's is installed "
-            f"(missing in {DEBIAN_WORDNET_DIR}: {', '.join(missing) or 'none'}; man page "
-            f"{DEBIAN_LEXNAMES_MAN_PAGE} {'found' if DEBIAN_LEXNAMES_MAN_PAGE.is_file() else 'missing'}). "
+            f"(missing in {DEBIAN_WORDNET_DIR}: {', '.join(missing)}). "
             "Install it with: apt-get install wordnet-base wordnet-sense-index")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=target.parent))
     try:
         for name in _DATABASE_FILES:
             shutil.copyfile(DEBIAN_WORDNET_DIR / name, staging / name)
-        (staging / "lexnames").write_text("\n".join(lexnames_from_man_page()) + "\n")
+        (staging / "lexnames").write_text("\n".join(lexnames_lines()) + "\n")
         staging.rename(target)
     except OSError:
-        if not (target / "lexnames").is_file():
+        if not (target / "lexnames").is_file():  # another process may have built it meanwhile
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -44,12 +44,22 @@ class TextClassifier:
                              f"{self.num_labels} labels (0..{self.num_labels - 1})")
 
     @torch.no_grad()
-    def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
-        """``[len(texts), num_labels]`` softmax probabilities (on CPU)."""
+    def logits(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[len(texts), num_labels]`` raw logits (on CPU, float32)."""
         chunks: List[torch.Tensor] = []
         for start in range(0, len(texts), self.batch_size):
             encoded = self.tokenizer(list(texts[start:start + self.batch_size]), return_tensors="pt",
                                      padding=True, truncation=True, max_length=self.max_length).to(self.device)
             logits = self.model(input_ids=encoded.input_ids, attention_mask=encoded.attention_mask).logits
-            chunks.append(torch.softmax(logits.float(), dim=-1).cpu())
+            chunks.append(logits.float().cpu())
         return torch.cat(chunks) if chunks else torch.zeros(0, self.num_labels)
+
+    def probabilities(self, texts: Sequence[str]) -> torch.Tensor:
+        """``[len(texts), num_labels]`` softmax probabilities."""
+        return torch.softmax(self.logits(texts), dim=-1)
+
+    def label_scores(self, texts: Sequence[str], label_ix: int) -> List[float]:
+        """Probability of ``label_ix``; for a one-output model (a pairwise reward model) the raw score."""
+        if self.num_labels == 1:
+            return self.logits(texts)[:, 0].tolist()
+        return self.probabilities(texts)[:, label_ix].tolist()

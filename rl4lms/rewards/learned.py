@@ -14,7 +14,7 @@ from rl4lms.rewards.scored import ScoreReward
 @RewardFunctionRegistry.register("learned_reward")
 class LearnedReward(ScoreReward):
     """Probability of label ``label_ix`` under any sequence-classification model, scored in batches
-    (e.g. a sentiment classifier, or a reward model trained on preference pairs with ``label_ix: 0``)."""
+    (e.g. a sentiment classifier); a one-output model (a pairwise reward model) gives its raw score."""
 
     def __init__(self, model_name: str, label_ix: int = 1, include_prompt_for_eval: bool = True,
                  batch_size: int = 32, device: Optional[str] = None) -> None:
@@ -27,7 +27,7 @@ class LearnedReward(ScoreReward):
     def scores(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
                meta_infos: Optional[List[Dict[str, Any]]]) -> List[float]:
         texts = classifier_inputs(prompt_texts, gen_texts, self.include_prompt)
-        return self.classifier.probabilities(texts)[:, self.label_ix].tolist()
+        return self.classifier.label_scores(texts, self.label_ix)
 
 
 @RewardFunctionRegistry.register("intent_accuracy")

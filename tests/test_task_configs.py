@@ -1,0 +1,59 @@
+"""Every shipped task config validates as written, and its ``--smoke`` run completes offline on CPU."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from rl4lms.cli import main
+from rl4lms.config import load_config
+from rl4lms.config.smoke import TINY_POLICY_MODELS
+
+CONFIGS = sorted((REPO / "task_configs").glob("*/*.yml"))
+GRUE_TASKS = ("imdb_text_continuation", "common_gen", "summarization", "totto", "narrative_qa", "iwslt2017", "dialog")
+GRUE_CONFIGS = [p for p in CONFIGS if p.parent.name in GRUE_TASKS]
+
+
+def test_every_grue_task_has_the_five_variants() -> None:
+    variants = {"ppo", "nlpo", "supervised", "ppo_on_supervised", "nlpo_on_supervised"}
+    for task in GRUE_TASKS:
+        stems = {p.stem.split("_", 1)[1] for p in GRUE_CONFIGS if p.parent.name == task}
+        assert stems == variants, task
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_validates(path: Path) -> None:
+    config = load_config(path)
+    assert config["train_evaluation"]["n_iters"] >= 1
+
+
+@pytest.mark.parametrize("path", GRUE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_smoke_run_completes(path: Path, tmp_path: Path) -> None:
+    smoke = load_config(path, smoke=True)
+    kind = "seq2seq" if "seq2seq" in smoke["alg"]["policy"]["id"] else "causal"
+    assert smoke["alg"]["policy"]["args"]["model_name"] == TINY_POLICY_MODELS[kind]
+    assert smoke["datapool"]["args"]["fixture"] is True
+    assert main(["--config_path", str(path), "--smoke", "--base_path_to_store_results", str(tmp_path)]) == 0
+    run = tmp_path / f"{path.stem}_smoke"
+    complete = json.loads((run / "run_complete.json").read_text())
+    assert complete["iterations"] == 1
+    assert (run / "model" / "config.json").exists()
+    after = complete["test"]["after"]
+    expected = {metric["id"] for metric in smoke["train_evaluation"]["metrics"]}
+    prefixes = {"meteor": "lexical/meteor", "rouge": "lexical/rouge_rouge1", "bleu": "lexical/bleu",
+                "sacre_bleu": "lexical/sacrebleu", "chrf": "lexical/chrf", "ter": "lexical/ter",
+                "rouge_l_max": "lexical/rouge_l_max", "cider": "lexical/cider", "bert_score": "semantic/bert_score",
+                "learned_reward": "semantic/learned_automodel_metric", "diversity": "diversity_metrics/distinct-1",
+                "causal_perplexity": "fluency_metrics/perplexity", "intent_accuracy": "intent/accuracy"}
+    for metric_id in expected:
+        assert prefixes[metric_id] in after, (metric_id, sorted(after))
+
+
+def test_smoke_keeps_overrides_last(tmp_path: Path) -> None:
+    path = REPO / "task_configs" / "common_gen" / "t5_ppo.yml"
+    config = load_config(path, ["train_evaluation.n_iters=3", "env.n_envs=2"], smoke=True)
+    assert config["train_evaluation"]["n_iters"] == 3 and config["env"]["n_envs"] == 2
+    assert config["env"]["args"]["max_episode_length"] <= 12
+    assert config["reward_fn"] == load_config(path, smoke=True)["reward_fn"]
