@@ -26,7 +26,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Fine-tune a language model with RL from one YAML config.")
     parser.add_argument("--config_path", required=True, help="path to the YAML config")
     parser.add_argument("--experiment_name", default=None,
-                        help="run folder name (default: the config file's stem, plus _smoke with --smoke)")
+                        help="run folder name (default: the config file's stem; <folder>_<stem>_smoke with --smoke)")
     parser.add_argument("--base_path_to_store_results", default="rl4lms_exps", help="parent folder of run folders")
     parser.add_argument("--log_to_wandb", action="store_true", help="also log to Weights & Biases")
     parser.add_argument("--project_name", default="rl4lms", help="wandb project")
@@ -58,7 +58,9 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
-    experiment = args.experiment_name or Path(args.config_path).stem + ("_smoke" if args.smoke else "")
+    config_path = Path(args.config_path)
+    default_name = f"{config_path.parent.name}_{config_path.stem}_smoke" if args.smoke else config_path.stem
+    experiment = args.experiment_name or default_name
     run_dir = Path(args.base_path_to_store_results) / experiment
     try:
         config = load_config(args.config_path, args.override, smoke=args.smoke)

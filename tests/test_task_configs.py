@@ -36,7 +36,7 @@ def test_smoke_run_completes(path: Path, tmp_path: Path) -> None:
     assert smoke["alg"]["policy"]["args"]["model_name"] == TINY_POLICY_MODELS[kind]
     assert smoke["datapool"]["args"]["fixture"] is True
     assert main(["--config_path", str(path), "--smoke", "--base_path_to_store_results", str(tmp_path)]) == 0
-    run = tmp_path / f"{path.stem}_smoke"
+    run = tmp_path / f"{path.parent.name}_{path.stem}_smoke"
     complete = json.loads((run / "run_complete.json").read_text())
     assert complete["iterations"] == 1
     assert (run / "model" / "config.json").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from rl4lms.metrics.lexical import BLEUMetric, MeteorMetric, RougeLMaxMetric, SacreBLEUMetric, TERMetric
 from rl4lms.registry import RegistryError, RewardFunctionRegistry, load_builtin_components
@@ -123,5 +124,6 @@ def test_learned_reward_gives_the_raw_score_of_a_one_output_reward_model(tmp_pat
     learned = reward("learned_reward", model_name=str(tmp_path / "rm"), label_ix=0, include_prompt_for_eval=False,
                      device="cpu")
     encoded = [tokenizer(text, return_tensors="pt").input_ids for text in GENS]
-    expected = [float(model(input_ids=ids).logits[0, 0]) for ids in encoded]
+    with torch.no_grad():
+        expected = [float(model(input_ids=ids).logits[0, 0]) for ids in encoded]
     assert learned(PROMPTS, GENS, REFS, [True, True]) == pytest.approx(expected, abs=1e-5)
