@@ -37,7 +37,7 @@ class A2C(LMOnPolicyAlgorithm):
         assert data is not None and data.advantages is not None and data.returns is not None
         out = self.policy.evaluate_actions(data.prompt_ids, data.prompt_mask, data.response_ids, data.response_mask,
                                            data.action_masks)
-        mask = data.response_mask.float()
+        mask = data.token_mask()
         policy_loss = -masked_mean(data.advantages * out.log_probs, mask)
         value_loss = masked_mean((out.values - data.returns) ** 2, mask)
         entropy = masked_mean(out.entropy, mask)

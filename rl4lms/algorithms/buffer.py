@@ -30,11 +30,19 @@ class RolloutBatch:
     scores: torch.Tensor
     action_masks: Optional[torch.Tensor] = None
     """NLPO: the allowed tokens ``[B, T, V]`` each response token was sampled from."""
+    loss_mask: Optional[torch.Tensor] = None
+    """Response tokens that are the policy's actions ``[B, T]``, when some are not (e.g. tool output
+    inside a tool-using episode): the model reads every token of ``response_mask``, but losses,
+    KL and advantages count only these. ``None``: every response token is an action."""
     advantages: Optional[torch.Tensor] = None
     returns: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.prompt_ids.shape[0])
+
+    def token_mask(self) -> torch.Tensor:
+        """Float mask of the action tokens: the loss mask if any, else the response mask."""
+        return (self.loss_mask if self.loss_mask is not None else self.response_mask).float()
 
     def select(self, index: torch.Tensor) -> "RolloutBatch":
         """The episodes at ``index``, trimmed to the longest prompt and response among them."""
@@ -104,7 +112,7 @@ class TextRolloutBuffer:
         if not self._chunks:
             raise RuntimeError("finalize() called on an empty rollout buffer")
         data = concat_batches(self._chunks, self.pad_token_id)
-        mask = data.response_mask.float()
+        mask = data.token_mask()
         advantages, returns = compute_gae(data.rewards, data.values, mask, self.gamma, self.gae_lambda)
         if self.normalize_advantage and mask.sum() > 1:
             advantages = whiten(advantages, mask)

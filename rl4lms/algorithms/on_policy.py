@@ -95,12 +95,16 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
             callback.update_locals(locals())
             if not callback.on_step():
                 return False
-        rollout_buffer.finalize()
+        self.finish_rollout(stats)
+        callback.on_rollout_end()
+        return True
+
+    def finish_rollout(self, stats: RolloutStats) -> None:
+        """Advantages of the buffered episodes, the rollout statistics and the KL controller's step."""
+        self.rollout_buffer.finalize()
         summary = self.mean_across_processes(stats.summary())
         self.kl_controller.step(summary["rollout_info/kl_div_mean"])
         self.rollout_stats = summary
-        callback.on_rollout_end()
-        return True
 
     def progress_stats(self) -> Dict[str, float]:
         """The few numbers shown on the progress bar after each iteration."""
@@ -111,7 +115,7 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         """TRL's ``objective/*`` and ``ppo/*`` rollout statistics of the buffered rollout."""
         data = self.rollout_buffer.data
         assert data is not None
-        mask = data.response_mask.float()
+        mask = data.token_mask()
         episode_kl = data.kl.sum(1)
         return {
             "objective/kl": float(episode_kl.mean()),
@@ -130,7 +134,7 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         """Rollout-time value diagnostics: TRL's ``ppo/returns/*`` and ``ppo/val/*``."""
         data = self.rollout_buffer.data
         assert data is not None and data.returns is not None and data.advantages is not None
-        mask = data.response_mask.float()
+        mask = data.token_mask()
         returns_var = masked_var(data.returns, mask)
         residual_var = masked_var(data.returns - data.values, mask)
         return {

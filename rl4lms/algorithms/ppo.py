@@ -92,7 +92,7 @@ class PPO(LMOnPolicyAlgorithm):
         """Total loss of one minibatch, its :class:`PPOLoss` and the new values/entropy."""
         out = self.policy.evaluate_actions(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
                                            batch.action_masks)
-        mask = batch.response_mask.float()
+        mask = batch.token_mask()
         assert batch.advantages is not None and batch.returns is not None
         losses = ppo_loss(out.log_probs, batch.log_probs, batch.advantages, out.values, batch.values, batch.returns,
                           mask, self.clip_range, self.clip_range_vf)
@@ -111,7 +111,7 @@ class PPO(LMOnPolicyAlgorithm):
             for batch in self.rollout_buffer.minibatches(self.batch_size):
                 total, losses, out, entropy = self.minibatch_loss(batch)
                 grad_norm = self.optimization_step(total, "ppo/loss/total")
-                mask = batch.response_mask.float()
+                mask = batch.token_mask()
                 value_error = masked_mean((out.values.detach() - batch.returns) ** 2, mask)
                 for name, value in {
                     "ppo/loss/policy": losses.policy_loss.item(), "ppo/loss/value": losses.value_loss.item(),

@@ -11,25 +11,45 @@ from rl4lms.algorithms.advantages import kl_penalized_rewards
 from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
-from rl4lms.policies.base import LMActorCriticPolicy, module_device, response_tokens
+from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput, module_device, response_tokens
 from rl4lms.rewards.base import BatchedRewardFunction, RewardOutputError
+
+
+def pad_token_lists(token_lists: Sequence[Sequence[int]], pad_token_id: int, device: torch.device,
+                    left: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Token lists as one padded ``[B, L]`` tensor and its mask (left padding for prompts)."""
+    width = max(1, max((len(tokens) for tokens in token_lists), default=0))
+    ids = torch.full((len(token_lists), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(token_lists), width), dtype=torch.long)
+    for row, tokens in enumerate(token_lists):
+        if len(tokens):
+            span = slice(width - len(tokens), width) if left else slice(0, len(tokens))
+            ids[row, span] = torch.as_tensor(list(tokens), dtype=torch.long)
+            mask[row, span] = 1
+    return ids.to(device), mask.to(device)
 
 
 def encode_prompts(env: TextGenEnv, samples: Sequence[Sample],
                    device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """Left-padded prompt ids and mask for ``samples``, plus how many prompts were truncated."""
     tokenized = [env.tokenize_prompt(s.prompt_or_input_text) for s in samples]
-    encoded = [ids for ids, _ in tokenized]
-    truncated = sum(cut for _, cut in tokenized)
-    width = max(1, max(len(ids) for ids in encoded))
-    pad = env.tokenizer.pad_token_id
-    ids = torch.full((len(samples), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(samples), width), dtype=torch.long)
-    for row, tokens in enumerate(encoded):
-        if tokens:
-            ids[row, width - len(tokens):] = torch.tensor(tokens)
-            mask[row, width - len(tokens):] = 1
-    return ids.to(device), mask.to(device), truncated
+    ids, mask = pad_token_lists([ids for ids, _ in tokenized], env.tokenizer.pad_token_id, device, left=True)
+    return ids, mask, sum(cut for _, cut in tokenized)
+
+
+def scored_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                 response_mask: torch.Tensor, out: PolicyOutput, ref_log_probs: torch.Tensor,
+                 task_rewards: torch.Tensor, kl_coeff: float, action_masks: Optional[torch.Tensor] = None,
+                 loss_mask: Optional[torch.Tensor] = None) -> RolloutBatch:
+    """Episodes with their rollout-time log-probs and values and per-token rewards including the KL
+    penalty. The KL compares the unmasked policy with the reference; the PPO ratio uses the
+    (possibly masked) distribution the tokens were sampled from."""
+    mask = (loss_mask if loss_mask is not None else response_mask).float()
+    rewards, kl = kl_penalized_rewards(task_rewards, out.unmasked_log_probs, ref_log_probs, mask, kl_coeff)
+    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
+                        response_mask=response_mask, log_probs=out.log_probs * mask, ref_log_probs=ref_log_probs * mask,
+                        values=out.values * mask, rewards=rewards, kl=kl, scores=task_rewards.sum(1),
+                        action_masks=action_masks, loss_mask=loss_mask)
 
 
 @dataclass
@@ -45,7 +65,7 @@ class RolloutStats:
     def add(self, batch: RolloutBatch, truncated: int) -> None:
         self.scores += batch.scores.tolist()
         self.kl += batch.kl.sum(1).tolist()
-        self.lengths += batch.response_mask.sum(1).tolist()
+        self.lengths += batch.token_mask().sum(1).tolist()
         self.prompts_truncated += truncated
 
     def summary(self) -> Dict[str, float]:
@@ -88,16 +108,9 @@ class RolloutCollector:
         response_ids, response_mask = sampled.response_ids, sampled.response_mask
         out = policy.rollout_outputs(prompt_ids, prompt_mask, sampled)
         ref_log_probs = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask)
-        mask = response_mask.float()
         task_rewards = self.task_rewards(samples, response_ids, response_mask).to(device)
-        # The KL penalty compares the unmasked policy with the reference; the PPO ratio uses the
-        # (possibly masked) distribution the tokens were sampled from.
-        rewards, kl = kl_penalized_rewards(task_rewards, out.unmasked_log_probs, ref_log_probs, mask, kl_coeff)
-        batch = RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
-                             response_mask=response_mask, log_probs=out.log_probs * mask,
-                             ref_log_probs=ref_log_probs * mask, values=out.values * mask, rewards=rewards, kl=kl,
-                             scores=task_rewards.sum(1), action_masks=sampled.action_masks)
-        return batch, truncated
+        return scored_batch(prompt_ids, prompt_mask, response_ids, response_mask, out, ref_log_probs, task_rewards,
+                            kl_coeff, sampled.action_masks), truncated
 
     def task_rewards(self, samples: Sequence[Sample], response_ids: torch.Tensor,
                      response_mask: torch.Tensor) -> torch.Tensor:

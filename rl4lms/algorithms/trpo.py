@@ -112,7 +112,7 @@ class TRPO(LMOnPolicyAlgorithm):
 
     def _surrogate(self, log_dist: torch.Tensor, batch: RolloutBatch) -> torch.Tensor:
         assert batch.advantages is not None
-        mask = batch.response_mask.float()
+        mask = batch.token_mask()
         log_probs = log_dist.gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
         ratio = torch.exp((log_probs - batch.log_probs) * mask)
         return masked_mean(ratio * batch.advantages, mask)
@@ -120,7 +120,7 @@ class TRPO(LMOnPolicyAlgorithm):
     def actor_step(self, batch: RolloutBatch) -> ActorStepResult:
         """One natural-gradient step of the actor on ``batch`` with a KL-constrained line search."""
         params = [p for p in self.policy.model.parameters() if p.requires_grad]
-        mask = batch.response_mask.float()
+        mask = batch.token_mask()
         log_dist = self._log_dist(batch)
         surrogate = self._surrogate(log_dist, batch)
         self.check_finite(surrogate, "trpo/surrogate")
@@ -169,7 +169,7 @@ class TRPO(LMOnPolicyAlgorithm):
             for batch in self.rollout_buffer.minibatches(self.batch_size):
                 values = self.policy.predict_values(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
                                                     batch.response_mask)
-                loss = masked_mean((values - batch.returns) ** 2, batch.response_mask.float())
+                loss = masked_mean((values - batch.returns) ** 2, batch.token_mask())
                 self.optimization_step(loss, "trpo/loss/value")
                 value_losses.append(loss.item())
         self._n_updates += 1

@@ -23,6 +23,7 @@ from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from rl4lms.models.loading import load_model
+from rl4lms.models.lora import add_lora_adapters, quantization_kwargs, save_model
 from rl4lms.policies.value_head import VALUE_HEAD_FILE, ValueHead, hidden_size
 
 logger = logging.getLogger(__name__)
@@ -92,7 +93,8 @@ class LMActorCriticPolicy(BasePolicy):
                  lr_schedule: Callable[[float], float], model_name: str, tokenizer: PreTrainedTokenizerBase,
                  generation_kwargs: Optional[Dict[str, Any]] = None, shared_backbone: bool = True,
                  weight_decay: float = 1e-6, optimizer_kwargs: Optional[Dict[str, Any]] = None,
-                 apply_model_parallel: bool = False, terminate_on_eos: bool = True) -> None:
+                 apply_model_parallel: bool = False, terminate_on_eos: bool = True,
+                 peft_config: Optional[Dict[str, Any]] = None, quantization: Optional[str] = None) -> None:
         super().__init__(observation_space, action_space, optimizer_class=torch.optim.AdamW,
                          optimizer_kwargs=optimizer_kwargs or {})
         if apply_model_parallel:
@@ -102,10 +104,17 @@ class LMActorCriticPolicy(BasePolicy):
         self.generation_kwargs = dict(generation_kwargs or {})
         self.terminate_on_eos = terminate_on_eos
         self.shared_backbone = shared_backbone
-        self.model = load_model(self.model_class, model_name)
+        if quantization is not None and peft_config is None:
+            raise ValueError("policy.args.quantization needs policy.args.peft_config: a 4-/8-bit model is trained "
+                             "through LoRA adapters")
+        self.model = load_model(self.model_class, model_name, **quantization_kwargs(quantization))
         self._check_vocab()
+        self.peft_config = peft_config
+        if peft_config is not None:
+            self.model = add_lora_adapters(self.model, peft_config)
         self.critic_model: Optional[PreTrainedModel] = None if shared_backbone else copy.deepcopy(self.model)
-        self.ref_model = copy.deepcopy(self.model).requires_grad_(False)
+        # With LoRA the reference is the base model itself, with the adapters switched off.
+        self.ref_model = None if peft_config is not None else copy.deepcopy(self.model).requires_grad_(False)
         self.value_head = ValueHead(hidden_size(self.model.config))
         # The modules the training forward passes go through: the modules themselves, or their
         # distributed wrappers after `wrap_trainable_modules`. A plain dict, so the wrappers are
@@ -208,9 +217,10 @@ class LMActorCriticPolicy(BasePolicy):
         """Rollout generation: the responses plus the actor's raw logits and last hidden states at
         each generated position, returned by ``generate`` itself so the rollout needs no second
         forward of the actor."""
-        out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                  generation_config=generation_config, logits_processor=logits_processor,
-                                  return_dict_in_generate=True, output_logits=True, output_hidden_states=True)
+        config = copy.deepcopy(generation_config)
+        config.update(return_dict_in_generate=True, output_logits=True, output_hidden_states=True)
+        out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+                                  logits_processor=logits_processor)
         response, mask = self._finish_response(out.sequences, prompt_ids.shape[1])
         steps = out.decoder_hidden_states if self.model.config.is_encoder_decoder else out.hidden_states
         hidden = torch.stack([layers[-1][:, -1] for layers in steps], dim=1)
@@ -286,9 +296,15 @@ class LMActorCriticPolicy(BasePolicy):
     @torch.no_grad()
     def reference_log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                             response_mask: torch.Tensor) -> torch.Tensor:
-        """Log-probs of the response tokens under the frozen reference model."""
-        logits, _ = self._forward(self.ref_model, prompt_ids, prompt_mask, response_ids, response_mask,
-                                  want_hidden=False)
+        """Log-probs of the response tokens under the frozen reference model (with LoRA: the base
+        model, adapters disabled)."""
+        if self.ref_model is None:
+            with self.model.disable_adapter():
+                logits, _ = self._forward(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                          want_hidden=False)
+        else:
+            logits, _ = self._forward(self.ref_model, prompt_ids, prompt_mask, response_ids, response_mask,
+                                      want_hidden=False)
         return masked_log_probs(logits / self.temperature, response_ids)
 
     # --- SB3 BasePolicy API ---------------------------------------------------------------------
@@ -318,8 +334,7 @@ class LMActorCriticPolicy(BasePolicy):
 
     def save_pretrained(self, out_dir: Path) -> None:
         """Hugging Face folder of the actor LM + tokenizer, plus the value head weights."""
-        out_dir.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(out_dir)
+        save_model(self.model, out_dir)
         self.tokenizer.save_pretrained(out_dir)
         save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, str(out_dir / VALUE_HEAD_FILE))
 

@@ -1,0 +1,127 @@
+"""PPO on (query, response, score) triplets, for users who run their own generation loop (TRL's API).
+
+``step`` scores the given episodes exactly as a rollout of the config trainer does (rollout-time
+log-probs and values, reference log-probs, the score on the last action token, the KL penalty)
+and then runs the same :meth:`rl4lms.algorithms.ppo.PPO.train`; it returns TRL-named statistics.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from rl4lms.algorithms.kl_controller import KLController
+from rl4lms.algorithms.ppo import PPO
+from rl4lms.algorithms.rollout import RolloutStats, pad_token_lists, scored_batch
+from rl4lms.data_pools.text_gen_pool import Sample
+from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.models.loading import default_device, load_tokenizer
+from rl4lms.policies.base import LMActorCriticPolicy, module_device, response_tokens
+from rl4lms.registry import PolicyRegistry, load_builtin_components
+
+Tokens = Union[torch.Tensor, Sequence[int]]
+
+
+def _as_list(tokens: Tokens) -> List[int]:
+    return tokens.flatten().tolist() if isinstance(tokens, torch.Tensor) else [int(t) for t in tokens]
+
+
+class PPOTrainer:
+    """Policy (with value head and reference) plus a PPO learner, driven by :meth:`step`.
+
+    ``ppo_args`` are the ``alg.args`` of a PPO config (``batch_size``, ``n_epochs``,
+    ``learning_rate``, ``clip_range``, ...); ``policy_args`` those of the policy (``peft_config``,
+    ``generation_kwargs``, ...). ``max_length`` bounds queries and responses.
+    """
+
+    def __init__(self, model_name: str, tokenizer: Optional[PreTrainedTokenizerBase] = None,
+                 policy_id: str = "causal_lm_actor_critic_policy", policy_args: Optional[Dict[str, Any]] = None,
+                 ppo_args: Optional[Dict[str, Any]] = None, kl_coeff: float = 0.1, target_kl: Optional[float] = None,
+                 max_length: int = 256, seed: int = 0, device: Optional[str] = None) -> None:
+        load_builtin_components()
+        self.tokenizer = tokenizer or load_tokenizer(model_name)
+        # The env only defines the spaces here: episodes come from the caller.
+        env = TextGenEnv(self.tokenizer, None, [Sample(id="caller", prompt_or_input_text="")],
+                         max_episode_length=max_length, max_prompt_length=max_length)
+        policy_kwargs = {**(policy_args or {}), "model_name": model_name, "tokenizer": self.tokenizer,
+                         "terminate_on_eos": True}
+        self.ppo = PPO(policy=PolicyRegistry.get(policy_id), env=env, kl_controller=KLController(kl_coeff, target_kl),
+                       policy_kwargs=policy_kwargs, seed=seed, device=device or default_device(), **(ppo_args or {}))
+        self.max_length = max_length
+
+    @property
+    def policy(self) -> LMActorCriticPolicy:
+        return self.ppo.policy
+
+    @torch.no_grad()
+    def generate(self, queries: Sequence[Tokens], max_new_tokens: int = 32,
+                 **generation_kwargs: Any) -> List[torch.Tensor]:
+        """Responses (up to and including EOS) for ``queries``, sampled with the policy's generation settings."""
+        device = module_device(self.policy)
+        prompt_ids, prompt_mask = pad_token_lists([_as_list(q) for q in queries], self.tokenizer.pad_token_id,
+                                                  device, left=True)
+        config = self.policy.generation_config(generation_kwargs, max_new_tokens=max_new_tokens)
+        response, mask = self.policy.generate(prompt_ids, prompt_mask, config)
+        return [torch.tensor(tokens, dtype=torch.long) for tokens in response_tokens(response.cpu(), mask.cpu())]
+
+    def _check(self, queries: Sequence[Tokens], responses: Sequence[Tokens], scores: Sequence[Any],
+               response_masks: Optional[Sequence[Tokens]]) -> None:
+        if not (len(queries) == len(responses) == len(scores)) or not queries:
+            raise ValueError(f"step() needs as many queries, responses and scores, and at least one: got "
+                             f"{len(queries)}, {len(responses)}, {len(scores)}")
+        for ix, (query, response) in enumerate(zip(queries, responses)):
+            if not _as_list(response):
+                raise ValueError(f"responses[{ix}] is empty")
+            if len(_as_list(query)) > self.max_length or len(_as_list(response)) > self.max_length:
+                raise ValueError(f"queries[{ix}]/responses[{ix}] are longer than max_length={self.max_length}")
+            if not math.isfinite(float(scores[ix])):
+                raise ValueError(f"scores[{ix}] is {float(scores[ix])}; scores must be finite")
+            if response_masks is not None:
+                mask = _as_list(response_masks[ix])
+                if len(mask) != len(_as_list(response)) or not any(mask):
+                    raise ValueError(f"response_masks[{ix}] must have one 0/1 entry per response token and "
+                                     "at least one 1")
+
+    def step(self, queries: Sequence[Tokens], responses: Sequence[Tokens], scores: Sequence[Any],
+             response_masks: Optional[Sequence[Tokens]] = None) -> Dict[str, float]:
+        """One PPO update on the triplets; returns the statistics (``ppo/...``, ``objective/...``).
+
+        ``response_masks`` marks the response tokens that the policy wrote (1) and those it only
+        read, such as tool output (0): those are seen by the model but left out of the loss.
+        """
+        self._check(queries, responses, scores, response_masks)
+        policy, pad = self.policy, self.tokenizer.pad_token_id
+        device = module_device(policy)
+        prompt_ids, prompt_mask = pad_token_lists([_as_list(q) for q in queries], pad, device, left=True)
+        response_ids, response_mask = pad_token_lists([_as_list(r) for r in responses], pad, device, left=False)
+        loss_mask = None
+        if response_masks is not None:
+            loss_mask, _ = pad_token_lists([_as_list(m) for m in response_masks], 0, device, left=False)
+            loss_mask = loss_mask[:, :response_ids.shape[1]]
+        actions = (loss_mask if loss_mask is not None else response_mask).float()
+        last_action = actions.shape[1] - 1 - actions.flip(1).argmax(dim=1)
+        task_rewards = torch.zeros_like(actions)
+        task_rewards[torch.arange(len(queries), device=device), last_action] = torch.tensor(
+            [float(s) for s in scores], device=device)
+        with torch.no_grad():
+            policy.set_training_mode(False)
+            out = policy.evaluate_actions(prompt_ids, prompt_mask, response_ids, response_mask)
+            ref_log_probs = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask)
+        kl_coeff = self.ppo.kl_controller.kl_coeff
+        batch = scored_batch(prompt_ids, prompt_mask, response_ids, response_mask, out, ref_log_probs, task_rewards,
+                             kl_coeff, loss_mask=loss_mask)
+        self.ppo.rollout_buffer.reset()
+        self.ppo.rollout_buffer.add(batch)
+        stats = RolloutStats(kl_coeff)
+        stats.add(batch, truncated=0)
+        self.ppo.finish_rollout(stats)
+        self.ppo.num_timesteps += int(actions.sum().item())
+        self.ppo.train()
+        return {**self.ppo.train_stats, **self.ppo.rollout_stats}
+
+    def save_pretrained(self, out_dir: Union[str, Path]) -> None:
+        """The policy's Hugging Face folder with its value head (loads with ``AutoModelFor*WithValueHead``)."""
+        self.policy.save_pretrained(Path(out_dir))
