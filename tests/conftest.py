@@ -34,6 +34,14 @@ def tiny_tokenizer(isolated_home: Path):
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = REPO / "task_configs" / "synthetic_increasing_numbers" / "tiny_gpt2_ppo.yml"
+PIPELINE_CONFIG_NAME = "pipeline.yml"
+"""RLHF pipeline files (scripts/rlhf/pipeline.py) sit beside training configs but are not ones."""
+
+
+def training_configs() -> list:
+    """Every shipped training config (YAML under task_configs/, pipeline files excepted)."""
+    folder = REPO / "task_configs"
+    return sorted(p for p in [*folder.glob("**/*.yml"), *folder.glob("**/*.yaml")] if p.name != PIPELINE_CONFIG_NAME)
 
 
 def write_small_config(folder: Path, n_iters: int = 4, eval_every: int = 2, save_every: int = 2,

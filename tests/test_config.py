@@ -10,6 +10,7 @@ from typing import Any, Dict
 import pytest
 import yaml
 
+from conftest import training_configs
 from rl4lms.config.loader import load_config
 from rl4lms.config.validation import ConfigError, validate_config
 from rl4lms.registry import RewardFunctionRegistry
@@ -353,7 +354,7 @@ def test_load_config_error_names_file(tmp_path: Path, config: Dict[str, Any]) ->
     assert excinfo.value.errors == ["seed: expected int, got str ('zero')"]
 
 
-BUNDLED = sorted(TASK_CONFIGS.glob("**/*.yml")) + sorted(TASK_CONFIGS.glob("**/*.yaml"))
+BUNDLED = training_configs()
 
 
 def test_bundled_configs_exist() -> None:

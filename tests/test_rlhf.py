@@ -301,3 +301,23 @@ def test_pipeline_config_errors_name_the_key(tmp_path: Path) -> None:
     bad.write_text("sft: {model_name: rl4lms/tiny-gpt2, data: sft.jsonl, epochs: 3}\nreward_model: {}\nppo: {}\n")
     with pytest.raises(ConfigError, match="sft.epochs: unknown key; valid keys: model_name, max_seq_length"):
         run_pipeline(bad, tmp_path / "out")
+
+
+def test_reward_model_with_lora_trains_adapters_and_the_score_head(isolated_home: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForSequenceClassification
+
+    from rl4lms.models.lora import parameter_counts
+
+    pairs = [PreferencePair("count: 1 2 3", " 4 5 6", " 6 5 4")] * 4
+    trainer = RewardModelTrainer("rl4lms/tiny-gpt2", pairs, batch_size=4, num_epochs=1, device="cpu",
+                                 peft_config={"r": 2, "lora_alpha": 4, "target_modules": ["c_attn"]})
+    trainable, _ = parameter_counts(trainer.model)
+    # LoRA on c_attn (2 layers x (2 x 64 + 192 x 2)) plus the trainable copy of the 64 -> 1 score head.
+    assert trainable == 2 * (2 * 64 + 192 * 2) + 64
+    trainer.train()
+    trainer.save_pretrained(tmp_path / "rm")
+    merged = AutoModelForSequenceClassification.from_pretrained(tmp_path / "rm").eval()
+    trainer.model.eval()
+    ids = trainer.tokenizer(["count: 1 2 3 4 5 6"], return_tensors="pt")
+    with torch.no_grad():
+        assert torch.allclose(merged(**ids).logits, trainer.model(**ids).logits, atol=1e-5)

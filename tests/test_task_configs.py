@@ -1,4 +1,4 @@
-"""Every shipped task config validates as written, and its ``--smoke`` run completes offline on CPU."""
+"""Every GRUE task config runs offline on CPU with ``--smoke`` (test_config validates them all as written)."""
 from __future__ import annotations
 
 import json
@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import REPO, training_configs
 from rl4lms.cli import main
 from rl4lms.config import load_config
 from rl4lms.config.smoke import TINY_POLICY_MODELS
 
-CONFIGS = sorted((REPO / "task_configs").glob("*/*.yml"))
+CONFIGS = training_configs()
 GRUE_TASKS = ("imdb_text_continuation", "common_gen", "summarization", "totto", "narrative_qa", "iwslt2017", "dialog")
 GRUE_CONFIGS = [p for p in CONFIGS if p.parent.name in GRUE_TASKS]
 
@@ -21,12 +21,6 @@ def test_every_grue_task_has_the_five_variants() -> None:
     for task in GRUE_TASKS:
         stems = {p.stem.split("_", 1)[1] for p in GRUE_CONFIGS if p.parent.name == task}
         assert stems == variants, task
-
-
-@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
-def test_config_validates(path: Path) -> None:
-    config = load_config(path)
-    assert config["train_evaluation"]["n_iters"] >= 1
 
 
 @pytest.mark.parametrize("path", GRUE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
