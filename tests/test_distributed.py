@@ -48,6 +48,26 @@ def test_two_processes_end_with_identical_weights_and_one_writer(tmp_path: Path)
     assert result.stdout.count("Results of") == 1  # only the main process reports and writes
     assert (run / "log.txt").read_text().count("run complete;") == 1
     assert [json.loads(line)["iteration"] for line in (run / "rollout_info.jsonl").read_text().splitlines()] == [1, 2]
+    # Each process's prompt sampler and generators are in the checkpoint, so each resumes with its own.
+    state = torch.load(run / "checkpoints" / "checkpoint_000002" / "trainer_state.pt", weights_only=False)
+    ranks = state["ranks"]
+    assert len(ranks) == 2 and ranks[0]["sampler"] == state["sampler"]
+    assert ranks[0]["sampler"] != ranks[1]["sampler"]
+
+
+def test_each_process_resumes_with_its_own_random_state(tiny_tokenizer, tmp_path: Path) -> None:
+    from rl4lms.training.checkpoint import load_checkpoint, process_random_state, save_checkpoint
+
+    alg = make_ppo(tiny_tokenizer, LengthReward())
+    own = [process_random_state(alg)]
+    alg.collector.draw_samples(5)  # rank 1 has moved on
+    torch.rand(3)
+    own.append(process_random_state(alg))
+    path = save_checkpoint(tmp_path, 1, alg, keep=1, rank_states=own)
+    load_checkpoint(path, alg, process_index=0, num_processes=2)
+    assert alg.rng_state() == own[0]["sampler"] and torch.equal(torch.get_rng_state(), own[0]["rng"]["torch"])
+    load_checkpoint(path, alg, process_index=1, num_processes=2)
+    assert alg.rng_state() == own[1]["sampler"] and torch.equal(torch.get_rng_state(), own[1]["rng"]["torch"])
 
 
 def test_gradient_accumulation_steps_every_n_calls_with_the_mean_gradient(tiny_tokenizer) -> None:

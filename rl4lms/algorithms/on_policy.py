@@ -225,11 +225,11 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         """State of the rollout prompt sampler."""
         return {"prompt_sampler": self.collector.rng.bit_generator.state}
 
-    def load_rng_state(self, state: Dict[str, Any]) -> None:
-        """Restore the prompt sampler. Checkpoints hold the main process's sampler; the other
-        processes of a multi-process run reseed theirs from the process index and the restored
-        step count, so they keep drawing prompts of their own."""
+    def load_rng_state(self, state: Dict[str, Any], reseed: bool = False) -> None:
+        """Restore the prompt sampler. With ``reseed`` (a checkpoint without this process's own
+        state, e.g. written by another number of processes), a non-main process instead reseeds
+        from its index and the restored step count, so it keeps drawing prompts of its own."""
         self.collector.rng.bit_generator.state = state["prompt_sampler"]
-        if self.accelerator is not None and self.accelerator.process_index > 0:
+        if reseed and self.accelerator is not None and self.accelerator.process_index > 0:
             self.collector.rng = np.random.default_rng([self.seed or 0, self.accelerator.process_index,
                                                         self.num_timesteps])

@@ -5,7 +5,7 @@ import os
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -32,8 +32,18 @@ def _restore_rng(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, keep: int) -> Path:
-    """Write ``checkpoint_<iteration>`` atomically (staging folder + rename) and prune old ones."""
+def process_random_state(alg: LMOnPolicyAlgorithm) -> Dict[str, Any]:
+    """This process's prompt sampler and python/numpy/torch generators."""
+    return {"sampler": alg.rng_state(), "rng": _capture_rng()}
+
+
+def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, keep: int,
+                    rank_states: Optional[List[Dict[str, Any]]] = None) -> Path:
+    """Write ``checkpoint_<iteration>`` atomically (staging folder + rename) and prune old ones.
+
+    ``rank_states`` holds every process's :func:`process_random_state` in a multi-process run, so
+    that each process resumes with its own prompt sampler and generators.
+    """
     state = {
         "iteration": iteration,
         "policy": alg.policy.trainable_state_dict(),
@@ -41,8 +51,8 @@ def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, keep
         "kl_controller": alg.kl_controller.state_dict(),
         "num_timesteps": alg.num_timesteps,
         "n_updates": alg._n_updates,
-        "sampler": alg.rng_state(),
-        "rng": _capture_rng(),
+        **process_random_state(alg),
+        "ranks": rank_states,
     }
 
     def write(staging: Path) -> None:
@@ -64,14 +74,22 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, alg: LMOnPolicyAlgorithm) -> Dict[str, Any]:
-    """Restore policy, optimizer, KL controller, counters and all RNG states; return the state."""
+def load_checkpoint(path: Path, alg: LMOnPolicyAlgorithm, process_index: int = 0,
+                    num_processes: int = 1) -> Dict[str, Any]:
+    """Restore policy, optimizer, KL controller, counters and all RNG states; return the state.
+
+    Process ``process_index`` of ``num_processes`` takes its own random state when the checkpoint
+    was written by as many processes; otherwise the main process's (and other processes reseed
+    their prompt samplers, see :meth:`LMOnPolicyAlgorithm.load_rng_state`).
+    """
     state = torch.load(path / STATE_FILE, map_location=alg.device, weights_only=False)
     alg.policy.load_trainable_state_dict(state["policy"])
     alg.policy.optimizer.load_state_dict(state["optimizer"])
     alg.kl_controller.load_state_dict(state["kl_controller"])
     alg.num_timesteps = state["num_timesteps"]
     alg._n_updates = state["n_updates"]
-    alg.load_rng_state(state["sampler"])
-    _restore_rng(state["rng"])
+    ranks = state.get("ranks")
+    own = ranks[process_index] if ranks is not None and len(ranks) == num_processes else None
+    alg.load_rng_state((own or state)["sampler"], reseed=own is None)
+    _restore_rng((own or state)["rng"])
     return state

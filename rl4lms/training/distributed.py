@@ -43,3 +43,12 @@ def rank_checksums(accelerator: Accelerator, policy: LMActorCriticPolicy) -> Lis
     total = sum(float(t.double().sum()) for t in policy.trainable_state_dict().values() if t.is_floating_point())
     local = torch.tensor([total], dtype=torch.float64, device=accelerator.device)
     return accelerator.gather(local).tolist()
+
+
+def gather_from_processes(accelerator: Optional[Accelerator], value: Any) -> Optional[List[Any]]:
+    """Every process's ``value`` (picklable), in process order; None in a single process."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return None
+    from accelerate.utils import gather_object
+
+    return gather_object([value])

@@ -13,8 +13,8 @@ from tqdm.auto import tqdm
 from rl4lms.training.artifacts import write_folder_atomic, write_json_atomic
 from rl4lms.models.loading import default_device
 from rl4lms.training.builders import RunComponents, build_components
-from rl4lms.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from rl4lms.training.distributed import make_accelerator, rank_checksums
+from rl4lms.training.checkpoint import latest_checkpoint, load_checkpoint, process_random_state, save_checkpoint
+from rl4lms.training.distributed import gather_from_processes, make_accelerator, rank_checksums
 from rl4lms.training.evaluation import evaluate_samples
 from rl4lms.training.run_lock import RunLock
 from rl4lms.training.tracker import Tracker
@@ -102,7 +102,11 @@ class OnPolicyTrainer:
         """Load the newest checkpoint (if any) and return the iteration to continue after."""
         assert self.parts is not None
         checkpoint = latest_checkpoint(self.checkpoint_dir)
-        iteration = 0 if checkpoint is None else int(load_checkpoint(checkpoint, self.parts.alg)["iteration"])
+        accelerator = self.accelerator
+        position = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
+        iteration = 0
+        if checkpoint is not None:
+            iteration = int(load_checkpoint(checkpoint, self.parts.alg, *position)["iteration"])
         if self.tracker is not None:
             self.tracker.rollback(iteration if checkpoint else -1)
             if checkpoint:
@@ -111,8 +115,10 @@ class OnPolicyTrainer:
 
     def _save(self, iteration: int) -> None:
         assert self.parts is not None
+        rank_states = gather_from_processes(self.accelerator, process_random_state(self.parts.alg))
         if self.is_main:
-            save_checkpoint(self.checkpoint_dir, iteration, self.parts.alg, keep=self.eval_config["save_checkpoints_to_keep"])
+            save_checkpoint(self.checkpoint_dir, iteration, self.parts.alg,
+                            keep=self.eval_config["save_checkpoints_to_keep"], rank_states=rank_states)
 
     def train_and_eval(self) -> Dict[str, Any]:
         """Run (or finish) the experiment and return its summary."""
