@@ -75,8 +75,11 @@ class ToTTo(TextGenPool):
     ``meta_data["raw_table"]`` keeps the row for table-aware metrics."""
 
     @classmethod
-    def prepare(cls, split: str, fixture: bool = False, max_size: Optional[int] = None,
-                dataset_name: str = "google-research-datasets/totto") -> "ToTTo":
+    def prepare(cls, split: str, representation: str = "subtable", fixture: bool = False,
+                max_size: Optional[int] = None, dataset_name: str = "google-research-datasets/totto") -> "ToTTo":
+        if representation != "subtable":
+            raise ValueError(f"representation {representation!r} is not supported; valid: 'subtable' "
+                             "(the highlighted cells with their headers)")
         samples = []
         for ix, row in enumerate(load_rows("totto", dataset_name, None, hub_split_name(split), fixture)):
             if max_size is not None and ix >= max_size:

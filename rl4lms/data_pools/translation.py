@@ -37,14 +37,15 @@ def translation_samples(rows: Iterable[Dict[str, Any]], split: str, source_langu
 
 @DataPoolRegistry.register("wmt16")
 class WMT(TextGenPool):
-    """WMT news translation; the language pair is tried as ``src-tgt`` and then ``tgt-src`` (hub configs)."""
+    """WMT news translation. ``wmt_id`` is the hub data set (RL4LMs' key); the language pair is tried
+    as ``src-tgt`` and then ``tgt-src`` (the hub's config names)."""
 
     @classmethod
     def prepare(cls, split: str, source_language: str = "en", target_language: str = "de",
                 prompt_prefix: str = "", prompt_suffix: str = "", fixture: bool = False,
-                max_size: Optional[int] = None, dataset_name: str = "wmt/wmt16") -> "WMT":
+                max_size: Optional[int] = None, wmt_id: str = "wmt/wmt16") -> "WMT":
         configs = [f"{source_language}-{target_language}", f"{target_language}-{source_language}"]
-        rows = translation_rows("wmt16", dataset_name, configs, split, fixture)
+        rows = translation_rows("wmt16", wmt_id, configs, split, fixture)
         return cls(translation_samples(rows, split, source_language, target_language, prompt_prefix,
                                        prompt_suffix, max_size))
 

@@ -39,11 +39,14 @@ def add_lora_adapters(model: nn.Module, peft_config: Dict[str, Any], task_type: 
     """``model`` wrapped by ``peft.get_peft_model`` with a ``LoraConfig(**peft_config)``; only the
     adapters (and ``modules_to_save``) stay trainable."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from transformers.pytorch_utils import Conv1D
 
     if task_type is None:
         task_type = "SEQ_2_SEQ_LM" if getattr(model.config, "is_encoder_decoder", False) else "CAUSAL_LM"
+    # GPT-2-style Conv1D layers store their weight transposed; peft must know (it warns and fixes it).
+    uses_conv1d = any(isinstance(module, Conv1D) for module in model.modules())
     try:
-        config = LoraConfig(task_type=task_type, **peft_config)
+        config = LoraConfig(task_type=task_type, **{"fan_in_fan_out": uses_conv1d, **peft_config})
     except (TypeError, ValueError) as error:
         raise ValueError(f"{key}: {error}") from error
     if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):
