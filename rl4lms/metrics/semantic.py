@@ -1,7 +1,6 @@
 """Model-based metrics: BERTScore (``bert-score`` library) and a learned classifier's probability."""
 from __future__ import annotations
 
-import logging
 from typing import Any, Dict, List, Optional
 
 import numpy as np
@@ -48,7 +47,6 @@ class BERTScorer:
                  batch_size: int = 32, idf: bool = False, device: Optional[str] = None) -> None:
         import bert_score
 
-        logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
         model = resolve_model_name(model_type) if model_type else None
         try:
             self.scorer = bert_score.BERTScorer(model_type=model, num_layers=num_layers, lang=language,

@@ -10,7 +10,7 @@ from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, TextGenPool
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.metrics.base import BaseMetric
-from rl4lms.models.loading import default_device, load_tokenizer
+from rl4lms.models.loading import load_tokenizer
 from rl4lms.registry import AlgorithmRegistry, DataPoolRegistry, MetricRegistry, PolicyRegistry, RewardFunctionRegistry
 
 SPLITS = ("train", "val", "test")
