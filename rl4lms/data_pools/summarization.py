@@ -3,11 +3,16 @@ from __future__ import annotations
 
 from typing import Optional
 
-from nltk.tokenize import NLTKWordTokenizer
-
 from rl4lms.data_pools.sources import hub_split_name, load_rows, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
 from rl4lms.registry import DataPoolRegistry
+
+
+def word_tokenize(text: str) -> list:
+    """NLTK's word tokens (without its sentence splitter, which needs a download)."""
+    from nltk.tokenize import NLTKWordTokenizer  # imported on use: see rl4lms.metrics.lexical
+
+    return NLTKWordTokenizer().tokenize(text)
 
 
 @DataPoolRegistry.register("cnn_daily_mail")
@@ -19,7 +24,6 @@ class CNNDailyMail(TextGenPool):
     def prepare(cls, split: str, prompt_prefix: str = "", prompt_suffix: str = "",
                 truncate_article: Optional[int] = None, fixture: bool = False, max_size: Optional[int] = None,
                 dataset_name: str = "abisee/cnn_dailymail", dataset_config: str = "3.0.0") -> "CNNDailyMail":
-        tokenizer = NLTKWordTokenizer()
         samples = []
         for ix, row in enumerate(load_rows("cnn_daily_mail", dataset_name, dataset_config, hub_split_name(split),
                                            fixture)):
@@ -27,7 +31,7 @@ class CNNDailyMail(TextGenPool):
                 break
             article = row["article"]
             if truncate_article is not None:
-                article = " ".join(tokenizer.tokenize(article)[:truncate_article])
+                article = " ".join(word_tokenize(article)[:truncate_article])
             samples.append(Sample(id=f"{split}_{ix}", prompt_or_input_text=prompt_prefix + article + prompt_suffix,
                                   references=[row["highlights"]]))
         return cls(truncated(samples, max_size))

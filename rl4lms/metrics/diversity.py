@@ -13,7 +13,6 @@ from collections import Counter
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-from nltk.tokenize import NLTKWordTokenizer
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.registry import MetricRegistry
@@ -37,6 +36,8 @@ def msttr(tokens: Sequence[str], window_size: int) -> float:
 
 def diversity_statistics(texts: Sequence[str], max_n: int = 3, window_size: int = 100) -> Dict[str, float]:
     """The statistics described in the module docstring, keyed by their GEM names."""
+    from nltk.tokenize import NLTKWordTokenizer  # imported on use: see rl4lms.metrics.lexical
+
     tokenizer = NLTKWordTokenizer()
     tokenized = [tokenizer.tokenize(text.lower()) for text in texts]
     lengths = [len(t) for t in tokenized] or [0]

@@ -2,6 +2,8 @@
 
 Each metric returns per-sample scores and a corpus score under RL4LMs' names (``lexical/...``).
 :meth:`SentenceMetric.sentence_scores` is the per-sample score that the matching reward uses.
+NLTK (also behind ``rouge-score``) is imported when a metric that needs it is built: importing it
+costs about a second, and the registry imports this module on every start.
 """
 from __future__ import annotations
 
@@ -9,10 +11,6 @@ import warnings
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
-from nltk.tokenize import NLTKWordTokenizer
-from nltk.translate.bleu_score import SmoothingFunction, corpus_bleu, sentence_bleu
-from nltk.translate.meteor_score import meteor_score
-from rouge_score import rouge_scorer
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
@@ -61,15 +59,19 @@ class MeteorMetric(SentenceMetric):
     name = "lexical/meteor"
 
     def __init__(self, alpha: float = 0.9, beta: float = 3.0, gamma: float = 0.5) -> None:
+        from nltk.tokenize import NLTKWordTokenizer
+        from nltk.translate.meteor_score import meteor_score
+
         self.params = {"alpha": alpha, "beta": beta, "gamma": gamma}
         self.wordnet = load_wordnet()
         self.tokenizer = NLTKWordTokenizer()
+        self.meteor_score = meteor_score
 
     def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
                         reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
                         ) -> List[float]:
-        return [float(meteor_score([self.tokenizer.tokenize(r) for r in refs], self.tokenizer.tokenize(gen),
-                                   wordnet=self.wordnet, **self.params)) if refs else 0.0
+        return [float(self.meteor_score([self.tokenizer.tokenize(r) for r in refs], self.tokenizer.tokenize(gen),
+                                        wordnet=self.wordnet, **self.params)) if refs else 0.0
                 for gen, refs in zip(generated_texts, reference_texts)]
 
 
@@ -77,6 +79,8 @@ class RougeScorer:
     """ROUGE F-measures from ``rouge-score``; several references give the best score per type."""
 
     def __init__(self, rouge_types: Sequence[str], use_stemmer: bool, use_single_ref: bool) -> None:
+        from rouge_score import rouge_scorer  # imports NLTK
+
         unknown = [t for t in rouge_types if t not in ROUGE_TYPES]
         if unknown:
             raise ValueError(f"unknown rouge type(s) {unknown}; valid: {', '.join(ROUGE_TYPES)}")
@@ -132,16 +136,19 @@ class BLEUMetric(SentenceMetric):
     name = "lexical/bleu"
 
     def __init__(self, max_order: int = 4) -> None:
+        from nltk.translate import bleu_score
+
         if max_order < 1:
             raise ValueError(f"max_order must be at least 1, got {max_order}")
         self.weights = tuple([1.0 / max_order] * max_order)
-        self.smoothing = SmoothingFunction().method1
+        self.bleu = bleu_score
+        self.smoothing = bleu_score.SmoothingFunction().method1
 
     def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
                         reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
                         ) -> List[float]:
-        return [float(sentence_bleu([r.split() for r in refs], gen.split(), self.weights,
-                                    smoothing_function=self.smoothing)) if refs and gen.split() else 0.0
+        return [float(self.bleu.sentence_bleu([r.split() for r in refs], gen.split(), self.weights,
+                                              smoothing_function=self.smoothing)) if refs and gen.split() else 0.0
                 for gen, refs in zip(generated_texts, reference_texts)]
 
     def corpus_score(self, generated_texts: List[str], reference_texts: List[List[str]],
@@ -152,7 +159,7 @@ class BLEUMetric(SentenceMetric):
             return 0.0
         with warnings.catch_warnings():  # NLTK warns when an n-gram order has no match; the score is then 0
             warnings.simplefilter("ignore", UserWarning)
-            return float(corpus_bleu([refs for _, refs in pairs], [hyp for hyp, _ in pairs], self.weights))
+            return float(self.bleu.corpus_bleu([refs for _, refs in pairs], [hyp for hyp, _ in pairs], self.weights))
 
 
 class _SacreMetric(SentenceMetric):

@@ -8,9 +8,19 @@ from __future__ import annotations
 from typing import List, Optional, Sequence
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, PreTrainedTokenizerBase
 
 from rl4lms.models.loading import default_device, load_pretrained
+
+
+def load_classifier_tokenizer(model_name: str) -> PreTrainedTokenizerBase:
+    """The tokenizer of a classifier or reward model, set up as they read text: padded on the right
+    (position ids need no adjusting) and truncated from the left (the end, the generation, is kept)."""
+    tokenizer = load_pretrained(AutoTokenizer, model_name, "classifier tokenizer")
+    tokenizer.padding_side, tokenizer.truncation_side = "right", "left"
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 class TextClassifier:
@@ -23,11 +33,7 @@ class TextClassifier:
         self.model_name = model_name
         self.batch_size = batch_size
         self.device = device or default_device()
-        self.tokenizer = load_pretrained(AutoTokenizer, model_name, "classifier tokenizer")
-        self.tokenizer.truncation_side = "left"  # keep the end of the text: the generation
-        self.tokenizer.padding_side = "right"  # position ids then need no adjusting for padding
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_classifier_tokenizer(model_name)
         self.model = load_pretrained(AutoModelForSequenceClassification, model_name, "classifier model")
         if self.model.config.pad_token_id is None:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id

@@ -14,9 +14,10 @@ from typing import Dict, List, Optional, Sequence, Union
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
-from rl4lms.models.loading import default_device, load_model, load_pretrained
+from rl4lms.models.classifier import load_classifier_tokenizer
+from rl4lms.models.loading import default_device, load_model
 from rl4lms.models.lora import add_lora_adapters, save_model
 from rl4lms.rlhf.training import GradientStepper, minibatches, read_records, run_epochs
 
@@ -59,10 +60,7 @@ class RewardModelTrainer:
             raise ValueError(f"reward_model: batch_size must be >= 1 and max_length >= 2, got {batch_size}, {max_length}")
         torch.manual_seed(seed)  # the new head's initialisation
         self.device = device or default_device()
-        self.tokenizer = load_pretrained(AutoTokenizer, model_name, "tokenizer")
-        self.tokenizer.padding_side, self.tokenizer.truncation_side = "right", "left"  # as TextClassifier reads
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_classifier_tokenizer(model_name)  # as learned_reward will read the texts
         self.model = load_model(AutoModelForSequenceClassification, model_name, num_labels=1)
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         if peft_config is not None:
