@@ -67,23 +67,21 @@ class PPOTrainer:
         response, mask = self.policy.generate(prompt_ids, prompt_mask, config)
         return [torch.tensor(tokens, dtype=torch.long) for tokens in response_tokens(response.cpu(), mask.cpu())]
 
-    def _check(self, queries: Sequence[Tokens], responses: Sequence[Tokens], scores: Sequence[Any],
-               response_masks: Optional[Sequence[Tokens]]) -> None:
+    def _check(self, queries: List[List[int]], responses: List[List[int]], scores: Sequence[Any],
+               masks: Optional[List[List[int]]]) -> None:
         if not (len(queries) == len(responses) == len(scores)) or not queries:
             raise ValueError(f"step() needs as many queries, responses and scores, and at least one: got "
                              f"{len(queries)}, {len(responses)}, {len(scores)}")
         for ix, (query, response) in enumerate(zip(queries, responses)):
-            if not _as_list(response):
+            if not response:
                 raise ValueError(f"responses[{ix}] is empty")
-            if len(_as_list(query)) > self.max_length or len(_as_list(response)) > self.max_length:
+            if len(query) > self.max_length or len(response) > self.max_length:
                 raise ValueError(f"queries[{ix}]/responses[{ix}] are longer than max_length={self.max_length}")
             if not math.isfinite(float(scores[ix])):
                 raise ValueError(f"scores[{ix}] is {float(scores[ix])}; scores must be finite")
-            if response_masks is not None:
-                mask = _as_list(response_masks[ix])
-                if len(mask) != len(_as_list(response)) or not any(mask):
-                    raise ValueError(f"response_masks[{ix}] must have one 0/1 entry per response token and "
-                                     "at least one 1")
+            if masks is not None and (len(masks[ix]) != len(response) or not any(masks[ix])):
+                raise ValueError(f"response_masks[{ix}] must have one 0/1 entry per response token and "
+                                 "at least one 1")
 
     def step(self, queries: Sequence[Tokens], responses: Sequence[Tokens], scores: Sequence[Any],
              response_masks: Optional[Sequence[Tokens]] = None) -> Dict[str, float]:
@@ -92,15 +90,14 @@ class PPOTrainer:
         ``response_masks`` marks the response tokens that the policy wrote (1) and those it only
         read, such as tool output (0): those are seen by the model but left out of the loss.
         """
-        self._check(queries, responses, scores, response_masks)
+        query_lists, response_lists = [_as_list(q) for q in queries], [_as_list(r) for r in responses]
+        mask_lists = None if response_masks is None else [_as_list(m) for m in response_masks]
+        self._check(query_lists, response_lists, scores, mask_lists)
         policy, pad = self.policy, self.tokenizer.pad_token_id
         device = module_device(policy)
-        prompt_ids, prompt_mask = pad_token_lists([_as_list(q) for q in queries], pad, device, left=True)
-        response_ids, response_mask = pad_token_lists([_as_list(r) for r in responses], pad, device, left=False)
-        loss_mask = None
-        if response_masks is not None:
-            loss_mask, _ = pad_token_lists([_as_list(m) for m in response_masks], 0, device, left=False)
-            loss_mask = loss_mask[:, :response_ids.shape[1]]
+        prompt_ids, prompt_mask = pad_token_lists(query_lists, pad, device, left=True)
+        response_ids, response_mask = pad_token_lists(response_lists, pad, device, left=False)
+        loss_mask = None if mask_lists is None else pad_token_lists(mask_lists, 0, device, left=False)[0]
         actions = (loss_mask if loss_mask is not None else response_mask).float()
         last_action = actions.shape[1] - 1 - actions.flip(1).argmax(dim=1)
         task_rewards = torch.zeros_like(actions)
