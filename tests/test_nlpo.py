@@ -122,3 +122,45 @@ def test_seq2seq_mask_model_predicts_the_next_decoder_token() -> None:
         direct = policy.mask_model(input_ids=prompt, attention_mask=torch.ones_like(prompt),
                                    decoder_input_ids=decoder_ids).logits[:, -1]
     torch.testing.assert_close(policy.mask_model_next_logits(prompt, torch.ones_like(prompt), generated), direct)
+
+
+def _maskable_policy(kind: str):
+    from rl4lms.models.loading import load_tokenizer
+
+    name = f"rl4lms/tiny-{kind}"
+    tokenizer = load_tokenizer(name)
+    cls = MaskableCausalLMActorCriticPolicy if kind == "gpt2" else MaskableSeq2SeqLMActorCriticPolicy
+    return cls(TextGenEnv(tokenizer, None, SAMPLES, max_episode_length=4).observation_space, None, lambda _: 1e-3,
+               model_name=name, tokenizer=tokenizer, generation_kwargs={"do_sample": True, "top_k": 0},
+               top_mask=0.5, min_tokens_to_keep=3)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+def test_cached_mask_model_decoding_equals_rereading_the_prefix(kind: str) -> None:
+    policy = _maskable_policy(kind)
+    prompt = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
+    prompt_mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    if kind == "t5":
+        prompt, prompt_mask = prompt.flip(1), prompt_mask.flip(1)  # right-padded encoder input
+    response = torch.tensor([[20, 21, 22], [23, 24, 25]])
+    with torch.no_grad():
+        logits, state = policy.start_decoding(policy.mask_model, prompt, prompt_mask)
+        for t in range(response.shape[1] + 1):
+            expected = policy.mask_model_next_logits(prompt, prompt_mask, response[:, :t]) * policy.temperature
+            torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+            if t < response.shape[1]:
+                logits = policy.continue_decoding(policy.mask_model, state, response[:, t:t + 1])
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "t5"])
+def test_sampled_masks_are_the_mask_models_sets_at_every_step(kind: str) -> None:
+    policy = _maskable_policy(kind)
+    prompt = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])
+    prompt_mask = (prompt != 0).long() if kind == "gpt2" else torch.ones_like(prompt)
+    torch.manual_seed(0)
+    sampled = policy.sample_actions(prompt, prompt_mask, policy.generation_config(max_new_tokens=5))
+    assert sampled.action_masks is not None
+    for t in range(sampled.response_ids.shape[1]):
+        logits = policy.mask_model_next_logits(prompt, prompt_mask, sampled.response_ids[:, :t])
+        expected = action_mask_from_logits(logits, "learned_top_p", 0.5, 3, policy.always_allowed_ids)
+        assert torch.equal(sampled.action_masks[:, t], expected), f"step {t}"

@@ -58,6 +58,19 @@ class SampledActions:
     step_hidden: Optional[torch.Tensor] = None
 
 
+@dataclass
+class DecodingState:
+    """What a cached token-by-token forward of a model carries from one step to the next."""
+
+    cache: Any
+    attention_mask: torch.Tensor
+    """Causal LMs: the mask of prompt + tokens fed so far; seq2seq: the encoder's mask."""
+    next_positions: Optional[torch.Tensor] = None
+    """Causal LMs: the position id ``[B, 1]`` of the next token."""
+    encoder_outputs: Any = None
+    """Seq2seq: the encoded prompt."""
+
+
 def masked_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Log-probability of ``tokens`` under ``logits`` (``[B, T, V]`` and ``[B, T]``)."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -172,6 +185,16 @@ class LMActorCriticPolicy(BasePolicy):
     @abstractmethod
     def _response_from_sequences(self, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:
         """Strip what ``generate`` returns down to the generated tokens."""
+
+    @abstractmethod
+    def start_decoding(self, model: PreTrainedModel, prompt_ids: torch.Tensor,
+                       prompt_mask: torch.Tensor) -> Tuple[torch.Tensor, DecodingState]:
+        """Logits ``[B, V]`` of ``model`` for the first response token, and the cache to continue from."""
+
+    @abstractmethod
+    def continue_decoding(self, model: PreTrainedModel, state: DecodingState, tokens: torch.Tensor) -> torch.Tensor:
+        """Logits ``[B, V]`` for the token after ``tokens`` ``[B, 1]`` (the last response token), from
+        ``state``'s cache, which is advanced by one position."""
 
     # --- rollout / training API -----------------------------------------------------------------
     def generation_config(self, overrides: Optional[Dict[str, Any]] = None,

@@ -6,7 +6,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from rl4lms.policies.base import LMActorCriticPolicy
+from rl4lms.policies.base import DecodingState, LMActorCriticPolicy
 from rl4lms.registry import PolicyRegistry
 
 
@@ -28,6 +28,19 @@ class CausalLMActorCriticPolicy(LMActorCriticPolicy):
         start, stop = prompt_ids.shape[1] - 1, input_ids.shape[1] - 1
         hidden = out.hidden_states[-1][:, start:stop] if want_hidden else None
         return out.logits[:, start:stop], hidden
+
+    def start_decoding(self, model: PreTrainedModel, prompt_ids: torch.Tensor,
+                       prompt_mask: torch.Tensor) -> Tuple[torch.Tensor, DecodingState]:
+        positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+        out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
+        return out.logits[:, -1], DecodingState(out.cache, prompt_mask, positions[:, -1:] + 1)
+
+    def continue_decoding(self, model: PreTrainedModel, state: DecodingState, tokens: torch.Tensor) -> torch.Tensor:
+        state.attention_mask = torch.cat([state.attention_mask, torch.ones_like(tokens)], dim=1)
+        out = model(input_ids=tokens, attention_mask=state.attention_mask, position_ids=state.next_positions,
+                    cache=state.cache, use_cache=True)
+        state.cache, state.next_positions = out.cache, state.next_positions + 1
+        return out.logits[:, -1]
 
     def next_token_logits(self, observation: Dict[str, torch.Tensor]) -> torch.Tensor:
         input_ids = observation["input_encoded_pt"].long()

@@ -12,7 +12,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
-from rl4lms.policies.base import LMActorCriticPolicy, SampledActions
+from rl4lms.policies.base import DecodingState, LMActorCriticPolicy, SampledActions
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
 from rl4lms.policies.seq2seq import Seq2SeqLMActorCriticPolicy
 from rl4lms.registry import PolicyRegistry
@@ -44,23 +44,36 @@ def action_mask_from_logits(logits: torch.Tensor, mask_type: str, top_mask: floa
 
 
 class _ActionMaskProcessor(LogitsProcessor):
-    """Masks the policy's next-token scores during ``generate`` and records each step's mask."""
+    """Masks the policy's next-token scores during ``generate`` and records each step's mask.
+
+    With one row per prompt (sampling, greedy) the mask model decodes alongside ``generate`` with
+    its own KV cache, one token per step. Beam search reorders its rows between steps, so there the
+    mask model re-reads each row's whole prefix.
+    """
 
     def __init__(self, policy: "MaskablePolicyMixin", prompt_ids: torch.Tensor, prompt_mask: torch.Tensor) -> None:
         self.policy = policy
         self.prompt_ids = prompt_ids
         self.prompt_mask = prompt_mask
         self.masks: List[torch.Tensor] = []
+        self.decoding: Optional[DecodingState] = None
+
+    def _mask_model_logits(self, input_ids: torch.LongTensor) -> torch.Tensor:
+        policy = self.policy
+        if input_ids.shape[0] == self.prompt_ids.shape[0]:
+            if self.decoding is None:
+                logits, self.decoding = policy.start_decoding(policy.mask_model, self.prompt_ids, self.prompt_mask)
+            else:
+                logits = policy.continue_decoding(policy.mask_model, self.decoding, input_ids[:, -1:])
+            return logits / policy.temperature
+        # Beam search runs num_beams rows per prompt, beams of one prompt next to each other.
+        beams = input_ids.shape[0] // self.prompt_ids.shape[0]
+        generated = policy._response_from_sequences(input_ids, self.prompt_ids.shape[1])
+        return policy.mask_model_next_logits(self.prompt_ids.repeat_interleave(beams, dim=0),
+                                             self.prompt_mask.repeat_interleave(beams, dim=0), generated)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.policy.mask_type == "topk":
-            source = scores
-        else:
-            # Beam search runs num_beams rows per prompt, beams of one prompt next to each other.
-            beams = input_ids.shape[0] // self.prompt_ids.shape[0]
-            generated = self.policy._response_from_sequences(input_ids, self.prompt_ids.shape[1])
-            source = self.policy.mask_model_next_logits(self.prompt_ids.repeat_interleave(beams, dim=0),
-                                                        self.prompt_mask.repeat_interleave(beams, dim=0), generated)
+        source = scores if self.policy.mask_type == "topk" else self._mask_model_logits(input_ids)
         allowed = action_mask_from_logits(source, self.policy.mask_type, self.policy.top_mask,
                                           self.policy.min_tokens_to_keep, self.policy.always_allowed_ids)
         self.masks.append(allowed)

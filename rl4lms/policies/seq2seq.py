@@ -6,7 +6,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
-from rl4lms.policies.base import LMActorCriticPolicy
+from rl4lms.policies.base import DecodingState, LMActorCriticPolicy
 from rl4lms.registry import PolicyRegistry
 
 
@@ -32,6 +32,20 @@ class Seq2SeqLMActorCriticPolicy(LMActorCriticPolicy):
                     decoder_attention_mask=decoder_mask, output_hidden_states=want_hidden)
         hidden = out.decoder_hidden_states[-1] if want_hidden else None
         return out.logits, hidden
+
+    def start_decoding(self, model: PreTrainedModel, prompt_ids: torch.Tensor,
+                       prompt_mask: torch.Tensor) -> Tuple[torch.Tensor, DecodingState]:
+        encoded = model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask)
+        state = DecodingState(cache=None, attention_mask=prompt_mask, encoder_outputs=encoded)
+        start = torch.full((prompt_ids.shape[0], 1), self._decoder_start(), dtype=prompt_ids.dtype,
+                           device=prompt_ids.device)
+        return self.continue_decoding(model, state, start), state
+
+    def continue_decoding(self, model: PreTrainedModel, state: DecodingState, tokens: torch.Tensor) -> torch.Tensor:
+        out = model(encoder_outputs=state.encoder_outputs, attention_mask=state.attention_mask,
+                    decoder_input_ids=tokens, cache=state.cache, use_cache=True)
+        state.cache = out.cache
+        return out.logits[:, -1]
 
     def next_token_logits(self, observation: Dict[str, torch.Tensor]) -> torch.Tensor:
         """Needs the context to start with the decoder start token (``env.args.context_start_token``)."""
