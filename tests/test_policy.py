@@ -14,7 +14,8 @@ from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, Generatio
 
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
-from rl4lms.policies.base import (REFERENCE_PREFIX, VALUE_HEAD_FILE, LMActorCriticPolicy, response_mask_after_eos)
+from rl4lms.policies.base import REFERENCE_PREFIX, LMActorCriticPolicy, response_mask_after_eos
+from rl4lms.policies.value_head import VALUE_HEAD_FILE
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
 from rl4lms.policies.seq2seq import Seq2SeqLMActorCriticPolicy
 from rl4lms.rewards.synthetic import IncreasingNumbersReward

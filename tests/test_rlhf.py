@@ -61,6 +61,24 @@ def test_sft_lowers_the_loss_and_saves_a_loadable_model(tmp_path: Path, isolated
         load_sft_examples(tmp_path / "bad.jsonl")
 
 
+def test_rows_without_a_token_to_learn_are_skipped_or_refused(isolated_home: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    # With completion-only loss, a prompt longer than max_seq_length leaves nothing to learn in its
+    # (truncated) row, and in the packed blocks that hold only prompt tokens.
+    long_prompt = SFTExample("1 2 3 4 5 6 7 8 9 10 " * 4, " 11")
+    kwargs = dict(max_seq_length=16, completion_only_loss=True, batch_size=2, device="cpu")
+    with pytest.raises(ValueError, match="no example has a token to learn within max_seq_length=16"):
+        SFTTrainer("rl4lms/tiny-gpt2", [long_prompt], packing=False, **kwargs)
+    unpacked = SFTTrainer("rl4lms/tiny-gpt2", [long_prompt, SFTExample("count: 1", " 2 3")], packing=False, **kwargs)
+    assert len(unpacked.rows) == 1 and "1 of 2 examples have no token to learn" in caplog.text
+    packed = SFTTrainer("rl4lms/tiny-gpt2", [long_prompt], packing=True, **kwargs)
+    assert len(packed.rows) == 1 and "blocks have no token to learn" in caplog.text  # only the last block
+    for trainer in (unpacked, packed):
+        assert math.isfinite(trainer.train()[0]["sft/loss"])
+    with pytest.raises(ValueError, match="max_seq_length=512 exceeds the 256 positions"):
+        SFTTrainer("rl4lms/tiny-gpt2", [long_prompt], max_seq_length=512, device="cpu")
+
+
 # --- reward model ---------------------------------------------------------------------------------
 def test_pairwise_loss_hand_example() -> None:
     chosen, rejected = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0])
@@ -124,6 +142,15 @@ def test_step_runs_the_ppo_update_and_returns_trl_stats(ppo_trainer) -> None:
         ppo_trainer.step(queries, responses, [1.0])
     with pytest.raises(ValueError, match="must be finite"):
         ppo_trainer.step(queries, responses, [1.0, float("nan")])
+    with pytest.raises(ValueError, match=r"queries\[1\] and responses\[1\] must not be empty"):
+        ppo_trainer.step([queries[0], torch.tensor([], dtype=torch.long)], responses, [1.0, 1.0])
+    # tiny-gpt2 has 256 positions: each part fits max_length, the two together do not.
+    with pytest.raises(ValueError, match=r"queries\[0\] \+ responses\[0\] take 300 positions; the model has 256"):
+        ppo_trainer.step([torch.full((200,), 5)], [torch.full((100,), 6)], [1.0])
+    with pytest.raises(ValueError, match=r"queries\[0\] \+ max_new_tokens take 264 positions"):
+        ppo_trainer.generate([torch.full((200,), 5)], max_new_tokens=64)
+    with pytest.raises(ValueError, match="differs from the policy's"):
+        ppo_trainer.generate(queries, max_new_tokens=4, temperature=0.7)
 
 
 def test_response_masks_leave_tool_tokens_out_of_the_loss(ppo_trainer) -> None:
@@ -166,6 +193,10 @@ def test_tool_call_parsing_and_the_calculator() -> None:
     for bad in ("__import__('os')", "2 ** 1000", "1 +"):
         with pytest.raises(ValueError):
             calculator(bad)
+    assert calculator("(2 ** 63) ** 64") == str(2 ** 4032)  # 64 bits x 64: at the size limit
+    for too_large in ("((9 ** 64) ** 64) ** 64", "(2 ** 64) ** 64", "(2 ** 63) ** 64 * 2 ** 64"):
+        with pytest.raises(ValueError, match="result too large"):
+            calculator(too_large)
     tools = {"calculator": calculator}
     assert run_tool(tools, ToolCall("calculator", "1/0")) == "error: ZeroDivisionError: division by zero"
     assert run_tool(tools, ToolCall("search", "x")) == "error: unknown tool 'search'; available: calculator"
@@ -209,6 +240,20 @@ def test_tool_episodes_append_results_and_mask_them(isolated_home: Path) -> None
         assert "<result>" not in model_text and "ignored" not in model_text
     result_tokens = tokenizer("<result>42</result>", add_special_tokens=False).input_ids
     assert first.response_mask.count(0) == len(result_tokens)
+
+
+def test_long_tool_output_is_cut_and_full_contexts_end_the_episode(isolated_home: Path) -> None:
+    from rl4lms.envs.tool_env import ToolEnvironment
+    from rl4lms.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("rl4lms/tiny-gpt2")
+    scripted = ScriptedModel(tokenizer, [["<call>echo(x)</call>"], ["<call>echo(y)</call>"], ["never asked"]])
+    env = ToolEnvironment(scripted, tokenizer, {"echo": lambda arg: arg * 1000}, max_turns=3, max_result_chars=5,
+                          max_context_tokens=20)
+    (episode,) = env.run([torch.tensor([5, 6])])
+    assert env.text(episode) == "<call>echo(x)</call><result>xxxxx [truncated]</result>"
+    assert episode.finished and episode.turns == 1 and scripted.calls == 1
+    assert len(episode.query) + len(episode.response) >= 20
 
 
 def test_tool_episodes_train_with_ppo(ppo_trainer) -> None:
@@ -297,10 +342,23 @@ def test_pipeline_config_errors_name_the_key(tmp_path: Path) -> None:
     bad.write_text("sft: {model_name: rl4lms/tiny-gpt2, data: x.jsonl, epochs: 3}\nreward_model: {}\nppo: {}\nextra: 1\n")
     with pytest.raises(ConfigError, match="extra: unknown section"):
         run_pipeline(bad, tmp_path / "out")
+    bad.write_text("sft: {}\nreward_model: {}\nppo: {overides: [seed=1], overrides: seed=1}\n")
+    with pytest.raises(ConfigError) as error:
+        run_pipeline(bad, tmp_path / "out")
+    for message in ("ppo.overides: unknown key; valid keys: config_path, overrides", "ppo.config_path: required key",
+                    "ppo.overrides: expected a list"):
+        assert message in str(error.value)
+    assert not (tmp_path / "out").exists()  # refused before any stage ran
     (tmp_path / "sft.jsonl").write_text('{"text": "1 2 3"}\n')
-    bad.write_text("sft: {model_name: rl4lms/tiny-gpt2, data: sft.jsonl, epochs: 3}\nreward_model: {}\nppo: {}\n")
+    bad.write_text("sft: {model_name: rl4lms/tiny-gpt2, data: sft.jsonl, epochs: 3}\nreward_model: {}\n"
+                   "ppo: {config_path: ppo.yml}\n")
     with pytest.raises(ConfigError, match="sft.epochs: unknown key; valid keys: model_name, max_seq_length"):
         run_pipeline(bad, tmp_path / "out")
+    bad.write_text("sft: {model_name: rl4lms/tiny-gpt2, data: sft.jsonl}\nppo: {config_path: ppo.yml}\n"
+                   "reward_model: {model_name: rl4lms/tiny-gpt2, init_from_sft: true, data: sft.jsonl}\n")
+    with pytest.raises(ConfigError, match="model_name or init_from_sft: true, not both"):
+        run_pipeline(bad, tmp_path / "out_2")
+    assert not (tmp_path / "out_2").exists()
 
 
 def test_reward_model_with_lora_trains_adapters_and_the_score_head(isolated_home: Path, tmp_path: Path) -> None:

@@ -56,3 +56,27 @@ def test_a_trained_policy_folder_loads_with_its_value_head(tmp_path: Path, tiny_
         assert torch.equal(loaded.v_head.state_dict()[key], value)
     for ours, theirs in zip(policy.model.parameters(), loaded.pretrained_model.parameters()):
         assert torch.equal(ours, theirs)
+
+
+def test_a_separate_critic_is_saved_with_its_value_head_and_the_actor_folder_refuses_it(tmp_path: Path,
+                                                                                        tiny_tokenizer) -> None:
+    from rl4lms.envs.text_gen_env import TextGenEnv
+    from rl4lms.policies.causal import CausalLMActorCriticPolicy
+
+    from test_rollout import SAMPLES
+
+    policy = CausalLMActorCriticPolicy(TextGenEnv(tiny_tokenizer, None, SAMPLES, max_episode_length=4).observation_space,
+                                       None, lambda _: 1e-3, model_name="rl4lms/tiny-gpt2", tokenizer=tiny_tokenizer,
+                                       shared_backbone=False)
+    with torch.no_grad():  # a critic that has drifted from the actor, as after training
+        for param in policy.critic_model.parameters():
+            param.add_(0.05 * torch.randn_like(param))
+    policy.save_pretrained(tmp_path / "model")
+    with pytest.raises(ValueHeadMissingError, match="separate critic LM.*critic"):
+        AutoModelForCausalLMWithValueHead.from_pretrained(str(tmp_path / "model"))
+    critic = AutoModelForCausalLMWithValueHead.from_pretrained(str(tmp_path / "model" / "critic")).eval()
+    prompt, response = torch.tensor([[5, 6, 7]]), torch.tensor([[8, 9]])
+    expected = policy.predict_values(prompt, torch.ones_like(prompt), response, torch.ones_like(response))
+    with torch.no_grad():
+        _, _, values = critic(input_ids=torch.cat([prompt, response], 1), attention_mask=torch.ones(1, 5, dtype=torch.long))
+    torch.testing.assert_close(values[:, 2:4], expected)

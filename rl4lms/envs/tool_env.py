@@ -49,6 +49,9 @@ def parse_tool_call(text: str) -> Optional[ToolCall]:
     return ToolCall(match.group(1), match.group(2).strip())
 
 
+MAX_INTEGER_BITS = 4096
+"""The calculator refuses integer results longer than this (about 1,200 digits) before computing them."""
+
 _BINARY = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
            ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow}
 _UNARY = {ast.UAdd: operator.pos, ast.USub: operator.neg}
@@ -61,10 +64,26 @@ def _evaluate(node: ast.AST) -> float:
         left, right = _evaluate(node.left), _evaluate(node.right)
         if isinstance(node.op, ast.Pow) and abs(right) > 64:
             raise ValueError("exponent too large (at most 64)")
+        _check_integer_size(node.op, left, right)
         return _BINARY[type(node.op)](left, right)
     if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
         return _UNARY[type(node.op)](_evaluate(node.operand))
     raise ValueError(f"unsupported expression element {type(node).__name__}")
+
+
+def _check_integer_size(op: ast.operator, left: float, right: float) -> None:
+    """Refuse a product or power of integers whose result would exceed ``MAX_INTEGER_BITS``, so
+    nested powers such as ``((9**64)**64)**64`` fail at once instead of running for hours."""
+    if not (isinstance(left, int) and isinstance(right, int)):
+        return  # floats overflow to an error by themselves
+    if isinstance(op, ast.Pow) and right > 0:
+        bits = abs(left).bit_length() * right
+    elif isinstance(op, ast.Mult):
+        bits = abs(left).bit_length() + abs(right).bit_length()
+    else:
+        return
+    if bits > MAX_INTEGER_BITS:
+        raise ValueError(f"result too large (over {MAX_INTEGER_BITS} bits)")
 
 
 def calculator(expression: str) -> str:
@@ -106,18 +125,29 @@ class ToolEpisode:
 
 
 class ToolEnvironment:
-    """Runs batches of tool-using episodes with a ``generate`` function (e.g. ``PPOTrainer.generate``)."""
+    """Runs batches of tool-using episodes with a ``generate`` function (e.g. ``PPOTrainer.generate``).
+
+    A tool's output is cut to ``max_result_chars``; an episode whose query + response reaches
+    ``max_context_tokens`` (say, the model's position limit minus the new tokens of a turn) ends.
+    """
 
     def __init__(self, generate: GenerateFn, tokenizer: PreTrainedTokenizerBase, tools: Dict[str, Tool],
-                 max_turns: int = 3) -> None:
-        if max_turns < 1:
-            raise ValueError(f"max_turns must be at least 1, got {max_turns}")
+                 max_turns: int = 3, max_result_chars: int = 256, max_context_tokens: Optional[int] = None) -> None:
+        if max_turns < 1 or max_result_chars < 1:
+            raise ValueError(f"max_turns and max_result_chars must be at least 1, got {max_turns}, {max_result_chars}")
         if not tools:
             raise ValueError("a tool environment needs at least one tool")
         self.generate = generate
         self.tokenizer = tokenizer
         self.tools = dict(tools)
         self.max_turns = max_turns
+        self.max_result_chars = max_result_chars
+        self.max_context_tokens = max_context_tokens
+
+    def _out_of_room(self, episode: ToolEpisode) -> bool:
+        """The episode's context has reached ``max_context_tokens``: the model cannot continue it."""
+        return self.max_context_tokens is not None and \
+            len(episode.query) + len(episode.response) >= self.max_context_tokens
 
     def _until_call_end(self, tokens: List[int]) -> List[int]:
         """The shortest prefix of ``tokens`` whose text closes a tool call (all of them if none does)."""
@@ -141,14 +171,18 @@ class ToolEnvironment:
             episode.finished = True
             return
         episode.tool_calls += 1
+        if len(output) > self.max_result_chars:
+            output = output[:self.max_result_chars] + " [truncated]"
         result = self.tokenizer(f"{RESULT_OPEN}{output}{RESULT_CLOSE}", add_special_tokens=False).input_ids
         episode.extend(result, written_by_model=False)
-        episode.finished = last_turn or (bool(written) and written[-1] == self.tokenizer.eos_token_id)
+        episode.finished = last_turn
 
     def run(self, queries: Sequence[torch.Tensor]) -> List[ToolEpisode]:
         """Episodes for ``queries``: generate, run the tool a turn ends with, append its result, repeat."""
         episodes = [ToolEpisode(query=torch.as_tensor(q, dtype=torch.long).flatten()) for q in queries]
         for turn in range(self.max_turns):
+            for episode in episodes:
+                episode.finished = episode.finished or self._out_of_room(episode)
             active = [e for e in episodes if not e.finished]
             if not active:
                 break

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Optional, Tuple, Type
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from rl4lms.models.loading import load_model, resolve_model_name
-from rl4lms.policies.value_head import VALUE_HEAD_FILE, ValueHead, hidden_size
+from rl4lms.policies.value_head import CRITIC_DIR, VALUE_HEAD_FILE, ValueHead, hidden_size, save_value_head
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +57,10 @@ class _ModelWithValueHead(nn.Module):
             model.v_head.load_state_dict(load_file(str(head_file)))
         elif allow_new_value_head:
             logger.info("%s has no %s; starting a new value head", name_or_path, VALUE_HEAD_FILE)
+        elif (head_file.parent / CRITIC_DIR / VALUE_HEAD_FILE).is_file():
+            raise ValueHeadMissingError(
+                f"'{name_or_path}' is a policy with a separate critic LM: its value head reads that LM's hidden "
+                f"states, not this one's. Load '{head_file.parent / CRITIC_DIR}' for the critic with its value head.")
         else:
             raise ValueHeadMissingError(
                 f"'{name_or_path}' has no {VALUE_HEAD_FILE}: it holds a plain language model, not one saved "
@@ -67,7 +71,7 @@ class _ModelWithValueHead(nn.Module):
         """The LM's ``save_pretrained`` folder plus ``value_head.safetensors``."""
         out_dir = Path(out_dir)
         self.pretrained_model.save_pretrained(out_dir, **kwargs)
-        save_file({k: v.contiguous() for k, v in self.v_head.state_dict().items()}, str(out_dir / VALUE_HEAD_FILE))
+        save_value_head(self.v_head, out_dir)
 
     def forward(self, *args: Any, **kwargs: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
         """``(logits, loss, values)`` as TRL returns them; ``values`` has one entry per position."""

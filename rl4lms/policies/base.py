@@ -17,14 +17,13 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 from gymnasium import spaces
-from safetensors.torch import save_file
 from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from rl4lms.models.loading import load_model
 from rl4lms.models.lora import add_lora_adapters, quantization_kwargs, save_model
-from rl4lms.policies.value_head import VALUE_HEAD_FILE, ValueHead, hidden_size
+from rl4lms.policies.value_head import CRITIC_DIR, ValueHead, hidden_size, save_value_head
 
 logger = logging.getLogger(__name__)
 
@@ -151,16 +150,18 @@ class LMActorCriticPolicy(BasePolicy):
             raise ValueError(f"tokenizer has {len(self.tokenizer)} tokens but model '{self.model_name}' only "
                              f"{vocab} embeddings: tokenizer.model_name and policy.args.model_name must match")
 
+    def positions_needed(self, prompt_length: int, response_length: int) -> Tuple[int, Optional[int]]:
+        """(positions a prompt and response of these lengths take, the model's limit or None)."""
+        needed = prompt_length + response_length if self.prompt_and_response_share_positions else \
+            max(prompt_length, response_length)
+        return needed, getattr(self.model.config, "max_position_embeddings", None) or None
+
     def check_lengths(self, max_prompt_length: int, max_episode_length: int) -> None:
         """Raise if prompts plus generated tokens cannot fit the model's position embeddings."""
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if not limit:
-            return
-        if self.prompt_and_response_share_positions:
-            needed, what = max_prompt_length + max_episode_length, "max_prompt_length + max_episode_length"
-        else:
-            needed, what = max(max_prompt_length, max_episode_length), "max_prompt_length and max_episode_length"
-        if needed > limit:
+        needed, limit = self.positions_needed(max_prompt_length, max_episode_length)
+        if limit is not None and needed > limit:
+            what = "max_prompt_length + max_episode_length" if self.prompt_and_response_share_positions else \
+                "max_prompt_length and max_episode_length"
             raise ValueError(f"env.args: {what} = {needed} exceeds the {limit} positions of model "
                              f"'{self.model_name}'; lower them or truncate prompts further")
 
@@ -356,10 +357,17 @@ class LMActorCriticPolicy(BasePolicy):
                                f"unexpected {unexpected[:5]}")
 
     def save_pretrained(self, out_dir: Path) -> None:
-        """Hugging Face folder of the actor LM + tokenizer, plus the value head weights."""
+        """Hugging Face folder of the actor LM + tokenizer, plus the value head's weights. With a
+        separate critic LM the head belongs to that LM: both go to ``critic/``, itself a value-head
+        model folder."""
         save_model(self.model, out_dir)
         self.tokenizer.save_pretrained(out_dir)
-        save_file({k: v.contiguous() for k, v in self.value_head.state_dict().items()}, str(out_dir / VALUE_HEAD_FILE))
+        head_dir = out_dir
+        if self.critic_model is not None:
+            head_dir = out_dir / CRITIC_DIR
+            save_model(self.critic_model, head_dir)
+            self.tokenizer.save_pretrained(head_dir)
+        save_value_head(self.value_head, head_dir)
 
 
 def response_mask_after_eos(response: torch.Tensor, eos_token_id: Optional[int], terminate_on_eos: bool) -> torch.Tensor:

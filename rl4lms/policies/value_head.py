@@ -1,13 +1,17 @@
 """Scalar value head on top of a language model's hidden states."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
 from torch import nn
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 """The value head's weights inside a ``save_pretrained`` folder, next to the LM's own files."""
+CRITIC_DIR = "critic"
+"""Sub-folder of a saved policy with a separate critic LM: that LM and the value head it feeds."""
 
 
 def hidden_size(config: Any) -> int:
@@ -29,3 +33,8 @@ class ValueHead(nn.Module):
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.summary(hidden.float()).squeeze(-1)
+
+
+def save_value_head(head: nn.Module, out_dir: Path) -> None:
+    """``head``'s weights as ``out_dir/value_head.safetensors``."""
+    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out_dir / VALUE_HEAD_FILE))

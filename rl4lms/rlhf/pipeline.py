@@ -26,6 +26,7 @@ from rl4lms.rlhf.sft import SFTTrainer, load_sft_examples
 from rl4lms.training.artifacts import write_json_atomic
 
 SECTIONS = ("output_dir", "seed", "sft", "reward_model", "ppo")
+PPO_KEYS = ("config_path", "overrides")
 STAGE_STATS = "stage_stats.json"
 
 
@@ -39,9 +40,24 @@ def load_pipeline_config(path: Union[str, Path]) -> Dict[str, Any]:
     errors += [f"{key}: required section is missing" for key in ("sft", "reward_model", "ppo") if key not in config]
     errors += [f"{key}: expected a mapping" for key in ("sft", "reward_model", "ppo")
                if key in config and not isinstance(config[key], dict)]
+    if isinstance(config.get("ppo"), dict):
+        errors += _ppo_section_errors(config["ppo"])
+    reward_model = config.get("reward_model")
+    if isinstance(reward_model, dict) and reward_model.get("init_from_sft") and "model_name" in reward_model:
+        errors.append("reward_model: give model_name or init_from_sft: true, not both")
     if errors:
         raise ConfigError(errors, str(path))
     return config
+
+
+def _ppo_section_errors(ppo: Dict[str, Any]) -> List[str]:
+    errors = [f"ppo.{key}: unknown key; valid keys: {', '.join(PPO_KEYS)}" for key in ppo if key not in PPO_KEYS]
+    if "config_path" not in ppo:
+        errors.append("ppo.config_path: required key is missing (a training config, relative to the pipeline file)")
+    overrides = ppo.get("overrides", [])
+    if not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
+        errors.append("ppo.overrides: expected a list of 'key.path=value' strings")
+    return errors
 
 
 def build_stage(cls: Callable, section: Dict[str, Any], name: str, **given: Any) -> Any:
@@ -103,9 +119,7 @@ def run_pipeline(config_path: Union[str, Path], output_dir: Optional[Union[str, 
         RewardModelTrainer, {"seed": seed, **rm}, "reward_model", pairs=load_preference_pairs(rm_data),
         eval_pairs=load_preference_pairs(eval_data) if eval_data else None, device=device))
 
-    ppo = dict(config["ppo"])
-    if "config_path" not in ppo:
-        raise ConfigError(["ppo.config_path: required key is missing (a training config, relative to the pipeline file)"])
+    ppo = config["ppo"]
     sft_dir, rm_dir = (out / "sft").resolve(), (out / "reward_model").resolve()
     overrides = [f"tokenizer.model_name={sft_dir}", f"alg.policy.args.model_name={sft_dir}",
                  f"reward_fn.args.model_name={rm_dir}", f"seed={seed}", *ppo.get("overrides", [])]

@@ -60,9 +60,14 @@ class PPOTrainer:
     def generate(self, queries: Sequence[Tokens], max_new_tokens: int = 32,
                  **generation_kwargs: Any) -> List[torch.Tensor]:
         """Responses (up to and including EOS) for ``queries``, sampled with the policy's generation settings."""
+        if float(generation_kwargs.get("temperature", self.policy.temperature)) != self.policy.temperature:
+            raise ValueError("generate(temperature=...) differs from the policy's, so step() would score the "
+                             "responses under another distribution; set policy_args.generation_kwargs.temperature")
+        query_lists = [_as_list(q) for q in queries]
+        for ix, query in enumerate(query_lists):
+            self._check_fits(f"queries[{ix}] + max_new_tokens", len(query), max_new_tokens)
         device = module_device(self.policy)
-        prompt_ids, prompt_mask = pad_token_lists([_as_list(q) for q in queries], self.tokenizer.pad_token_id,
-                                                  device, left=True)
+        prompt_ids, prompt_mask = pad_token_lists(query_lists, self.tokenizer.pad_token_id, device, left=True)
         config = self.policy.generation_config(generation_kwargs, max_new_tokens=max_new_tokens)
         response, mask = self.policy.generate(prompt_ids, prompt_mask, config)
         return [torch.tensor(tokens, dtype=torch.long) for tokens in response_tokens(response.cpu(), mask.cpu())]
@@ -73,15 +78,21 @@ class PPOTrainer:
             raise ValueError(f"step() needs as many queries, responses and scores, and at least one: got "
                              f"{len(queries)}, {len(responses)}, {len(scores)}")
         for ix, (query, response) in enumerate(zip(queries, responses)):
-            if not response:
-                raise ValueError(f"responses[{ix}] is empty")
+            if not query or not response:
+                raise ValueError(f"queries[{ix}] and responses[{ix}] must not be empty")
             if len(query) > self.max_length or len(response) > self.max_length:
                 raise ValueError(f"queries[{ix}]/responses[{ix}] are longer than max_length={self.max_length}")
+            self._check_fits(f"queries[{ix}] + responses[{ix}]", len(query), len(response))
             if not math.isfinite(float(scores[ix])):
                 raise ValueError(f"scores[{ix}] is {float(scores[ix])}; scores must be finite")
             if masks is not None and (len(masks[ix]) != len(response) or not any(masks[ix])):
                 raise ValueError(f"response_masks[{ix}] must have one 0/1 entry per response token and "
                                  "at least one 1")
+
+    def _check_fits(self, what: str, query_length: int, response_length: int) -> None:
+        needed, limit = self.policy.positions_needed(query_length, response_length)
+        if limit is not None and needed > limit:
+            raise ValueError(f"{what} take {needed} positions; the model has {limit}")
 
     def step(self, queries: Sequence[Tokens], responses: Sequence[Tokens], scores: Sequence[Any],
              response_masks: Optional[Sequence[Tokens]] = None) -> Dict[str, float]:

@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple, Union
@@ -20,6 +21,8 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 from rl4lms.models.loading import default_device, load_model, load_tokenizer
 from rl4lms.models.lora import add_lora_adapters, save_model
 from rl4lms.rlhf.training import GradientStepper, minibatches, read_records, run_epochs
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -55,6 +58,12 @@ def tokenize_example(tokenizer: PreTrainedTokenizerBase, example: SFTExample,
     completion = tokenizer(example.completion, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
     labels = ([IGNORE_INDEX] * len(prompt) if completion_only else list(prompt)) + completion
     return prompt + completion, labels
+
+
+def has_trained_tokens(labels: Sequence[int]) -> bool:
+    """Whether a row's labels leave any token in the loss (the first label never is: it has no
+    preceding position to predict it)."""
+    return any(label != IGNORE_INDEX for label in labels[1:])
 
 
 Batch = Dict[str, torch.Tensor]
@@ -107,6 +116,9 @@ class SFTTrainer:
         if self.model.config.is_encoder_decoder:
             raise ValueError(f"sft: '{model_name}' is an encoder-decoder model; SFT here trains causal LMs "
                              "(use alg 'supervised' for seq2seq models)")
+        positions = getattr(self.model.config, "max_position_embeddings", None)
+        if positions and max_seq_length > positions:
+            raise ValueError(f"sft: max_seq_length={max_seq_length} exceeds the {positions} positions of '{model_name}'")
         if peft_config is not None:
             self.model = add_lora_adapters(self.model, peft_config, key="sft.peft_config")
         self.model.to(self.device).train()
@@ -115,9 +127,19 @@ class SFTTrainer:
         self.max_seq_length = max_seq_length
         if packing:
             packed = pack_examples(tokenized, max_seq_length, self.pad_token_id)
-            self.rows: List = [{k: v[i] for k, v in packed.items()} for i in range(len(packed["input_ids"]))]
+            rows: List = [{k: v[i] for k, v in packed.items()} for i in range(len(packed["input_ids"]))]
+            learnable = [has_trained_tokens(row["labels"].tolist()) for row in rows]
         else:
-            self.rows = tokenized
+            rows = tokenized
+            learnable = [has_trained_tokens(labels[:max_seq_length]) for _, labels in tokenized]
+        self.rows = [row for row, keep in zip(rows, learnable) if keep]
+        kind = "block" if packing else "example"
+        if not self.rows:
+            raise ValueError(f"sft: no {kind} has a token to learn within max_seq_length={max_seq_length} "
+                             "(with completion_only_loss the prompts fill it)")
+        if len(self.rows) < len(rows):
+            logger.warning("sft: %d of %d %ss have no token to learn within max_seq_length=%d and are skipped",
+                           len(rows) - len(self.rows), len(rows), kind, max_seq_length)
         self.batch_size, self.num_epochs, self.packing = batch_size, num_epochs, packing
         self.stepper = GradientStepper(self.model, learning_rate, max_grad_norm, "sft/loss")
         self.rng = np.random.default_rng(seed)
