@@ -61,3 +61,41 @@ def test_supervised_config_needs_no_reward_but_rl_does(tmp_path: Path) -> None:
     path = tmp_path / "a2c_without_reward.yml"
     path.write_text(yaml.safe_dump(config))
     assert main(["--config_path", str(path), "--base_path_to_store_results", str(tmp_path)]) == 2
+
+
+@pytest.mark.parametrize("schedule", ["constant", "constant_with_warmup", "linear", "cosine"])
+def test_lr_schedules_match_hugging_face_schedulers(schedule: str) -> None:
+    from transformers import get_scheduler
+
+    from rl4lms.algorithms.lr_schedule import lr_multiplier
+
+    warmup = 0 if schedule == "constant" else 3
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler(schedule, optimizer, num_warmup_steps=warmup, num_training_steps=10)
+    for step in range(11):  # past the end Hugging Face's cosine rises again; ours stays at 0
+        assert lr_multiplier(schedule, step, 10, warmup) == pytest.approx(optimizer.param_groups[0]["lr"]), step
+        optimizer.step()
+        scheduler.step()
+
+
+def test_supervised_cosine_schedule_spans_the_run(tmp_path: Path) -> None:
+    import math
+
+    config = write_small_config(tmp_path, n_iters=4, eval_every=4, save_every=4,
+                                base=TASK / "tiny_gpt2_supervised.yml", name="sup.yml")
+    assert main(["--config_path", str(config), "--base_path_to_store_results", str(tmp_path), "--experiment_name",
+                 "sup", "--override", "alg.args.lr_scheduler_type=cosine", "--override", "alg.args.warmup_steps=1",
+                 "--override", "alg.args.batch_size=4"]) == 0
+    stats = [yaml.safe_load(line) for line in (tmp_path / "sup" / "training_info.jsonl").read_text().splitlines()]
+    # 8 pairs in batches of 4: 2 steps per epoch, 8 in all; each epoch logs the rate of its last step.
+    assert [s["supervised/n_pairs"] for s in stats] == [8.0] * 4
+    expected = [1e-3 * 0.5 * (1 + math.cos(math.pi * (step - 1) / 7)) for step in (1, 3, 5, 7)]
+    assert [s["supervised/learning_rate"] for s in stats] == pytest.approx(expected)
+
+
+def test_bad_lr_schedule_settings_are_named(tmp_path: Path) -> None:
+    config = write_small_config(tmp_path, base=TASK / "tiny_gpt2_supervised.yml", name="sup.yml")
+    for override, message in (("alg.args.lr_scheduler_type=cosine_annealing", "not one of constant"),
+                              ("alg.args.warmup_steps=5", "needs lr_scheduler_type constant_with_warmup")):
+        with pytest.raises(ValueError, match=message):
+            build_components(load_config(config, [override]), "cpu")

@@ -54,6 +54,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.rollout_stats: Dict[str, float] = {}
         self.train_stats: Dict[str, float] = {}
         self._pending_micro_steps = 0
+        self.planned_iterations: Optional[int] = None
+        """Iterations the run will have (set by the trainer); learning-rate schedules span them."""
         super().__init__(policy=policy, env=env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma,
                          gae_lambda=gae_lambda, ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm,
                          use_sde=False, sde_sample_freq=-1, monitor_wrapper=False, policy_kwargs=policy_kwargs,

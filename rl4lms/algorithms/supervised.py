@@ -14,6 +14,7 @@ import torch
 
 from rl4lms.algorithms.advantages import masked_mean
 from rl4lms.algorithms.kl_controller import KLController
+from rl4lms.algorithms.lr_schedule import check_schedule, lr_multiplier
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.algorithms.rollout import encode_prompts
 from rl4lms.data_pools.text_gen_pool import Sample
@@ -49,11 +50,15 @@ class Supervised(LMOnPolicyAlgorithm):
 
     def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
                  n_envs: int = 1, learning_rate: float = 1e-4, batch_size: int = 16, max_grad_norm: float = 1.0,
+                 lr_scheduler_type: str = "constant", warmup_steps: int = 0,
                  policy_kwargs: Optional[Dict[str, Any]] = None, verbose: int = 0, seed: Optional[int] = None,
                  device: str = "auto", _init_setup_model: bool = True) -> None:
         if batch_size < 1:
             raise ValueError(f"alg.args.batch_size must be >= 1, got {batch_size}")
+        check_schedule(lr_scheduler_type, warmup_steps)
         self.batch_size = batch_size
+        self.lr_scheduler_type = lr_scheduler_type
+        self.warmup_steps = warmup_steps
         super().__init__(policy=policy, env=env, kl_controller=kl_controller, n_envs=n_envs,
                          learning_rate=learning_rate, n_steps=1, max_grad_norm=max_grad_norm,
                          policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
@@ -62,14 +67,34 @@ class Supervised(LMOnPolicyAlgorithm):
         if not self.pairs:
             raise ValueError("alg 'supervised' needs references: the train split's samples have none")
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return -(-len(self.pairs) // self.batch_size)
+
+    def _set_learning_rate(self, step: int) -> float:
+        """Apply the schedule's learning rate for optimizer step ``step`` of the whole run."""
+        if self.lr_scheduler_type == "constant":
+            multiplier = 1.0
+        elif self.planned_iterations is None:
+            raise ValueError(f"lr_scheduler_type {self.lr_scheduler_type!r} needs planned_iterations (the "
+                             "trainer sets it to train_evaluation.n_iters)")
+        else:
+            multiplier = lr_multiplier(self.lr_scheduler_type, step, self.planned_iterations * self.steps_per_epoch,
+                                       self.warmup_steps)
+        lr = float(self.lr_schedule(1.0)) * multiplier
+        for group in self.policy.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
     def learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> "Supervised":
         """One epoch over the (prompt, reference) pairs; ``total_timesteps`` is not used."""
-        self._update_learning_rate(self.policy.optimizer)
         self.policy.set_training_mode(True)
         device = module_device(self.policy)
         order = self.collector.rng.permutation(len(self.pairs))
         total_nll, total_tokens = 0.0, 0
-        for start in range(0, len(order), self.batch_size):
+        first_step = self._n_updates * self.steps_per_epoch  # one update per finished epoch
+        for batch_ix, start in enumerate(range(0, len(order), self.batch_size)):
+            lr = self._set_learning_rate(first_step + batch_ix)
             chunk = [self.pairs[int(i)] for i in order[start:start + self.batch_size]]
             prompt_ids, prompt_mask, _ = encode_prompts(self.text_env, [s for s, _ in chunk], device)
             target_ids, target_mask = encode_targets(self.text_env, [r for _, r in chunk], device)
@@ -85,7 +110,8 @@ class Supervised(LMOnPolicyAlgorithm):
         mean_nll = total_nll / max(total_tokens, 1)
         self.rollout_stats = {}
         self.train_stats = {"supervised/loss": mean_nll, "supervised/perplexity": math.exp(min(mean_nll, 50.0)),
-                            "supervised/n_pairs": float(len(self.pairs)), "supervised/tokens": float(total_tokens)}
+                            "supervised/n_pairs": float(len(self.pairs)), "supervised/tokens": float(total_tokens),
+                            "supervised/learning_rate": lr}
         return self
 
     def progress_stats(self) -> Dict[str, float]:

@@ -134,6 +134,7 @@ class OnPolicyTrainer:
         seed_everything(self.config["seed"])
         self.parts = build_components(self.config, self.device)
         alg = self.parts.alg
+        alg.planned_iterations = self.n_iters
         if self.accelerator is not None:
             alg.attach_accelerator(self.accelerator)
         start = self._resume()
