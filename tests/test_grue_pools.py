@@ -98,8 +98,40 @@ def test_totto_linearization_with_headers_and_spans() -> None:
     assert linearize_subtable(subtable, "Page", None) == (
         "<page_title> Page </page_title> <table> <cell> gold <col_header> Result </col_header> "
         "<row_header> 2001 </row_header> </cell> </table>")
-    sample = prepare("totto", "train")[0]
-    assert sample.prompt_or_input_text.count("<table>") == 2 and "<page_title>" in sample.prompt_or_input_text
+    assert linearize_subtable([]) == "<table> </table>"
+
+
+def test_totto_column_headers_follow_the_baseline_heuristic() -> None:
+    from rl4lms.data_pools.totto import highlighted_subtable
+
+    def cell(value: str, header: bool = False, column_span: int = 1, row_span: int = 1):
+        return {"value": value, "is_header": header, "column_span": column_span, "row_span": row_span}
+
+    # A cell spanning two columns gets every header above those columns.
+    table = [[cell("Year", True), cell("Gold", True), cell("Silver", True)],
+             [cell("2001", True), cell("won both", column_span=2)]]
+    assert highlighted_subtable(table, [[1, 1]])[0]["col_headers"] == ["Gold", "Silver"]
+    # Row spans are ignored: "Home" and "Away" count from column 0, although "Name" spans into their row.
+    table = [[cell("Name", True, row_span=2), cell("Score", True, column_span=2)],
+             [cell("Home", True), cell("Away", True)],
+             [cell("Bob"), cell("3"), cell("4")]]
+    assert [c["col_headers"] for c in highlighted_subtable(table, [[2, 1], [2, 2]])] == [["Score", "Away"], ["Score"]]
+
+
+def test_totto_prompt_joins_both_linearizations_without_a_space() -> None:
+    cells = ("<table> <cell> 2017 <col_header> Year </col_header> </cell> <cell> European Championships "
+             "<col_header> Competition </col_header> </cell> <cell> 1st <col_header> Position </col_header> </cell> "
+             "</table>")
+    titles = "<page_title> Anna Korval </page_title> <section_title> International competitions </section_title> "
+    assert prepare("totto", "train")[0].prompt_or_input_text == cells + titles + cells
+
+
+def test_cnn_daily_mail_truncates_to_word_tokens_of_every_sentence() -> None:
+    # The first fixture article starts "Heavy rain has flooded large parts of Millbrook, forcing 69 families
+    # to leave their homes overnight. The river rose ..."; its 18th token is the first period.
+    sample = prepare("cnn_daily_mail", "train", truncate_article=20)[0]
+    assert sample.prompt_or_input_text == ("Summarize: Heavy rain has flooded large parts of Millbrook , forcing 69 "
+                                           "families to leave their homes overnight . The river")
 
 
 def test_translation_pools_use_prefix_and_target_language() -> None:

@@ -7,16 +7,27 @@ from pathlib import Path
 import pytest
 import sacrebleu
 import torch
-from nltk.translate.bleu_score import corpus_bleu
 from rouge_score import rouge_scorer
 
-from rl4lms.metrics.cider import cider_d
+from rl4lms.metrics.cider import caption_words, cider_d
 from rl4lms.metrics.diversity import diversity_statistics, msttr
 from rl4lms.metrics.lexical import (BLEUMetric, ChrFMetric, MeteorMetric, RougeLMaxMetric, RougeMetric,
                                     SacreBLEUMetric, TERMetric)
+from rl4lms.metrics.tokenize import word_tokenize
 
 GEN = ["the cat sat on the mat", "a dog runs in the park", "hello"]
 REFS = [["the cat sat on the mat", "a cat was on the mat"], ["a dog is running in a park"], ["hi there"]]
+
+
+def test_word_tokenize_splits_every_sentence_without_punkt_data() -> None:
+    import nltk
+
+    with pytest.raises(LookupError):  # nltk's own word_tokenize needs the Punkt download, absent here
+        nltk.word_tokenize("The dog ran. The cat sat.")
+    assert word_tokenize("The dog ran. The cat sat.") == ["The", "dog", "ran", ".", "The", "cat", "sat", "."]
+    assert word_tokenize('He said "hi!" Then left, quickly.') == [
+        "He", "said", "``", "hi", "!", "''", "Then", "left", ",", "quickly", "."]
+    assert word_tokenize("") == []
 
 
 def test_meteor_exact_match_is_one_minus_the_fragmentation_penalty() -> None:
@@ -24,6 +35,9 @@ def test_meteor_exact_match_is_one_minus_the_fragmentation_penalty() -> None:
     scores, corpus = MeteorMetric().compute([""], ["one two three four"], [["one two three four"]])["lexical/meteor"]
     assert scores[0] == pytest.approx(1 - 0.5 / 4 ** 3)
     assert corpus == pytest.approx(scores[0])
+    # Two sentences: 8 tokens in one chunk once both periods are split off (before: 0.745).
+    two = MeteorMetric().sentence_scores([""], ["The dog ran. The cat sat."], [["The dog ran . The cat sat ."]])
+    assert two[0] == pytest.approx(1 - 0.5 / 8 ** 3)
 
 
 def test_meteor_matches_nltk_with_synonyms() -> None:
@@ -58,10 +72,19 @@ def test_rouge_hand_example_and_library() -> None:
         RougeScorer(["rouge9"], True, True)
 
 
-def test_bleu_matches_nltk_corpus_bleu() -> None:
-    scores, corpus = BLEUMetric().compute([""] * 3, GEN, REFS)["lexical/bleu"]
-    expected = corpus_bleu([[r.split() for r in refs] for refs in REFS], [g.split() for g in GEN])
-    assert corpus == pytest.approx(expected)
+def test_corpus_bleu_is_the_nmt_script_of_hf_bleu() -> None:
+    metric = BLEUMetric()
+    # Precisions 7/7, 5/6, 4/5, 3/4; the brevity penalty uses the shortest reference (4 < 7 words), so
+    # it is 1 (NLTK's closest reference, 8 words, would give exp(1 - 8/7) and 0.729).
+    gen, refs = "a dog catches a frisbee in park", ["a dog catches a frisbee in the park", "dog catches a frisbee"]
+    assert metric.compute([""], [gen], [refs])["lexical/bleu"][1] == pytest.approx((5 / 6 * 4 / 5 * 3 / 4) ** 0.25)
+    assert metric.compute([""] * 2, ["a b c d", "x y"], [["a b c d"], ["x y"]])["lexical/bleu"][1] == 1.0
+    # All precisions 1; 4 hypothesis words against 6 reference words; reference-less samples are left out.
+    short = metric.compute([""] * 2, ["a b c d", "q"], [["a b c d e f"], []])["lexical/bleu"][1]
+    assert short == pytest.approx(math.exp(1 - 6 / 4))
+    assert metric.compute([""], ["a b c"], [["a b c"]])["lexical/bleu"][1] == 0.0  # no 4-gram: precision 0
+    assert metric.compute([""], [""], [["a b c d"]])["lexical/bleu"][1] == 0.0
+    scores, _ = metric.compute([""] * 3, GEN, REFS)["lexical/bleu"]
     assert scores[0] == pytest.approx(1.0)
     assert 0.0 < scores[1] < 1.0  # smoothed sentence BLEU rewards partial overlap
 
@@ -79,6 +102,18 @@ def test_sacrebleu_chrf_ter_match_sacrebleu() -> None:
         sacrebleu.corpus_ter(GEN, streams).score / 100)
 
 
+def test_sacrebleu_metrics_leave_reference_less_samples_out_of_the_corpus_score() -> None:
+    gens, refs = ["the cat sat on the mat", "hello there"], [["the cat sat on a mat"], []]
+    bleu = SacreBLEUMetric().compute([""] * 2, gens, refs)["lexical/sacrebleu"]
+    assert bleu[1] == pytest.approx(sacrebleu.corpus_bleu(gens[:1], [["the cat sat on a mat"]]).score / 100)
+    assert bleu[0][1] == 0.0
+    chrf = ChrFMetric().compute([""] * 2, gens, refs)["lexical/chrf"]
+    assert chrf[1] == pytest.approx(sacrebleu.corpus_chrf(gens[:1], [["the cat sat on a mat"]]).score / 100)
+    ter = TERMetric().compute([""] * 2, gens, refs)["lexical/ter"]
+    assert ter == ([pytest.approx(1 / 6), 1.0], pytest.approx(1 / 6))  # one substitution in six words
+    assert TERMetric().compute([""] * 2, gens, [[], []]) == {}  # no TER at all rather than a perfect 0
+
+
 def test_cider_matches_the_coco_toolkit() -> None:
     # Values printed by pycocoevalcap 1.2 (Cider().compute_score) for the same three samples.
     refs = [["a dog runs in the park", "the dog is running"], ["a cat sleeps on the sofa", "cat sleeping"],
@@ -87,6 +122,12 @@ def test_cider_matches_the_coco_toolkit() -> None:
     corpus, per_sample = cider_d(gens, refs)
     assert corpus == pytest.approx(2.1259129378454067)
     assert per_sample == pytest.approx([2.50853002, 1.73800619, 2.13120261])
+    # The same captions cased and punctuated tokenize to the same words (before: 1.117).
+    raw_refs = [["A dog runs in the park.", "The dog is running!"], ["A cat sleeps on the sofa.", "Cat, sleeping."],
+                ["Two men play chess at a table.", "Men playing chess..."]]
+    raw_gens = ["A dog runs.", "The cat sleeps...", "Two men are playing chess at the table."]
+    assert cider_d(raw_gens, raw_refs) == (pytest.approx(corpus), pytest.approx(per_sample))
+    assert caption_words('A man, in a (red) "hat".') == ["a", "man", "in", "a", "red", "hat"]
 
 
 def test_diversity_hand_example() -> None:
@@ -97,7 +138,23 @@ def test_diversity_hand_example() -> None:
     probs = [3 / 9, 2 / 9] + [1 / 9] * 4
     assert stats["entropy-1"] == pytest.approx(-sum(p * math.log2(p) for p in probs))
     assert stats["distinct-2"] == 1.0 and stats["mean_pred_length"] == 4.5
+    assert stats["total_length"] == 9 and stats["median_pred_length"] == 4.5
+    # GEM's cond_entropy-2: 7 bigrams seen once; p(x) over all 9 unigrams: "the" (3/9) starts three
+    # bigrams, "cat" (1/9), "sat" (2/9), "on" (1/9), "dog" (1/9) one each (before: 0.679).
+    expected = -sum(1 / 7 * math.log2((1 / 7) / (c / 9)) for c in (3, 3, 3, 1, 2, 1, 1))
+    assert stats["cond_entropy-2"] == pytest.approx(expected) and expected == pytest.approx(0.4596, abs=1e-4)
     assert msttr(list("aabb"), 2) == pytest.approx(0.5)
+
+
+def test_diversity_splits_sentences_and_has_gem_nopunct_variants() -> None:
+    stats = diversity_statistics(["The dog ran. The cat ran."])
+    # the dog ran . the cat ran . -> 5 types over 8 tokens (before: "ran." was a sixth type)
+    assert stats["vocab_size-1"] == 5 and stats["total_length"] == 8
+    assert stats["vocab_size-1-nopunct"] == 4 and stats["total_length-nopunct"] == 6
+    assert stats["distinct-1-nopunct"] == pytest.approx(4 / 6) and stats["unique-1-nopunct"] == 2
+    assert stats["msttr-100_nopunct"] == pytest.approx(4 / 6) and stats["msttr-100"] == pytest.approx(5 / 8)
+    assert stats["entropy-1-nopunct"] == pytest.approx(-sum(p * math.log2(p) for p in (2 / 6, 2 / 6, 1 / 6, 1 / 6)))
+    assert {"median_pred_length-nopunct", "cond_entropy-3-nopunct", "vocab_size-3-nopunct"} <= set(stats)
 
 
 def test_bert_score_matches_the_library_on_minilm() -> None:

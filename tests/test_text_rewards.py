@@ -40,6 +40,8 @@ def test_rouge_rewards_ter_and_chrf() -> None:
         [sum(s[k].fmeasure for k in ("rouge1", "rouge2", "rougeL")) / 3 for s in scores])
     ter = TERMetric().sentence_scores(PROMPTS, GENS, REFS)
     assert reward("ter")(PROMPTS, GENS, REFS, [True, True]) == pytest.approx([1 - t for t in ter])
+    # One substitution in two reference words: 1 - 1/2; an episode without references earns nothing (before: 1).
+    assert reward("ter")(PROMPTS, ["a b", "a b"], [["a c"], []], [True, True]) == pytest.approx([0.5, 0.0])
     assert reward("chrf")(PROMPTS, ["a dog"], [["a dog"]], [True]) == pytest.approx([1.0])
     with pytest.raises(ValueError, match="unknown rouge type"):
         reward("rouge", rouge_type="rouge3")

@@ -5,20 +5,14 @@ from typing import Optional
 
 from rl4lms.data_pools.sources import hub_split_name, load_rows, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
+from rl4lms.metrics.tokenize import word_tokenize
 from rl4lms.registry import DataPoolRegistry
-
-
-def word_tokenize(text: str) -> list:
-    """NLTK's word tokens (without its sentence splitter, which needs a download)."""
-    from nltk.tokenize import NLTKWordTokenizer  # imported on use: see rl4lms.metrics.lexical
-
-    return NLTKWordTokenizer().tokenize(text)
 
 
 @DataPoolRegistry.register("cnn_daily_mail")
 class CNNDailyMail(TextGenPool):
-    """Prompt: ``prompt_prefix`` + article (its first ``truncate_article`` words) + ``prompt_suffix``;
-    reference: the highlights."""
+    """Prompt: ``prompt_prefix`` + article (its first ``truncate_article`` NLTK word tokens, joined by
+    spaces, as in RL4LMs) + ``prompt_suffix``; reference: the highlights."""
 
     @classmethod
     def prepare(cls, split: str, prompt_prefix: str = "", prompt_suffix: str = "",

@@ -2,7 +2,10 @@
 
 The prompt linearizes the highlighted cells with their row/column headers in the ToTTo baseline's
 tag format (``<table> <cell> v <col_header> h </col_header> </cell> </table>``), first without and
-then with the page and section titles, as RL4LMs does.
+then with the page and section titles, the two joined with nothing in between, as RL4LMs does.
+Headers follow the baseline's heuristics, which RL4LMs uses: the header cells left of the cell in
+its row, and the header cells in the rows above whose columns overlap the cell's columns. A cell's
+columns count the column spans of the cells before it in its row; row spans are ignored.
 """
 from __future__ import annotations
 
@@ -15,38 +18,28 @@ from rl4lms.registry import DataPoolRegistry
 Cell = Dict[str, Any]
 
 
-def _span(cell: Cell, key: str) -> int:
-    return int(cell.get(key, 1) or 1)
-
-
-def column_starts(table: Sequence[Sequence[Cell]]) -> List[List[int]]:
-    """The grid column where each cell starts, taking column spans and cells spanning rows from above into account."""
-    occupied: Dict[Tuple[int, int], bool] = {}
-    starts: List[List[int]] = []
-    for r, row in enumerate(table):
-        column, row_starts = 0, []
+def column_ranges(table: Sequence[Sequence[Cell]]) -> List[List[Tuple[int, int]]]:
+    """Each cell's columns ``[start, end)``: the column spans of the cells before it in its row, and its own."""
+    ranges = []
+    for row in table:
+        end, row_ranges = 0, []
         for cell in row:
-            while occupied.get((r, column)):
-                column += 1
-            row_starts.append(column)
-            for dr in range(_span(cell, "row_span")):
-                for dc in range(_span(cell, "column_span")):
-                    occupied[(r + dr, column + dc)] = True
-            column += _span(cell, "column_span")
-        starts.append(row_starts)
-    return starts
+            start, end = end, end + int(cell.get("column_span", 1) or 1)
+            row_ranges.append((start, end))
+        ranges.append(row_ranges)
+    return ranges
 
 
 def highlighted_subtable(table: Sequence[Sequence[Cell]], cell_indices: Sequence[Sequence[int]]
                          ) -> List[Dict[str, Any]]:
-    """Each highlighted cell with the header cells above it in its column and left of it in its row."""
-    starts = column_starts(table)
+    """Each highlighted cell with the header cells left of it in its row and above it in its columns."""
+    ranges = column_ranges(table)
     subtable = []
     for r, c in cell_indices:
         cell = table[r][c]
-        column = starts[r][c]
-        col_headers = [table[hr][hc]["value"] for hr in range(r) for hc, start in enumerate(starts[hr])
-                       if table[hr][hc]["is_header"] and start <= column < start + _span(table[hr][hc], "column_span")]
+        start, end = ranges[r][c]
+        col_headers = [header["value"] for hr in range(r) for header, (h_start, h_end) in zip(table[hr], ranges[hr])
+                       if header["is_header"] and h_start < end and h_end > start]
         row_headers = [table[r][hc]["value"] for hc in range(c) if table[r][hc]["is_header"]]
         subtable.append({"value": cell["value"], "is_header": cell["is_header"],
                          "col_headers": col_headers, "row_headers": row_headers})
@@ -55,18 +48,16 @@ def highlighted_subtable(table: Sequence[Sequence[Cell]], cell_indices: Sequence
 
 def linearize_subtable(subtable: Sequence[Dict[str, Any]], page_title: Optional[str] = None,
                        section_title: Optional[str] = None) -> str:
-    parts = []
-    if page_title:
-        parts.append(f"<page_title> {page_title} </page_title>")
-    if section_title:
-        parts.append(f"<section_title> {section_title} </section_title>")
-    cells = []
+    """The ToTTo baseline's string for ``subtable``, after the titles that are given."""
+    text = f"<page_title> {page_title} </page_title> " if page_title else ""
+    text += f"<section_title> {section_title} </section_title> " if section_title else ""
+    text += "<table> "
     for item in subtable:
-        headers = "".join(f" <col_header> {h} </col_header>" for h in item["col_headers"])
-        headers += "".join(f" <row_header> {h} </row_header>" for h in item["row_headers"])
-        cells.append(f"<cell> {item['value']}{headers} </cell>")
-    parts.append("<table> " + " ".join(cells) + " </table>")
-    return " ".join(parts)
+        text += f"<cell> {item['value']} "
+        text += "".join(f"<col_header> {header} </col_header> " for header in item["col_headers"])
+        text += "".join(f"<row_header> {header} </row_header> " for header in item["row_headers"])
+        text += "</cell> "
+    return text + "</table>"
 
 
 @DataPoolRegistry.register("totto")
@@ -85,7 +76,7 @@ class ToTTo(TextGenPool):
             if max_size is not None and ix >= max_size:
                 break
             subtable = highlighted_subtable(row["table"], row["highlighted_cells"])
-            prompt = (linearize_subtable(subtable) + " " +
+            prompt = (linearize_subtable(subtable) +
                       linearize_subtable(subtable, row["table_page_title"], row["table_section_title"]))
             references = [s for s in row["sentence_annotations"]["final_sentence"] if s] or [""]
             samples.append(Sample(id=f"{split}_{ix}", prompt_or_input_text=prompt, references=references,

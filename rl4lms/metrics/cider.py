@@ -2,7 +2,10 @@
 
 TF-IDF weighted n-gram vectors (n = 1..4), document frequencies over the references of the
 evaluated corpus, clipped cosine similarity with a Gaussian length penalty (sigma 6), times 10.
-Texts are lower-cased and split on whitespace.
+Texts are tokenized close to COCO's PTB tokenizer: NLTK word tokens
+(:func:`rl4lms.metrics.tokenize.word_tokenize`), lower-cased, without the punctuation tokens that
+COCO removes (PTB's ``-LRB-`` / ``-RRB-`` / ``-LCB-`` / ``-RCB-`` are NLTK's parentheses and braces).
+RL4LMs' own copy (from CommonGen's evaluation) keeps case and punctuation, on spaCy tokens.
 """
 from __future__ import annotations
 
@@ -13,13 +16,21 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
+from rl4lms.metrics.tokenize import word_tokenize
 from rl4lms.registry import MetricRegistry
 
 NGram = Tuple[str, ...]
+COCO_PUNCTUATION = frozenset(["''", "'", "``", "`", "(", ")", "{", "}", ".", "?", "!", ",", ":", "-", "--", "...",
+                              ";"])
+
+
+def caption_words(text: str) -> List[str]:
+    """The lower-cased word tokens of ``text`` without punctuation, as COCO's tokenizer gives them."""
+    return [token.lower() for token in word_tokenize(text) if token not in COCO_PUNCTUATION]
 
 
 def ngram_counts(text: str, max_n: int) -> Counter:
-    words = text.lower().split()
+    words = caption_words(text)
     return Counter(tuple(words[i:i + n]) for n in range(1, max_n + 1) for i in range(len(words) - n + 1))
 
 

@@ -2,18 +2,21 @@
 
 Each metric returns per-sample scores and a corpus score under RL4LMs' names (``lexical/...``).
 :meth:`SentenceMetric.sentence_scores` is the per-sample score that the matching reward uses.
+A sample without references scores 0 (TER: 1); the corpus BLEU, sacreBLEU, chrF and TER leave such
+samples out.
 NLTK (also behind ``rouge-score``) is imported when a metric that needs it is built: importing it
 costs about a second, and the registry imports this module on every start.
 """
 from __future__ import annotations
 
-import warnings
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
+from rl4lms.metrics.bleu import nmt_corpus_bleu
+from rl4lms.metrics.tokenize import word_tokenize
 from rl4lms.metrics.wordnet import load_wordnet
 from rl4lms.registry import MetricRegistry
 
@@ -22,6 +25,13 @@ ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
 def _mean(scores: Sequence[float]) -> float:
     return float(np.mean(scores)) if len(scores) else 0.0
+
+
+def _with_references(generated_texts: Sequence[str], reference_texts: Sequence[Sequence[str]]
+                     ) -> Tuple[List[str], List[Sequence[str]]]:
+    """The generations and references of the samples that have at least one reference."""
+    kept = [(gen, refs) for gen, refs in zip(generated_texts, reference_texts) if refs]
+    return [gen for gen, _ in kept], [refs for _, refs in kept]
 
 
 def _reference_streams(references: Sequence[Sequence[str]]) -> List[List[Optional[str]]]:
@@ -54,23 +64,22 @@ class SentenceMetric(BaseMetric):
 
 @MetricRegistry.register("meteor")
 class MeteorMetric(SentenceMetric):
-    """METEOR (NLTK, WordNet synonyms, alpha 0.9, beta 3, gamma 0.5); the corpus score is the mean."""
+    """METEOR (NLTK, WordNet synonyms, alpha 0.9, beta 3, gamma 0.5) on NLTK word tokens; the corpus
+    score is the mean."""
 
     name = "lexical/meteor"
 
     def __init__(self, alpha: float = 0.9, beta: float = 3.0, gamma: float = 0.5) -> None:
-        from nltk.tokenize import NLTKWordTokenizer
         from nltk.translate.meteor_score import meteor_score
 
         self.params = {"alpha": alpha, "beta": beta, "gamma": gamma}
         self.wordnet = load_wordnet()
-        self.tokenizer = NLTKWordTokenizer()
         self.meteor_score = meteor_score
 
     def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
                         reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
                         ) -> List[float]:
-        return [float(self.meteor_score([self.tokenizer.tokenize(r) for r in refs], self.tokenizer.tokenize(gen),
+        return [float(self.meteor_score([word_tokenize(r) for r in refs], word_tokenize(gen),
                                         wordnet=self.wordnet, **self.params)) if refs else 0.0
                 for gen, refs in zip(generated_texts, reference_texts)]
 
@@ -131,7 +140,8 @@ class RougeLMaxMetric(SentenceMetric):
 
 @MetricRegistry.register("bleu")
 class BLEUMetric(SentenceMetric):
-    """BLEU-4 on whitespace tokens (NLTK): corpus BLEU, and smoothed sentence BLEU per sample."""
+    """BLEU-4 on whitespace tokens: corpus BLEU as RL4LMs computes it (:func:`nmt_corpus_bleu`), and
+    NLTK's sentence BLEU with smoothing per sample, so that partial matches score above 0."""
 
     name = "lexical/bleu"
 
@@ -140,6 +150,7 @@ class BLEUMetric(SentenceMetric):
 
         if max_order < 1:
             raise ValueError(f"max_order must be at least 1, got {max_order}")
+        self.max_order = max_order
         self.weights = tuple([1.0 / max_order] * max_order)
         self.bleu = bleu_score
         self.smoothing = bleu_score.SmoothingFunction().method1
@@ -153,17 +164,16 @@ class BLEUMetric(SentenceMetric):
 
     def corpus_score(self, generated_texts: List[str], reference_texts: List[List[str]],
                      sentence_scores: List[float]) -> float:
-        pairs = [(gen.split(), [r.split() for r in refs]) for gen, refs in zip(generated_texts, reference_texts)
-                 if refs]
-        if not pairs or not any(hyp for hyp, _ in pairs):
-            return 0.0
-        with warnings.catch_warnings():  # NLTK warns when an n-gram order has no match; the score is then 0
-            warnings.simplefilter("ignore", UserWarning)
-            return float(self.bleu.corpus_bleu([refs for _, refs in pairs], [hyp for hyp, _ in pairs], self.weights))
+        generated, references = _with_references(generated_texts, reference_texts)
+        return nmt_corpus_bleu([gen.split() for gen in generated], [[r.split() for r in refs] for refs in references],
+                               self.max_order)
 
 
 class _SacreMetric(SentenceMetric):
     """A ``sacrebleu`` metric object; scores are divided by 100 as in RL4LMs."""
+
+    no_reference_score = 0.0
+    """The per-sample score of a sample without references: the worst score."""
 
     def __init__(self, metric: Any, sentence_metric: Any = None) -> None:
         self.metric = metric
@@ -172,14 +182,15 @@ class _SacreMetric(SentenceMetric):
     def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
                         reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
                         ) -> List[float]:
-        return [self.sentence_metric.sentence_score(gen, list(refs)).score / 100 if refs else 0.0
+        return [self.sentence_metric.sentence_score(gen, list(refs)).score / 100 if refs else self.no_reference_score
                 for gen, refs in zip(generated_texts, reference_texts)]
 
     def corpus_score(self, generated_texts: List[str], reference_texts: List[List[str]],
                      sentence_scores: List[float]) -> float:
-        if not any(reference_texts):
-            return 0.0
-        return self.metric.corpus_score(list(generated_texts), _reference_streams(reference_texts)).score / 100
+        generated, references = _with_references(generated_texts, reference_texts)
+        if not generated:
+            return self.no_reference_score
+        return self.metric.corpus_score(generated, _reference_streams(references)).score / 100
 
 
 @MetricRegistry.register("sacre_bleu")
@@ -210,11 +221,21 @@ class ChrFMetric(_SacreMetric):
 
 @MetricRegistry.register("ter")
 class TERMetric(_SacreMetric):
-    """Translation edit rate (``sacrebleu.metrics.TER``; lower is better)."""
+    """Translation edit rate (``sacrebleu.metrics.TER``; lower is better). A sample without references
+    scores 1, sacrebleu's TER of a hypothesis against an empty reference; without any reference in
+    the split there is no ``lexical/ter`` at all, rather than a perfect 0."""
 
     name = "lexical/ter"
+    no_reference_score = 1.0
 
     def __init__(self, normalized: bool = False, no_punct: bool = False, asian_support: bool = False,
                  case_sensitive: bool = False) -> None:
         super().__init__(TER(normalized=normalized, no_punct=no_punct, asian_support=asian_support,
                              case_sensitive=case_sensitive))
+
+    def compute(self, prompt_texts: List[str], generated_texts: List[str], reference_texts: List[List[str]],
+                meta_infos: Optional[List[Dict[str, Any]]] = None, model: Any = None,
+                split_name: Optional[str] = None) -> MetricResult:
+        if not any(reference_texts):
+            return {}
+        return super().compute(prompt_texts, generated_texts, reference_texts, meta_infos, model, split_name)

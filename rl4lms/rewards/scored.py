@@ -142,7 +142,8 @@ class ChrFReward(MetricReward):
 
 @RewardFunctionRegistry.register("ter")
 class TERReward(MetricReward):
-    """1 - sentence TER / 100 (higher is better; negative when the edits outnumber the reference words)."""
+    """1 - sentence TER / 100 (higher is better; negative when the edits outnumber the reference words).
+    An episode without references gets 0, since the ``ter`` metric scores it 1."""
 
     def __init__(self, shaping_fn: Optional[str] = None, shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(shaping_fn, shaping_fn_args)
