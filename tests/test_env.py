@@ -144,6 +144,27 @@ def test_prompt_truncation_left_and_right(tiny_tokenizer: Any) -> None:
     assert obs["prompt_or_input_encoded_pt"].tolist() == [pad, pad] + ids
 
 
+def test_prompts_keep_the_special_tokens_the_tokenizer_adds(isolated_home) -> None:
+    """T5 tokenizers close every input with </s>; RL4LMs' prompts keep it, also when cut."""
+    from tokenizers.processors import TemplateProcessing
+
+    from rl4lms.models.loading import load_tokenizer
+
+    tokenizer = load_tokenizer("rl4lms/tiny-t5")
+    eos = tokenizer.eos_token_id
+    plain = tokenizer("1 2 3 foo", add_special_tokens=False)["input_ids"]
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single=f"$A {tokenizer.eos_token}",
+                                                                    special_tokens=[(tokenizer.eos_token, eos)])
+    sample = Sample(id="long", prompt_or_input_text="1 2 3 foo")
+    own_side = tokenizer.truncation_side
+    wide = _make_env(tokenizer, samples=[sample], max_prompt_length=len(plain) + 1)
+    assert wide.tokenize_prompt("1 2 3 foo") == (plain + [eos], False)
+    for side, kept in (("left", plain[-2:]), ("right", plain[:2])):
+        env = _make_env(tokenizer, samples=[sample], max_prompt_length=3, prompt_truncation_side=side)
+        assert env.tokenize_prompt("1 2 3 foo") == (kept + [eos], True)
+        assert tokenizer.truncation_side == own_side  # restored after cutting
+
+
 def test_invalid_truncation_side_raises(tiny_tokenizer: Any) -> None:
     with pytest.raises(ValueError, match="prompt_truncation_side"):
         _make_env(tiny_tokenizer, prompt_truncation_side="middle")

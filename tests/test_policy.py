@@ -158,6 +158,15 @@ def test_generation_config_merges_overrides(policy: LMActorCriticPolicy, tiny_to
     assert config.eos_token_id == tiny_tokenizer.eos_token_id
 
 
+def test_evaluation_kwargs_replace_the_policy_s(policy: LMActorCriticPolicy) -> None:
+    """RL4LMs evaluates with train_evaluation.generation_kwargs alone: beam search must not inherit sampling."""
+    config = policy.generation_config({"num_beams": 2, "max_new_tokens": 3}, max_new_tokens=5,
+                                      replace_policy_kwargs=True)
+    assert config.num_beams == 2 and config.max_new_tokens == 3
+    assert not config.do_sample  # the policy samples (do_sample: true); the evaluation does not say so
+    assert policy.generation_config({}, replace_policy_kwargs=True).do_sample is True  # none given: the policy's
+
+
 def test_evaluate_actions_matches_generate_scores(policy: LMActorCriticPolicy, tiny_tokenizer: Any) -> None:
     """Log-probs of one batched forward equal those of HF's incremental generation (position ids,
     left padding of the prompts and right padding after EOS are handled the same way)."""

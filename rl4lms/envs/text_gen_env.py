@@ -73,13 +73,18 @@ class TextGenEnv(gym.Env):
         self._done = True
 
     def tokenize_prompt(self, text: str) -> Tuple[List[int], bool]:
-        """Token ids of a prompt cut to ``max_prompt_length`` on ``prompt_truncation_side``, and
-        whether it had to be cut."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of a prompt with the special tokens the tokenizer adds (T5's closing ``</s>``;
+        none for GPT-2), as RL4LMs encodes prompts, cut to ``max_prompt_length`` on
+        ``prompt_truncation_side`` (the text is cut, not the special tokens); and whether it was cut."""
+        ids = self.tokenizer(text)["input_ids"]
         if len(ids) <= self.max_prompt_length:
             return ids, False
-        keep = ids[-self.max_prompt_length:] if self.prompt_truncation_side == "left" else ids[:self.max_prompt_length]
-        return keep, True
+        side = self.tokenizer.truncation_side
+        self.tokenizer.truncation_side = self.prompt_truncation_side
+        try:
+            return self.tokenizer(text, truncation=True, max_length=self.max_prompt_length)["input_ids"], True
+        finally:
+            self.tokenizer.truncation_side = side
 
     def encode_prompt(self, text: str) -> List[int]:
         """Token ids of a prompt as the episode sees it (see :meth:`tokenize_prompt`)."""

@@ -198,10 +198,14 @@ class LMActorCriticPolicy(BasePolicy):
         ``state``'s cache, which is advanced by one position."""
 
     # --- rollout / training API -----------------------------------------------------------------
-    def generation_config(self, overrides: Optional[Dict[str, Any]] = None,
-                          max_new_tokens: Optional[int] = None) -> GenerationConfig:
-        """Generation settings: the policy's ``generation_kwargs`` updated by ``overrides``."""
-        kwargs = {**self.generation_kwargs, **(overrides or {})}
+    def generation_config(self, overrides: Optional[Dict[str, Any]] = None, max_new_tokens: Optional[int] = None,
+                          replace_policy_kwargs: bool = False) -> GenerationConfig:
+        """Generation settings: the policy's ``generation_kwargs`` updated by ``overrides``, or (with
+        ``replace_policy_kwargs``, as evaluation does in RL4LMs) ``overrides`` alone when given."""
+        if replace_policy_kwargs and overrides:
+            kwargs = dict(overrides)
+        else:
+            kwargs = {**self.generation_kwargs, **(overrides or {})}
         if kwargs.get("num_return_sequences", 1) != 1:
             raise ValueError("generation_kwargs.num_return_sequences must be 1: each prompt is one episode")
         if max_new_tokens is not None:

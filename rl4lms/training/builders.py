@@ -77,7 +77,7 @@ def build_components(config: Dict[str, Any], device: str) -> RunComponents:
     with building("env", "text_gen_env"):
         alg.policy.check_lengths(env.max_prompt_length, env.max_episode_length)
     with building("train_evaluation", "generation_kwargs"):
-        alg.policy.generation_config(config["train_evaluation"]["generation_kwargs"])
+        alg.policy.generation_config(config["train_evaluation"]["generation_kwargs"], replace_policy_kwargs=True)
     metrics = []
     for metric in config["train_evaluation"]["metrics"]:
         with building("metric", metric["id"]):

@@ -24,8 +24,10 @@ class EvaluationResult:
 @torch.no_grad()
 def generate_texts(policy: LMActorCriticPolicy, env: TextGenEnv, samples: Sequence[Sample], batch_size: int,
                    generation_kwargs: Optional[Dict[str, Any]] = None) -> List[str]:
-    """Generated text for every sample, ``batch_size`` prompts per ``generate`` call."""
-    config = policy.generation_config(generation_kwargs, max_new_tokens=env.max_episode_length)
+    """Generated text for every sample, ``batch_size`` prompts per ``generate`` call; non-empty
+    ``generation_kwargs`` replace the policy's (RL4LMs' evaluation)."""
+    config = policy.generation_config(generation_kwargs, max_new_tokens=env.max_episode_length,
+                                      replace_policy_kwargs=True)
     device = module_device(policy)
     texts: List[str] = []
     for start in range(0, len(samples), batch_size):
