@@ -99,3 +99,38 @@ def test_bad_lr_schedule_settings_are_named(tmp_path: Path) -> None:
                               ("alg.args.warmup_steps=5", "needs lr_scheduler_type constant_with_warmup")):
         with pytest.raises(ValueError, match=message):
             build_components(load_config(config, [override]), "cpu")
+
+
+@pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_t5"])
+def test_supervised_weight_decay_spares_biases_and_norms(tmp_path: Path, model: str) -> None:
+    config = write_small_config(tmp_path, base=TASK / f"{model}_supervised.yml", policy_args={"weight_decay": 0.1})
+    policy = build_components(load_config(config), "cpu").alg.policy
+    decayed, exempt = policy.optimizer.param_groups
+    assert decayed["weight_decay"] == 0.1 and exempt["weight_decay"] == 0.0
+    names = {id(p): name for name, p in policy.named_parameters()}
+    exempt_names = [names[id(p)] for p in exempt["params"]]
+    assert exempt_names and all(n.endswith("bias") or "ln_" in n or "layer_norm" in n for n in exempt_names)
+    decayed_names = [names[id(p)] for p in decayed["params"]]
+    assert any(n.endswith("weight") and ("attn" in n or "SelfAttention" in n) for n in decayed_names)
+    assert len(decayed["params"]) + len(exempt["params"]) == sum(p.requires_grad for p in policy.parameters())
+
+
+def test_resumed_supervised_run_continues_the_schedule_exactly(tmp_path: Path) -> None:
+    import shutil
+
+    config = write_small_config(tmp_path, n_iters=4, eval_every=2, save_every=2,
+                                base=TASK / "tiny_gpt2_supervised.yml", policy_args={"weight_decay": 0.1})
+    args = ["--config_path", str(config), "--base_path_to_store_results", str(tmp_path), "--experiment_name", "sup",
+            "--override", "alg.args.lr_scheduler_type=cosine", "--override", "alg.args.batch_size=4"]
+    assert main(args) == 0
+    run = tmp_path / "sup"
+    first = [yaml.safe_load(line) for line in (run / "training_info.jsonl").read_text().splitlines()]
+    # As if killed after the checkpoint of iteration 2: the rerun redoes iterations 3 and 4.
+    shutil.rmtree(run / "checkpoints" / "checkpoint_000004")
+    (run / "run_complete.json").unlink()
+    assert main(args) == 0
+    assert "resumed from" in (run / "log.txt").read_text() and (run / "superseded").is_dir()
+    second = [yaml.safe_load(line) for line in (run / "training_info.jsonl").read_text().splitlines()]
+    assert [s["iteration"] for s in second] == [1, 2, 3, 4]
+    for key in ("supervised/loss", "supervised/learning_rate"):
+        assert [s[key] for s in second] == [s[key] for s in first], key

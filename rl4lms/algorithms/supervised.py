@@ -11,6 +11,7 @@ import math
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 
 import torch
+from torch import nn
 
 from rl4lms.algorithms.advantages import masked_mean
 from rl4lms.algorithms.kl_controller import KLController
@@ -35,6 +36,18 @@ def encode_targets(env: TextGenEnv, texts: Sequence[str], device: torch.device) 
         ids[row, :len(tokens)] = torch.tensor(tokens, dtype=torch.long)
         mask[row, :len(tokens)] = 1
     return ids.to(device), mask.to(device)
+
+
+def exempt_biases_and_norms_from_decay(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Regroup ``optimizer``'s parameters so that biases and normalization weights get no weight
+    decay (what Hugging Face's Trainer, behind RL4LMs' supervised runs, does)."""
+    exempt = {id(p) for module in model.modules() if "norm" in type(module).__name__.lower()
+              for p in module.parameters(recurse=False)}
+    exempt |= {id(p) for name, p in model.named_parameters() if name.endswith("bias")}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    optimizer.param_groups.clear()
+    optimizer.add_param_group({"params": [p for p in params if id(p) not in exempt]})
+    optimizer.add_param_group({"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0})
 
 
 def reference_pairs(samples: Sequence[Sample]) -> List[Tuple[Sample, str]]:
@@ -66,6 +79,10 @@ class Supervised(LMOnPolicyAlgorithm):
         self.pairs = reference_pairs(self.text_env.samples)
         if not self.pairs:
             raise ValueError("alg 'supervised' needs references: the train split's samples have none")
+
+    def _setup_model(self) -> None:
+        super()._setup_model()
+        exempt_biases_and_norms_from_decay(self.policy.optimizer, self.policy)
 
     @property
     def steps_per_epoch(self) -> int:
