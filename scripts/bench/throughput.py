@@ -10,7 +10,9 @@ For each model size (random init, built here) it times, on the same prompts and 
                         ``generate``, then for every generated token one policy, one value and one
                         reference forward (each with its own KV cache, the value model a separate
                         LM copy as in RL4LMs) and one ``SubprocVecEnv.step`` over the episodes;
-  4. ``ppo_epoch``      one PPO epoch (``n_epochs=1``, minibatch = batch) on the rollout.
+  4. ``ppo_epoch``      one PPO epoch (``n_epochs=1``, minibatch = batch) on the rollout;
+  5. ``nlpo_rollout``   the same rollout by NLPO's maskable policy (``learned_top_p`` 0.9: the mask
+                        model decodes alongside ``generate`` with its own KV cache).
 It prints tokens/s, the time ratios against the targets, the parameter memory of policy +
 reference + value head relative to the policy's weights, and writes everything as JSON.
 """
@@ -36,12 +38,15 @@ sys.path.insert(0, str(REPO))
 from stable_baselines3.common.vec_env import SubprocVecEnv  # noqa: E402
 
 from rl4lms.algorithms.kl_controller import KLController  # noqa: E402
+from rl4lms.algorithms.nlpo import NLPO  # noqa: E402
 from rl4lms.algorithms.ppo import PPO  # noqa: E402
 from rl4lms.algorithms.rollout import encode_prompts  # noqa: E402
 from rl4lms.data_pools.synthetic import IncreasingNumbersPool  # noqa: E402
 from rl4lms.envs.text_gen_env import TextGenEnv  # noqa: E402
 from rl4lms.models.loading import load_tokenizer, resolve_model_name  # noqa: E402
+from rl4lms.policies.base import module_device  # noqa: E402
 from rl4lms.policies.causal import CausalLMActorCriticPolicy  # noqa: E402
+from rl4lms.policies.maskable import MaskableCausalLMActorCriticPolicy  # noqa: E402
 from rl4lms.rewards.synthetic import IncreasingNumbersReward  # noqa: E402
 
 TARGETS = {"rollout / generate": 1.5, "per_token / rollout": 5.0, "memory / policy weights": 2.2}
@@ -60,13 +65,20 @@ def build_model(size: str, tokenizer: Any, folder: Path) -> str:
     return str(folder)
 
 
+def _synchronize() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def best_time(fn: Callable[[], Any], repeats: int) -> float:
-    """Fastest of ``repeats`` timed calls after one warm-up call."""
+    """Fastest of ``repeats`` timed calls after one warm-up call (GPU work included)."""
     fn()
     times = []
     for _ in range(repeats):
+        _synchronize()
         start = time.perf_counter()
         fn()
+        _synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
 
@@ -92,7 +104,7 @@ class PerTokenReference:
     def __call__(self, new_tokens: int) -> None:
         policy = self.policy
         self.vec_env.reset()
-        prompt_ids, prompt_mask, _ = encode_prompts(self.env, self.samples, torch.device("cpu"))
+        prompt_ids, prompt_mask, _ = encode_prompts(self.env, self.samples, module_device(policy))
         config = policy.generation_config(max_new_tokens=new_tokens)
         response, _ = policy.generate(prompt_ids, prompt_mask, config)
         mask, positions = prompt_mask, (prompt_mask.cumsum(1) - 1).clamp(min=0)
@@ -109,7 +121,7 @@ class PerTokenReference:
             torch.log_softmax(outputs["policy"].logits[:, -1], -1).gather(-1, actions[:, None])
             torch.log_softmax(outputs["ref"].logits[:, -1], -1).gather(-1, actions[:, None])
             policy.value_head(outputs["value"].hidden_states[-1][:, -1:])
-            self.vec_env.step(actions.numpy())
+            self.vec_env.step(actions.cpu().numpy())
             step_ids = actions[:, None]
             mask = torch.cat([mask, torch.ones_like(step_ids)], dim=1)
             positions = positions[:, -1:] + 1
@@ -132,13 +144,14 @@ def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, A
         # GPT-2 small keeps its 50257-token output layer (its real cost); ids the project's small
         # tokenizer lacks are never sampled.
         generation["suppress_tokens"] = list(range(len(tokenizer), vocab))
-    alg = PPO(CausalLMActorCriticPolicy, env, KLController(0.01), n_envs=args.batch_size, n_steps=args.new_tokens,
-              batch_size=args.batch_size, n_epochs=1, seed=0, device="cpu",
-              policy_kwargs={"model_name": model_name, "tokenizer": tokenizer, "terminate_on_eos": False,
-                             "generation_kwargs": generation})
+    settings = dict(n_envs=args.batch_size, n_steps=args.new_tokens, batch_size=args.batch_size, n_epochs=1, seed=0,
+                    device=args.device)
+    policy_kwargs = {"model_name": model_name, "tokenizer": tokenizer, "terminate_on_eos": False,
+                     "generation_kwargs": generation}
+    alg = PPO(CausalLMActorCriticPolicy, env, KLController(0.01), policy_kwargs=policy_kwargs, **settings)
     policy = alg.policy
     reference = PerTokenReference(policy, env, samples)
-    prompt_ids, prompt_mask, _ = encode_prompts(env, samples, torch.device("cpu"))
+    prompt_ids, prompt_mask, _ = encode_prompts(env, samples, torch.device(args.device))
     config = policy.generation_config(max_new_tokens=args.new_tokens)
 
     def generate() -> None:
@@ -160,6 +173,10 @@ def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, A
              "per_token": best_time(lambda: reference(args.new_tokens), args.repeats),
              "ppo_epoch": best_time(ppo_epoch, args.repeats)}
     reference.close()
+    del reference
+    nlpo = NLPO(MaskableCausalLMActorCriticPolicy, env, KLController(0.01), **settings,
+                policy_kwargs={**policy_kwargs, "mask_type": "learned_top_p", "top_mask": 0.9})
+    times["nlpo_rollout"] = best_time(lambda: nlpo.collector.collect(samples, 0.01), args.repeats)
     tokens = args.batch_size * args.new_tokens
     weights = module_bytes(policy.model)
     return {
@@ -167,6 +184,7 @@ def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, A
         "seconds": times, "tokens_per_second": {k: tokens / v for k, v in times.items()},
         "ratios": {"rollout / generate": times["rollout"] / times["generate"],
                    "per_token / rollout": times["per_token"] / times["rollout"],
+                   "nlpo_rollout / rollout": times["nlpo_rollout"] / times["rollout"],
                    "memory / policy weights": module_bytes(policy.model, policy.ref_model, policy.value_head) / weights},
         "policy_weight_bytes": weights,
     }
@@ -174,13 +192,15 @@ def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, A
 
 def table(results: List[Dict[str, Any]]) -> str:
     lines = ["| model | params | generate tok/s | rollout tok/s | per-token ref tok/s | PPO epoch tok/s | "
-             "rollout / generate (<= 1.5) | per-token / rollout (>= 5) | memory / policy (<= 2.2) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "NLPO rollout tok/s | rollout / generate (<= 1.5) | per-token / rollout (>= 5) | NLPO / PPO rollout | "
+             "memory / policy (<= 2.2) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         tps, ratios = r["tokens_per_second"], r["ratios"]
         lines.append(f"| {r['size']} | {r['parameters'] / 1e6:.1f}M | {tps['generate']:.0f} | {tps['rollout']:.0f} | "
-                     f"{tps['per_token']:.0f} | {tps['ppo_epoch']:.0f} | {ratios['rollout / generate']:.2f} | "
-                     f"{ratios['per_token / rollout']:.1f} | {ratios['memory / policy weights']:.3f} |")
+                     f"{tps['per_token']:.0f} | {tps['ppo_epoch']:.0f} | {tps['nlpo_rollout']:.0f} | "
+                     f"{ratios['rollout / generate']:.2f} | {ratios['per_token / rollout']:.1f} | "
+                     f"{ratios['nlpo_rollout / rollout']:.2f} | {ratios['memory / policy weights']:.3f} |")
     return "\n".join(lines)
 
 
@@ -193,6 +213,7 @@ def main() -> int:
     parser.add_argument("--prompt_numbers", type=int, default=4, help="numbers in each prompt (its length)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="tiny model, 16 tokens, 1 repeat")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--json", default="bench_throughput.json")
     args = parser.parse_args()
     if args.quick:
@@ -202,6 +223,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="rl4lms_throughput_") as folder:
         results = [bench_size(size, args, Path(folder)) for size in args.sizes]
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
+    if args.device.startswith("cuda"):
+        machine += f", {torch.cuda.get_device_name()}"
     Path(args.json).write_text(json.dumps({"machine": machine, "settings": vars(args), "targets": TARGETS,
                                            "results": results}, indent=2))
     print(f"batch {args.batch_size} x {args.new_tokens} new tokens, prompts <= {args.prompt_length} tokens; {machine}\n")
