@@ -52,6 +52,7 @@ class _ModelWithValueHead(nn.Module):
         ``allow_new_value_head`` is set: then the head starts from a fresh initialisation.
         """
         model = cls(load_model(cls.transformers_parent_class, name_or_path, **kwargs))
+        model.v_head.to(next(model.pretrained_model.parameters()).device)  # where device_map put the LM
         head_file = Path(resolve_model_name(name_or_path)) / VALUE_HEAD_FILE
         if head_file.is_file():
             model.v_head.load_state_dict(load_file(str(head_file)))

@@ -4,8 +4,9 @@
 
 For each model size (random init, built here) it times, on the same prompts and lengths:
   1. ``generate``       pure ``model.generate`` of ``new_tokens`` tokens: the floor;
-  2. ``rollout``        this project's rollout: generate + one batched policy/value forward +
-                        one reference forward + rewards + KL penalty (``RolloutCollector.collect``);
+  2. ``rollout``        this project's rollout: generate (its logits and hidden states give the
+                        policy's log-probs and values) + one reference forward + rewards + KL
+                        penalty (``RolloutCollector.collect``);
   3. ``per_token``      an RL4LMs-style rollout, implemented below as the reference: one
                         ``generate``, then for every generated token one policy, one value and one
                         reference forward (each with its own KV cache, the value model a separate
