@@ -21,11 +21,14 @@ class Seq2SeqLMActorCriticPolicy(LMActorCriticPolicy):
         start = self.model.config.decoder_start_token_id
         return int(start if start is not None else self.tokenizer.pad_token_id)
 
+    def _start_column(self, like: torch.Tensor) -> torch.Tensor:
+        """The decoder start token ``[B, 1]`` for a batch of ``like``'s rows, dtype and device."""
+        return torch.full((like.shape[0], 1), self._decoder_start(), dtype=like.dtype, device=like.device)
+
     def _forward(self, model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                  response_ids: torch.Tensor, response_mask: torch.Tensor,
                  want_hidden: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        batch = response_ids.shape[0]
-        start = torch.full((batch, 1), self._decoder_start(), dtype=response_ids.dtype, device=response_ids.device)
+        start = self._start_column(response_ids)
         decoder_ids = torch.cat([start, response_ids[:, :-1]], dim=1)
         decoder_mask = torch.cat([torch.ones_like(start), response_mask[:, :-1]], dim=1)
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, decoder_input_ids=decoder_ids,
@@ -37,9 +40,7 @@ class Seq2SeqLMActorCriticPolicy(LMActorCriticPolicy):
                        prompt_mask: torch.Tensor) -> Tuple[torch.Tensor, DecodingState]:
         encoded = model.get_encoder()(input_ids=prompt_ids, attention_mask=prompt_mask)
         state = DecodingState(cache=None, attention_mask=prompt_mask, encoder_outputs=encoded)
-        start = torch.full((prompt_ids.shape[0], 1), self._decoder_start(), dtype=prompt_ids.dtype,
-                           device=prompt_ids.device)
-        return self.continue_decoding(model, state, start), state
+        return self.continue_decoding(model, state, self._start_column(prompt_ids)), state
 
     def continue_decoding(self, model: PreTrainedModel, state: DecodingState, tokens: torch.Tensor) -> torch.Tensor:
         out = model(encoder_outputs=state.encoder_outputs, attention_mask=state.attention_mask,
