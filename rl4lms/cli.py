@@ -1,22 +1,14 @@
-"""Command line of ``scripts/training/train_text_generation.py`` (also installed as ``rl4lms-train``)."""
+"""Command line of ``scripts/training/train_text_generation.py`` (also installed as ``rl4lms-train``).
+
+Only argparse and the config reader are imported up front, so ``--help`` and ``--validate_only``
+answer without loading torch or any model.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
-
-from rl4lms.algorithms.on_policy import NonFiniteLossError
-from rl4lms.config import ConfigError, load_config
-from rl4lms.data_pools.sources import DataSourceError
-from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError
-from rl4lms.metrics.wordnet import WordNetMissingError
-from rl4lms.models.loading import ModelLoadError
-from rl4lms.registry import RegistryError
-from rl4lms.rewards.base import RewardOutputError
-from rl4lms.training.builders import ComponentBuildError
-from rl4lms.training.run_lock import RunLockedError
-from rl4lms.training.trainer import ConfigMismatchError, OnPolicyTrainer
 
 EXIT_RUN_LOCKED = 3
 """Exit status when another process is training the same run folder."""
@@ -36,6 +28,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="offline smoke run: tiny model, the data pool's shipped fixture, one short iteration")
     parser.add_argument("--override", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="set a config value, e.g. alg.args.learning_rate=1e-5 (repeatable; YAML-typed)")
+    parser.add_argument("--validate_only", action="store_true",
+                        help="check the config and its custom modules, then exit without loading any model")
+    parser.add_argument("--num_threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS or the core count); "
+                             "runs are bit-identical only for the same seed and thread count")
     return parser.parse_args(argv)
 
 
@@ -58,15 +55,51 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    from rl4lms.config import ConfigError, load_config
+
+    if args.num_threads is not None and args.num_threads < 1:
+        print(f"error: --num_threads must be >= 1, got {args.num_threads}", file=sys.stderr)
+        return 2
+    try:
+        config = load_config(args.config_path, args.override, smoke=args.smoke)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if args.validate_only:
+        print(f"{args.config_path}: valid (alg {config['alg']['id']}, policy {config['alg']['policy']['id']}, "
+              f"datapool {config['datapool']['id']}); no model was loaded")
+        return 0
+    return train(args, config)
+
+
+def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
+    """Train (or finish) the run of a validated config; the exit status of the command."""
+    import torch
+
+    from rl4lms.algorithms.on_policy import NonFiniteLossError
+    from rl4lms.data_pools.sources import DataSourceError
+    from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError
+    from rl4lms.metrics.base import MetricOutputError
+    from rl4lms.metrics.wordnet import WordNetMissingError
+    from rl4lms.models.loading import ModelLoadError
+    from rl4lms.registry import RegistryError
+    from rl4lms.rewards.base import RewardOutputError
+    from rl4lms.training.artifacts import ArtifactWriteError
+    from rl4lms.training.builders import ComponentBuildError
+    from rl4lms.training.checkpoint import CheckpointFormatError
+    from rl4lms.training.run_lock import RunLockedError
+    from rl4lms.training.trainer import ConfigMismatchError, OnPolicyTrainer
+
+    if args.num_threads is not None:
+        torch.set_num_threads(args.num_threads)
     config_path = Path(args.config_path)
     default_name = f"{config_path.parent.name}_{config_path.stem}_smoke" if args.smoke else config_path.stem
     experiment = args.experiment_name or default_name
     run_dir = Path(args.base_path_to_store_results) / experiment
     try:
-        config = load_config(args.config_path, args.override, smoke=args.smoke)
         trainer = OnPolicyTrainer(config, experiment, args.base_path_to_store_results, args.log_to_wandb,
                                   args.project_name, args.entity_name, args.device)
-    except (ConfigError, ConfigMismatchError) as error:
+    except (ConfigMismatchError, ArtifactWriteError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunLockedError as error:
@@ -75,10 +108,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         summary = trainer.train_and_eval()
     except (ModelLoadError, DataSourceError, WordNetMissingError, EmptyDataPoolError, RegistryError,
-            ComponentBuildError) as error:
+            ComponentBuildError, ArtifactWriteError, CheckpointFormatError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except (NonFiniteLossError, RewardOutputError) as error:
+    except (NonFiniteLossError, RewardOutputError, MetricOutputError) as error:
         print(f"error: training stopped: {error}", file=sys.stderr)
         return 1
     finally:

@@ -61,3 +61,33 @@ def write_small_config(folder: Path, n_iters: int = 4, eval_every: int = 2, save
     path = folder / name
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+WORDNET_MARK = "wordnet"
+"""Tests marked ``@pytest.mark.wordnet`` need WordNet (METEOR). Without it they are skipped with the
+reason and the install command, except under ``CI=true``: CI installs WordNet, so there a missing
+WordNet fails those tests instead of hiding them."""
+
+
+def uses_wordnet(config_path: Path) -> bool:
+    """Whether a shipped config scores with METEOR (as a metric, a reward or a reward's shaping)."""
+    return "meteor" in config_path.read_text()
+
+
+def wordnet_marked(paths: list) -> list:
+    """``paths`` as pytest parameters, those that use WordNet marked ``wordnet``."""
+    return [pytest.param(p, marks=pytest.mark.wordnet) if uses_wordnet(p) else p for p in paths]
+
+
+@pytest.hookimpl(trylast=True)  # after the fixtures: WordNet's copy goes to the test session's cache
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker(WORDNET_MARK) is None:
+        return
+    from rl4lms.metrics.wordnet import WordNetMissingError, load_wordnet
+
+    try:
+        load_wordnet()
+    except WordNetMissingError as error:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"CI must run the WordNet tests, but {error}", pytrace=False)
+        pytest.skip(f"needs WordNet for METEOR: {error.install_hint}")

@@ -134,3 +134,23 @@ def test_resumed_supervised_run_continues_the_schedule_exactly(tmp_path: Path) -
     assert [s["iteration"] for s in second] == [1, 2, 3, 4]
     for key in ("supervised/loss", "supervised/learning_rate"):
         assert [s[key] for s in second] == [s[key] for s in first], key
+
+
+@pytest.mark.parametrize("alg, stat", [("ppo", "ppo/learning_rate"), ("a2c", "a2c/learning_rate")])
+def test_rl_linear_schedule_anneals_per_iteration_and_survives_resume(tmp_path: Path, alg: str, stat: str) -> None:
+    import shutil
+
+    config = write_small_config(tmp_path, n_iters=4, eval_every=2, save_every=2, base=TASK / f"tiny_gpt2_{alg}.yml")
+    base_lr = yaml.safe_load(config.read_text())["alg"]["args"]["learning_rate"]
+    args = ["--config_path", str(config), "--base_path_to_store_results", str(tmp_path), "--experiment_name", alg,
+            "--override", "alg.args.lr_scheduler_type=linear"]
+    assert main(args) == 0
+    run = tmp_path / alg
+    first = [yaml.safe_load(line) for line in (run / "training_info.jsonl").read_text().splitlines()]
+    # CleanRL's anneal_lr: iteration i (1-based) of 4 updates with (1 - (i - 1) / 4) of the rate.
+    assert [s[stat] for s in first] == pytest.approx([base_lr * f for f in (1.0, 0.75, 0.5, 0.25)])
+    shutil.rmtree(run / "checkpoints" / "checkpoint_000004")  # as if killed after iteration 2's checkpoint
+    (run / "run_complete.json").unlink()
+    assert main(args) == 0
+    second = [yaml.safe_load(line) for line in (run / "training_info.jsonl").read_text().splitlines()]
+    assert [s[stat] for s in second] == [s[stat] for s in first]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, training_configs
+from conftest import REPO, training_configs, wordnet_marked
 from rl4lms.cli import main
 from rl4lms.config import load_config
 from rl4lms.config.smoke import TINY_POLICY_MODELS
@@ -23,7 +23,7 @@ def test_every_grue_task_has_the_five_variants() -> None:
         assert stems == variants, task
 
 
-@pytest.mark.parametrize("path", GRUE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.parametrize("path", wordnet_marked(GRUE_CONFIGS), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_smoke_run_completes(path: Path, tmp_path: Path) -> None:
     smoke = load_config(path, smoke=True)
     kind = "seq2seq" if "seq2seq" in smoke["alg"]["policy"]["id"] else "causal"

@@ -30,6 +30,7 @@ def test_word_tokenize_splits_every_sentence_without_punkt_data() -> None:
     assert word_tokenize("") == []
 
 
+@pytest.mark.wordnet
 def test_meteor_exact_match_is_one_minus_the_fragmentation_penalty() -> None:
     # n matching words in one chunk: F-mean 1, penalty 0.5 * (1 / n) ** 3.
     scores, corpus = MeteorMetric().compute([""], ["one two three four"], [["one two three four"]])["lexical/meteor"]
@@ -40,6 +41,7 @@ def test_meteor_exact_match_is_one_minus_the_fragmentation_penalty() -> None:
     assert two[0] == pytest.approx(1 - 0.5 / 8 ** 3)
 
 
+@pytest.mark.wordnet
 def test_meteor_matches_nltk_with_synonyms() -> None:
     from nltk.translate.meteor_score import meteor_score
 

@@ -22,12 +22,14 @@ class A2C(LMOnPolicyAlgorithm):
     def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
                  n_envs: int = 1, learning_rate: float = 7e-4, n_steps: int = 5, gamma: float = 0.99,
                  gae_lambda: float = 1.0, ent_coef: float = 0.0, vf_coef: float = 0.5, max_grad_norm: float = 0.5,
-                 normalize_advantage: bool = False, policy_kwargs: Optional[Dict[str, Any]] = None, verbose: int = 0,
+                 normalize_advantage: bool = False, lr_scheduler_type: str = "constant",
+                 policy_kwargs: Optional[Dict[str, Any]] = None, verbose: int = 0,
                  seed: Optional[int] = None, device: str = "auto", _init_setup_model: bool = True) -> None:
         super().__init__(policy=policy, env=env, kl_controller=kl_controller, n_envs=n_envs,
                          learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
                          ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm,
-                         normalize_advantage=normalize_advantage, policy_kwargs=policy_kwargs, verbose=verbose,
+                         normalize_advantage=normalize_advantage, lr_scheduler_type=lr_scheduler_type,
+                         policy_kwargs=policy_kwargs, verbose=verbose,
                          seed=seed, device=device, _init_setup_model=_init_setup_model)
 
     def train(self) -> None:
@@ -47,7 +49,7 @@ class A2C(LMOnPolicyAlgorithm):
         self.train_stats = {
             "a2c/loss/policy": policy_loss.item(), "a2c/loss/value": value_loss.item(),
             "a2c/loss/total": total.item(), "a2c/policy/entropy": entropy.item(), "a2c/grad_norm": grad_norm,
-            "a2c/learning_rate": float(self.lr_schedule(self._current_progress_remaining)),
+            "a2c/learning_rate": self.current_learning_rate(),
         }
         self.train_stats.update(self.value_stats())
         self.train_stats.update(self.objective_stats())

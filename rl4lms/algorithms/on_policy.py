@@ -15,6 +15,7 @@ from stable_baselines3.common.vec_env import VecEnv
 from rl4lms.algorithms.advantages import masked_mean, masked_var
 from rl4lms.algorithms.buffer import TextRolloutBuffer
 from rl4lms.algorithms.kl_controller import KLController
+from rl4lms.algorithms.lr_schedule import check_schedule, lr_multiplier
 from rl4lms.algorithms.rollout import RolloutCollector, RolloutStats
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy
@@ -43,10 +44,15 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
     def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
                  n_envs: int = 1, learning_rate: float = 1e-5, n_steps: int = 128, gamma: float = 0.99,
                  gae_lambda: float = 0.95, ent_coef: float = 0.0, vf_coef: float = 0.5, max_grad_norm: float = 0.5,
-                 normalize_advantage: bool = True, policy_kwargs: Optional[Dict[str, Any]] = None, verbose: int = 0,
+                 normalize_advantage: bool = True, lr_scheduler_type: str = "constant",
+                 policy_kwargs: Optional[Dict[str, Any]] = None, verbose: int = 0,
                  seed: Optional[int] = None, device: str = "auto", _init_setup_model: bool = True) -> None:
         if n_steps < 1 or n_envs < 1:
             raise ValueError(f"alg.args.n_steps and env.n_envs must be >= 1, got {n_steps} and {n_envs}")
+        check_schedule(lr_scheduler_type, 0)
+        self.lr_scheduler_type = lr_scheduler_type
+        self.iterations_done = 0
+        """Rollout + update iterations finished so far (restored from checkpoints)."""
         self.text_env = env
         self.kl_controller = kl_controller
         self.n_generation_envs = n_envs
@@ -221,7 +227,27 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         """SB3's ``learn`` (rollout + ``train``), then any gradients still accumulating are applied."""
         super().learn(*args, **kwargs)
         self.apply_accumulated_gradients()
+        self.iterations_done += 1
         return self
+
+    def current_learning_rate(self) -> float:
+        """The learning rate of this iteration's update: ``learning_rate`` times the factor of
+        ``lr_scheduler_type`` after ``iterations_done`` of the run's ``planned_iterations``
+        (``linear`` decays to 0 at the last iteration, CleanRL's ``anneal_lr``)."""
+        base = float(self.lr_schedule(1.0))
+        if self.lr_scheduler_type in ("constant", "constant_with_warmup"):
+            return base
+        if self.planned_iterations is None:
+            raise ValueError(f"alg.args.lr_scheduler_type {self.lr_scheduler_type!r} needs planned_iterations "
+                             "(the trainer sets it to train_evaluation.n_iters)")
+        return base * lr_multiplier(self.lr_scheduler_type, self.iterations_done, self.planned_iterations)
+
+    def _update_learning_rate(self, optimizers: Any) -> None:
+        """SB3's hook at the start of an update, here driven by :meth:`current_learning_rate`."""
+        lr = self.current_learning_rate()
+        for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
+            for group in optimizer.param_groups:
+                group["lr"] = lr
 
     def rng_state(self) -> Dict[str, Any]:
         """State of the rollout prompt sampler."""

@@ -69,8 +69,9 @@ class PPO(LMOnPolicyAlgorithm):
     def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
                  n_envs: int = 1, learning_rate: float = 1e-5, n_steps: int = 128, batch_size: int = 64,
                  n_epochs: int = 5, gamma: float = 0.99, gae_lambda: float = 0.95, clip_range: float = 0.2,
-                 clip_range_vf: Optional[float] = None, normalize_advantage: bool = True, ent_coef: float = 0.0,
-                 vf_coef: float = 0.5, max_grad_norm: float = 0.5, target_kl: Optional[float] = None,
+                 clip_range_vf: Optional[float] = None, normalize_advantage: bool = True,
+                 lr_scheduler_type: str = "constant", ent_coef: float = 0.0, vf_coef: float = 0.5,
+                 max_grad_norm: float = 0.5, target_kl: Optional[float] = None,
                  policy_kwargs: Optional[Dict] = None, verbose: int = 0, seed: Optional[int] = None,
                  device: str = "auto", _init_setup_model: bool = True) -> None:
         if batch_size < 1 or n_epochs < 1:
@@ -85,7 +86,8 @@ class PPO(LMOnPolicyAlgorithm):
         super().__init__(policy=policy, env=env, kl_controller=kl_controller, n_envs=n_envs,
                          learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
                          ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm,
-                         normalize_advantage=normalize_advantage, policy_kwargs=policy_kwargs, verbose=verbose,
+                         normalize_advantage=normalize_advantage, lr_scheduler_type=lr_scheduler_type,
+                         policy_kwargs=policy_kwargs, verbose=verbose,
                          seed=seed, device=device, _init_setup_model=_init_setup_model)
 
     def minibatch_loss(self, batch: RolloutBatch) -> Tuple[torch.Tensor, PPOLoss, PolicyOutput, torch.Tensor]:
@@ -133,5 +135,5 @@ class PPO(LMOnPolicyAlgorithm):
         self.train_stats.update(self.value_stats())
         self.train_stats.update(self.objective_stats())
         self.train_stats["objective/entropy"] = self.train_stats["ppo/policy/entropy"]
-        self.train_stats["ppo/learning_rate"] = float(self.lr_schedule(self._current_progress_remaining))
+        self.train_stats["ppo/learning_rate"] = self.current_learning_rate()
         self.train_stats["ppo/early_stop"] = float(stop_early)

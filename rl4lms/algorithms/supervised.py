@@ -70,11 +70,10 @@ class Supervised(LMOnPolicyAlgorithm):
             raise ValueError(f"alg.args.batch_size must be >= 1, got {batch_size}")
         check_schedule(lr_scheduler_type, warmup_steps)
         self.batch_size = batch_size
-        self.lr_scheduler_type = lr_scheduler_type
         self.warmup_steps = warmup_steps
         super().__init__(policy=policy, env=env, kl_controller=kl_controller, n_envs=n_envs,
                          learning_rate=learning_rate, n_steps=1, max_grad_norm=max_grad_norm,
-                         policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
+                         lr_scheduler_type=lr_scheduler_type, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
                          _init_setup_model=_init_setup_model)
         self.pairs = reference_pairs(self.text_env.samples)
         if not self.pairs:

@@ -76,6 +76,7 @@ class TRPO(LMOnPolicyAlgorithm):
                  gamma: float = 0.99, gae_lambda: float = 0.95, cg_max_steps: int = 15, cg_damping: float = 0.1,
                  line_search_shrinking_factor: float = 0.8, line_search_max_iter: int = 10,
                  n_critic_updates: int = 10, target_kl: float = 0.01, normalize_advantage: bool = True,
+                 lr_scheduler_type: str = "constant",
                  max_grad_norm: float = 0.5, policy_kwargs: Optional[Dict[str, Any]] = None, verbose: int = 0,
                  seed: Optional[int] = None, device: str = "auto", _init_setup_model: bool = True) -> None:
         if not target_kl > 0:
@@ -94,7 +95,8 @@ class TRPO(LMOnPolicyAlgorithm):
         super().__init__(policy=policy, env=env, kl_controller=kl_controller, n_envs=n_envs,
                          learning_rate=learning_rate, n_steps=n_steps, gamma=gamma, gae_lambda=gae_lambda,
                          ent_coef=0.0, vf_coef=1.0, max_grad_norm=max_grad_norm,
-                         normalize_advantage=normalize_advantage, policy_kwargs=policy_kwargs, verbose=verbose,
+                         normalize_advantage=normalize_advantage, lr_scheduler_type=lr_scheduler_type,
+                         policy_kwargs=policy_kwargs, verbose=verbose,
                          seed=seed, device=device, _init_setup_model=_init_setup_model)
 
     supports_multiprocess = False  # the Fisher-vector products use autograd.grad, which DDP does not synchronise
@@ -178,7 +180,7 @@ class TRPO(LMOnPolicyAlgorithm):
             "trpo/surrogate_improvement": result.surrogate_after - result.surrogate_before,
             "trpo/line_search_fraction": result.step_fraction, "trpo/line_search_success": float(result.accepted),
             "trpo/loss/value": float(sum(value_losses) / len(value_losses)),
-            "trpo/learning_rate": float(self.lr_schedule(self._current_progress_remaining)),
+            "trpo/learning_rate": self.current_learning_rate(),
         }
         self.train_stats.update(self.value_stats())
         self.train_stats.update(self.objective_stats())

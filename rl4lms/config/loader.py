@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from pathlib import Path
-from typing import Any, Dict, Sequence, Union
+from typing import Any, Dict, Optional, Sequence, Union
 
 import yaml
 
@@ -12,11 +13,26 @@ from rl4lms.config.smoke import smoke_config
 from rl4lms.config.validation import ConfigError, validate_config
 
 
-def import_custom_modules(config: Dict[str, Any]) -> None:
-    """Import ``custom_modules`` so that their ``register`` calls run before validation."""
+def custom_module_paths(config_path: Optional[Path]) -> list:
+    """Folders ``custom_modules`` are imported from besides the installed packages: the working
+    folder and the config file's folder."""
+    folders = [Path.cwd()]
+    if config_path is not None:
+        folders.append(config_path.resolve().parent)
+    return [str(folder) for folder in folders]
+
+
+def import_custom_modules(config: Dict[str, Any], config_path: Optional[Path] = None) -> None:
+    """Import ``custom_modules`` so that their ``register`` calls run before validation.
+
+    The working folder and the config's folder are appended to ``sys.path`` first, so a module
+    next to the config or in the folder the command runs from is found without installing it.
+    """
     modules = config.get("custom_modules", [])
     if not isinstance(modules, list):
         raise ConfigError(["custom_modules: expected a list of module names"])
+    if modules:
+        sys.path.extend(folder for folder in custom_module_paths(config_path) if folder not in sys.path)
     for ix, name in enumerate(modules):
         if not isinstance(name, str):
             raise ConfigError([f"custom_modules[{ix}]: expected a module name, got {type(name).__name__} ({name!r})"])
@@ -39,8 +55,8 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = (), smoke: bo
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
     if smoke:
-        import_custom_modules(raw)  # the smoke rewrite looks up the config's (maybe custom) data pool
+        import_custom_modules(raw, path)  # the smoke rewrite looks up the config's (maybe custom) data pool
         raw = smoke_config(raw)
     raw = apply_overrides(raw, overrides)
-    import_custom_modules(raw)
+    import_custom_modules(raw, path)
     return validate_config(raw, source=str(path))

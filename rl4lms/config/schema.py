@@ -104,3 +104,12 @@ INJECTED_ARGS = {
     "reward_fn": set(),
     "metric": set(),
 }
+
+# Component arguments that must be > 0 whatever the component (checked before any model loads).
+POSITIVE_ARGS = {
+    "alg": {"learning_rate"},
+    "policy": set(),
+    "datapool": set(),
+    "reward_fn": set(),
+    "metric": set(),
+}

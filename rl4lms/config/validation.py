@@ -9,7 +9,7 @@ import math
 import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from rl4lms.config.schema import CONFIG_SCHEMA, INJECTED_ARGS, Component, ComponentList, Key, Section
+from rl4lms.config.schema import CONFIG_SCHEMA, INJECTED_ARGS, POSITIVE_ARGS, Component, ComponentList, Key, Section
 from rl4lms.registry import ALL_REGISTRIES, RegistryError, load_builtin_components
 
 
@@ -19,7 +19,8 @@ class ConfigError(ValueError):
     def __init__(self, errors: List[str], source: Optional[str] = None) -> None:
         self.errors = errors
         where = f" in {source}" if source else ""
-        super().__init__(f"invalid config{where}:\n" + "\n".join(f"  - {e}" for e in errors))
+        listed = f" {errors[0]}" if len(errors) == 1 else "".join(f"\n  - {e}" for e in errors)
+        super().__init__(f"invalid config{where}:{listed}")
 
 
 def _type_names(types: tuple) -> str:
@@ -203,6 +204,8 @@ class _Validator:
                     self.error(f"{path}.{name}", f"expected {_hint_name(hint)}, got {type(arg).__name__} ({arg!r})")
                 elif isinstance(value, float) and math.isnan(value):
                     self.error(f"{path}.{name}", "must be a number, got NaN")
+                elif name in POSITIVE_ARGS[kind] and isinstance(value, (int, float)) and value <= 0:
+                    self.error(f"{path}.{name}", f"must be > 0, got {value}")
                 out[name] = value
         for name, param in params.items():
             if param.default is param.empty and name not in injected and name not in args:

@@ -1,3 +1,3 @@
-from rl4lms.metrics.base import BaseMetric, MetricResult
+from rl4lms.metrics.base import BaseMetric, MetricOutputError, MetricResult
 
-__all__ = ["BaseMetric", "MetricResult"]
+__all__ = ["BaseMetric", "MetricOutputError", "MetricResult"]

@@ -31,8 +31,13 @@ LEXICOGRAPHER_FILES = (
 _SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 
+INSTALL_HINT = "apt-get install wordnet-base wordnet-sense-index"
+
+
 class WordNetMissingError(LookupError):
     """Neither NLTK's WordNet nor Debian's WordNet packages are installed."""
+
+    install_hint = f"install it with: {INSTALL_HINT}"
 
 
 def lexnames_lines() -> List[str]:
@@ -47,7 +52,7 @@ def _build_nltk_copy(target: Path) -> None:
         raise WordNetMissingError(
             "METEOR needs WordNet, and neither NLTK's copy nor Debian's is installed "
             f"(missing in {DEBIAN_WORDNET_DIR}: {', '.join(missing)}). "
-            "Install it with: apt-get install wordnet-base wordnet-sense-index")
+            f"Install it with: {INSTALL_HINT}")
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".wordnet-", dir=target.parent))
     try:

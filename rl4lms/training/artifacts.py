@@ -1,22 +1,86 @@
-"""Crash-safe run artifacts: append-only JSON lines and atomically replaced JSON files."""
+"""Crash-safe run artifacts: append-only JSON lines and atomically replaced JSON files.
+
+Every write goes through :func:`writing`, so an unwritable folder or a full disk surfaces as one
+:class:`ArtifactWriteError` that names the file, and never damages what was written before.
+"""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, Iterator, List
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
+# torch.save and safetensors report a failed write as a RuntimeError / SafetensorError without an errno.
+_WRITER_FAILURE_TEXTS = ("inline_container", "PytorchStreamWriter", "file write failed", "No space left",
+                         "StorageFull", "IoError")
+
+
+class ArtifactWriteError(OSError):
+    """A file of the run could not be written (unwritable folder, full disk); earlier files are intact."""
+
+
+def _is_write_failure(error: BaseException) -> bool:
+    if isinstance(error, OSError):
+        return True
+    if isinstance(error, RuntimeError) or type(error).__name__ == "SafetensorError":
+        return any(text in str(error) for text in _WRITER_FAILURE_TEXTS)
+    return False
+
+
+def _free_bytes(path: Path) -> int:
+    for folder in (path, *path.parents):
+        if folder.exists():
+            return shutil.disk_usage(folder).free
+    return -1
+
+
+def _describe_failure(target: Path, what: str, error: BaseException) -> str:
+    free = _free_bytes(target)
+    disk_full = (isinstance(error, OSError) and error.errno in _DISK_FULL_ERRNOS) or (
+        not isinstance(error, OSError) and 0 <= free < 64 * 2 ** 20)
+    if isinstance(error, OSError):
+        reason = error.strerror or str(error)
+        if error.filename and str(error.filename) != str(target):
+            reason += f" ({error.filename})"
+    else:
+        reason = f"the write failed ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+    if disk_full:
+        reason += f"; the disk is full ({free / 2 ** 20:.1f} MiB free)"
+    return (f"cannot write {what} {target}: {reason}. Files written before are intact: free the space or fix "
+            "the folder's permissions and rerun the same command to continue")
+
+
+@contextmanager
+def writing(target: Path, what: str) -> Iterator[None]:
+    """Turn a failed write to ``target`` (``what`` says which artifact) into an :class:`ArtifactWriteError`."""
+    try:
+        yield
+    except ArtifactWriteError:
+        raise
+    except Exception as error:
+        if not _is_write_failure(error):
+            raise
+        raise ArtifactWriteError(_describe_failure(target, what, error)) from error
 
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and ``os.replace`` (never half-written)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    with writing(path, "file"):
+        try:
+            with open(tmp, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
@@ -31,10 +95,15 @@ def write_folder_atomic(target: Path, write: Callable[[Path], None]) -> Path:
     """
     staging = target.with_name(f".staging_{target.name}")
     shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
-    write(staging)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(staging, target)
+    with writing(target, "folder"):
+        try:
+            staging.mkdir(parents=True)
+            write(staging)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)  # give the space back; ``target`` is untouched
+            raise
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(staging, target)
     return target
 
 
@@ -53,7 +122,7 @@ class JsonlLog:
 
     def append(self, record: Dict[str, Any]) -> None:
         line = json.dumps(record, default=float) + "\n"
-        with open(self.path, "a") as handle:
+        with writing(self.path, "log"), open(self.path, "a") as handle:
             handle.write(line)
             handle.flush()
             os.fsync(handle.fileno())

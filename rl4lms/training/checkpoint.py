@@ -1,7 +1,13 @@
-"""Training checkpoints: everything needed to continue a run exactly where it stopped."""
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+``trainer_state.pt`` holds only tensors and plain containers (RNG states as lists), so it is read
+with ``torch.load(..., weights_only=True)``: resuming from a folder someone else wrote cannot run
+code, as with Hugging Face's Trainer on current torch.
+"""
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 from pathlib import Path
@@ -15,10 +21,18 @@ from rl4lms.training.artifacts import write_folder_atomic
 
 STATE_FILE = "trainer_state.pt"
 _PREFIX = "checkpoint_"
+_STAGING_PREFIX = ".staging_"
+
+
+class CheckpointFormatError(ValueError):
+    """A checkpoint that cannot be read safely (an older pickle format) or at all."""
 
 
 def _capture_rng() -> Dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
+    numpy_state = {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
+                   "cached_gaussian": float(cached_gaussian)}
+    state = {"python": random.getstate(), "numpy": numpy_state, "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -26,7 +40,9 @@ def _capture_rng() -> Dict[str, Any]:
 
 def _restore_rng(state: Dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state((numpy_state["kind"], np.asarray(numpy_state["keys"], dtype=np.uint32), numpy_state["pos"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -61,17 +77,54 @@ def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, keep
             os.fsync(handle.fileno())
 
     target = write_folder_atomic(folder / f"{_PREFIX}{iteration:06d}", write)
-    for old in sorted(p for p in folder.glob(f"{_PREFIX}*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_checkpoints(folder, keep)
     return target
+
+
+def prune_checkpoints(folder: Path, keep: int) -> None:
+    """Keep the newest ``keep`` checkpoints and drop staging leftovers of interrupted saves.
+
+    Runs after every save and on resume, so a kill between a save's rename and its pruning
+    leaves no extra checkpoint behind.
+    """
+    if not folder.exists():
+        return
+    for leftover in folder.glob(f"{_STAGING_PREFIX}{_PREFIX}*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for old in checkpoint_folders(folder)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def checkpoint_folders(folder: Path) -> List[Path]:
+    """Complete checkpoint folders, oldest first."""
+    if not folder.exists():
+        return []
+    return sorted(p for p in folder.glob(f"{_PREFIX}*") if (p / STATE_FILE).exists())
+
+
+def checkpoint_iteration(path: Path) -> int:
+    """The iteration a checkpoint folder was written after (from its name)."""
+    return int(path.name[len(_PREFIX):])
 
 
 def latest_checkpoint(folder: Path) -> Optional[Path]:
     """The newest complete checkpoint folder, or None (staging leftovers are ignored)."""
-    if not folder.exists():
-        return None
-    done = sorted(p for p in folder.glob(f"{_PREFIX}*") if (p / STATE_FILE).exists())
+    done = checkpoint_folders(folder)
     return done[-1] if done else None
+
+
+def read_trainer_state(path: Path, device: Any = "cpu") -> Dict[str, Any]:
+    """``trainer_state.pt`` of checkpoint folder ``path``, read with ``weights_only=True``."""
+    try:
+        return torch.load(path / STATE_FILE, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise CheckpointFormatError(
+            f"{path / STATE_FILE} is in the pickle format of an older rl4lms, which can run code when loaded, "
+            "so it is not read; start a new run (another --experiment_name), or retrain this one from scratch "
+            f"after moving {path.parent} away") from error
+    except (RuntimeError, EOFError, OSError) as error:
+        raise CheckpointFormatError(f"cannot read checkpoint {path / STATE_FILE}: {error}; delete that folder to "
+                                    "resume from the one before it") from error
 
 
 def load_checkpoint(path: Path, alg: LMOnPolicyAlgorithm, process_index: int = 0,
@@ -82,12 +135,13 @@ def load_checkpoint(path: Path, alg: LMOnPolicyAlgorithm, process_index: int = 0
     was written by as many processes; otherwise the main process's (and other processes reseed
     their prompt samplers, see :meth:`LMOnPolicyAlgorithm.load_rng_state`).
     """
-    state = torch.load(path / STATE_FILE, map_location=alg.device, weights_only=False)
+    state = read_trainer_state(path, alg.device)
     alg.policy.load_trainable_state_dict(state["policy"])
     alg.policy.optimizer.load_state_dict(state["optimizer"])
     alg.kl_controller.load_state_dict(state["kl_controller"])
     alg.num_timesteps = state["num_timesteps"]
     alg._n_updates = state["n_updates"]
+    alg.iterations_done = int(state["iteration"])
     ranks = state.get("ranks")
     own = ranks[process_index] if ranks is not None and len(ranks) == num_processes else None
     alg.load_rng_state((own or state)["sampler"], reseed=own is None)

@@ -9,7 +9,7 @@ import torch
 from rl4lms.algorithms.rollout import encode_prompts
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
-from rl4lms.metrics.base import BaseMetric
+from rl4lms.metrics.base import BaseMetric, MetricOutputError
 from rl4lms.policies.base import LMActorCriticPolicy, module_device, response_tokens
 
 
@@ -54,6 +54,11 @@ def evaluate_samples(policy: LMActorCriticPolicy, env: TextGenEnv, samples: Sequ
         results = metric.compute(prompts, generated, references, meta_infos, policy.model, split_name)
         for name, (per_sample, score) in results.items():
             corpus[name] = float(score)
+            if per_sample is not None and len(per_sample) != len(samples):
+                raise MetricOutputError(
+                    f"metric {type(metric).__name__} returned {len(per_sample)} per-sample scores for '{name}' on "
+                    f"the {len(samples)} samples of split '{split_name}'; return one score per sample, or None "
+                    "for a corpus-only metric")
             if per_sample is not None:
                 for record, value in zip(predictions, per_sample):
                     record[name] = value

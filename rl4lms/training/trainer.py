@@ -10,10 +10,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rl4lms.training.artifacts import write_folder_atomic, write_json_atomic
+from rl4lms.training.artifacts import write_folder_atomic, write_json_atomic, writing
 from rl4lms.models.loading import default_device
 from rl4lms.training.builders import RunComponents, build_components
-from rl4lms.training.checkpoint import latest_checkpoint, load_checkpoint, process_random_state, save_checkpoint
+from rl4lms.training.checkpoint import (checkpoint_iteration, latest_checkpoint, load_checkpoint,
+                                        process_random_state, prune_checkpoints, save_checkpoint)
 from rl4lms.training.distributed import gather_from_processes, make_accelerator, rank_checksums
 from rl4lms.training.evaluation import evaluate_samples
 from rl4lms.training.run_lock import RunLock
@@ -21,10 +22,11 @@ from rl4lms.training.tracker import Tracker
 
 RESUMABLE_CHANGES = {("train_evaluation", "n_iters")}
 COMPLETE_FILE = "run_complete.json"
+ENVIRONMENT_FILE = "environment.json"
 
 
 class ConfigMismatchError(ValueError):
-    """The run folder holds a run made with a different config."""
+    """The run folder holds a run made with a different config, or more iterations than asked for."""
 
 
 def _config_differences(old: Dict[str, Any], new: Dict[str, Any], prefix: tuple = ()) -> List[tuple]:
@@ -59,17 +61,22 @@ class OnPolicyTrainer:
         self.is_main = self.accelerator is None or self.accelerator.is_main_process
         self.lock: Optional[RunLock] = None
         self.tracker: Optional[Tracker] = None
-        if self.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.lock = RunLock(self.run_dir).acquire()
-            try:
-                self._check_or_write_config()
-            except ConfigMismatchError:
-                self.lock.release()
-                raise
-            self.tracker = Tracker(self.run_dir, experiment_name, config, log_to_wandb, wandb_project, wandb_entity)
         self.eval_config = config["train_evaluation"]
         self.n_iters: int = self.eval_config["n_iters"]
+        if self.is_main:
+            with writing(self.run_dir, "run folder"):
+                self.run_dir.mkdir(parents=True, exist_ok=True)
+                self.lock = RunLock(self.run_dir).acquire()
+            try:
+                self._check_iterations_done()
+                self._check_or_write_config()
+                with writing(self.run_dir / "log.txt", "log"):
+                    self.tracker = Tracker(self.run_dir, experiment_name, config, log_to_wandb, wandb_project,
+                                           wandb_entity)
+                self._record_environment()
+            except BaseException:
+                self.close()
+                raise
         self.device = device or (str(self.accelerator.device) if self.accelerator else default_device())
         self.parts: Optional[RunComponents] = None
 
@@ -83,6 +90,39 @@ class OnPolicyTrainer:
                 raise ConfigMismatchError(f"{self.run_dir} holds a run with a different config (differs at: {keys}); "
                                           "use another --experiment_name or base path to start a new run")
         write_json_atomic(path, self.config)
+
+    def _check_iterations_done(self) -> None:
+        """Refuse an ``n_iters`` below what the folder already holds: its logs, checkpoints and
+        summary would then describe a longer run than the one recorded."""
+        done = 0
+        newest = latest_checkpoint(self.checkpoint_dir)
+        if newest is not None:
+            done = checkpoint_iteration(newest)
+        complete = self.run_dir / COMPLETE_FILE
+        if complete.exists():
+            done = max(done, int(json.loads(complete.read_text()).get("iterations", 0)))
+        if done > self.n_iters:
+            raise ConfigMismatchError(
+                f"train_evaluation.n_iters is {self.n_iters}, but {self.run_dir} already holds {done} iterations; "
+                f"set n_iters to {done} or more to continue this run, or use another --experiment_name")
+
+    def _record_environment(self) -> None:
+        """Append this start's torch thread count and library versions to ``environment.json``;
+        warn when a resume runs with another thread count (results then differ by float rounding)."""
+        import transformers
+
+        path = self.run_dir / ENVIRONMENT_FILE
+        sessions = json.loads(path.read_text())["sessions"] if path.exists() else []
+        current = {"torch_num_threads": torch.get_num_threads(), "torch": torch.__version__,
+                   "transformers": transformers.__version__,
+                   "num_processes": self.accelerator.num_processes if self.accelerator else 1}
+        if sessions and sessions[0]["torch_num_threads"] != current["torch_num_threads"]:
+            assert self.tracker is not None
+            self.tracker.logger.warning(
+                "this run started with %d torch threads and continues with %d: it will not be bit-identical to an "
+                "uninterrupted run (pass --num_threads %d to match)", sessions[0]["torch_num_threads"],
+                current["torch_num_threads"], sessions[0]["torch_num_threads"])
+        write_json_atomic(path, {"sessions": [*sessions, current]})
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -105,6 +145,8 @@ class OnPolicyTrainer:
         accelerator = self.accelerator
         position = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         iteration = 0
+        if self.is_main:
+            prune_checkpoints(self.checkpoint_dir, self.eval_config["save_checkpoints_to_keep"])
         if checkpoint is not None:
             iteration = int(load_checkpoint(checkpoint, self.parts.alg, *position)["iteration"])
         if self.tracker is not None:
@@ -125,7 +167,7 @@ class OnPolicyTrainer:
         complete = self.run_dir / COMPLETE_FILE
         if complete.exists():
             summary = json.loads(complete.read_text())
-            if summary["iterations"] >= self.n_iters:
+            if summary["iterations"] == self.n_iters:
                 if self.tracker is not None:
                     self.tracker.logger.info("run already complete; summary in %s", complete)
                 return summary
@@ -143,18 +185,18 @@ class OnPolicyTrainer:
             self._evaluate("test", 0)
         progress = tqdm(total=self.n_iters, initial=start, desc="iterations", dynamic_ncols=True, mininterval=1.0,
                         disable=not self.is_main)
-        for iteration in range(start + 1, self.n_iters + 1):
-            alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
-            if self.tracker is not None:
-                self.tracker.log_iteration(iteration, alg.rollout_stats, alg.train_stats, alg.num_timesteps)
-            progress.set_postfix({k: f"{v:.3f}" for k, v in alg.progress_stats().items()}, refresh=False)
-            progress.update(1)
-            last = iteration == self.n_iters
-            if iteration % self.eval_config["eval_every"] == 0 or last:
-                self._evaluate("val", iteration)
-            if iteration % self.eval_config["save_every"] == 0 or last:
-                self._save(iteration)
-        progress.close()
+        with progress:  # closed before an error is reported, so the error stays the last line
+            for iteration in range(start + 1, self.n_iters + 1):
+                alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
+                if self.tracker is not None:
+                    self.tracker.log_iteration(iteration, alg.rollout_stats, alg.train_stats, alg.num_timesteps)
+                progress.set_postfix({k: f"{v:.3f}" for k, v in alg.progress_stats().items()}, refresh=False)
+                progress.update(1)
+                last = iteration == self.n_iters
+                if iteration % self.eval_config["eval_every"] == 0 or last:
+                    self._evaluate("val", iteration)
+                if iteration % self.eval_config["save_every"] == 0 or last:
+                    self._save(iteration)
         distributed = self._distributed_summary()
         if self.tracker is None:
             return {}
