@@ -54,6 +54,10 @@ class Registry(Generic[T]):
         self._entries[id] = cls
         return cls
 
+    def add(self, id: str, cls: Type[T]) -> Type[T]:
+        """RL4LMs' registration call, ``Registry.add(id, cls)``: the same as :meth:`register`."""
+        return self.register(id, cls)
+
     def get(self, id: str) -> Type[T]:
         """Return the class registered under ``id`` or raise with the valid choices."""
         try:

@@ -58,3 +58,10 @@ def test_cli_override_changes_the_run(tmp_path: Path) -> None:
     assert saved["train_evaluation"]["n_iters"] == 1 and saved["alg"]["args"]["learning_rate"] == 0.002
     assert len((tmp_path / "run" / "rollout_info.jsonl").read_text().splitlines()) == 1
     assert main(["--config_path", str(config), "--override", "alg.args=3"]) == 2
+
+
+def test_an_override_creates_an_optional_section_the_file_leaves_out() -> None:
+    config = load_config(DEFAULT_CONFIG, ["accelerator.mixed_precision=bf16"])
+    assert config["accelerator"] == {"mixed_precision": "bf16", "gradient_accumulation_steps": 1}
+    with pytest.raises(ConfigError, match="no key 'acelerator' under <top level> .*accelerator, custom_modules"):
+        load_config(DEFAULT_CONFIG, ["acelerator.mixed_precision=bf16"])

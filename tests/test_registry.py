@@ -34,6 +34,8 @@ def test_register_get_build() -> None:
     default = registry.build("alpha")  # no args -> constructor defaults
     assert (default.x, default.y) == (1, "y")
     assert registry.ids() == ["alpha"]
+    assert registry.add("alpha_again", _Alpha) is _Alpha  # RL4LMs' registration call
+    assert registry.get("alpha_again") is _Alpha
 
 
 def test_decorator_form_registers_and_returns_class() -> None:
