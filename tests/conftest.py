@@ -63,6 +63,23 @@ def write_small_config(folder: Path, n_iters: int = 4, eval_every: int = 2, save
     return path
 
 
+def write_custom_module_config(folder: Path, monkeypatch: pytest.MonkeyPatch, module: str, source: str,
+                               edit: Any, name: str, **small_config_args: Any) -> Path:
+    """A small config (``write_small_config``) that lists the user module ``module`` (written from
+    ``source`` into ``folder``, which goes on the import path) under ``custom_modules``, then
+    changed by ``edit(config)``."""
+    (folder / f"{module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(folder))
+    import yaml
+
+    config = yaml.safe_load(write_small_config(folder, **small_config_args).read_text())
+    config["custom_modules"] = [module]
+    edit(config)
+    path = folder / name
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
 WORDNET_MARK = "wordnet"
 """Tests marked ``@pytest.mark.wordnet`` need WordNet (METEOR). Without it they are skipped with the
 reason and the install command, except under ``CI=true``: CI installs WordNet, so there a missing

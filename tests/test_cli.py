@@ -8,7 +8,7 @@ import pytest
 import yaml
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from conftest import DEFAULT_CONFIG, write_small_config
+from conftest import DEFAULT_CONFIG, write_custom_module_config, write_small_config
 from rl4lms.cli import format_summary, main
 
 
@@ -118,22 +118,19 @@ def test_impossible_run_settings_are_reported(tmp_path: Path, capsys: pytest.Cap
 
 def test_run_stopped_by_a_bad_reward_keeps_what_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture) -> None:
-    (tmp_path / "rl4lms_flaky_reward.py").write_text(
-        "from rl4lms.registry import RewardFunctionRegistry\n"
-        "from rl4lms.rewards.synthetic import IncreasingNumbersReward\n\n"
-        "@RewardFunctionRegistry.register('flaky_reward')\n"
-        "class FlakyReward(IncreasingNumbersReward):\n"
-        "    calls = 0\n\n"
-        "    def __call__(self, *args, **kwargs):\n"
-        "        FlakyReward.calls += 1\n"
-        "        scores = super().__call__(*args, **kwargs)\n"
-        "        return scores if FlakyReward.calls <= 2 else [float('nan')] * len(scores)\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    config = yaml.safe_load(write_small_config(tmp_path, n_iters=4, eval_every=1, save_every=1).read_text())
-    config["custom_modules"] = ["rl4lms_flaky_reward"]
-    config["reward_fn"] = {"id": "flaky_reward", "args": {"min_tokens": 10}}
-    path = tmp_path / "flaky.yml"
-    path.write_text(yaml.safe_dump(config))
+    source = ("from rl4lms.registry import RewardFunctionRegistry\n"
+              "from rl4lms.rewards.synthetic import IncreasingNumbersReward\n\n"
+              "@RewardFunctionRegistry.register('flaky_reward')\n"
+              "class FlakyReward(IncreasingNumbersReward):\n"
+              "    calls = 0\n\n"
+              "    def __call__(self, *args, **kwargs):\n"
+              "        FlakyReward.calls += 1\n"
+              "        scores = super().__call__(*args, **kwargs)\n"
+              "        return scores if FlakyReward.calls <= 2 else [float('nan')] * len(scores)\n")
+    path = write_custom_module_config(
+        tmp_path, monkeypatch, "rl4lms_flaky_reward", source,
+        lambda c: c.update(reward_fn={"id": "flaky_reward", "args": {"min_tokens": 10}}), "flaky.yml",
+        n_iters=4, eval_every=1, save_every=1)
     assert main(["--config_path", str(path), "--base_path_to_store_results", str(tmp_path),
                  "--experiment_name", "flaky"]) == 1
     assert "non-finite reward" in capsys.readouterr().err

@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import REPO, write_small_config
+from conftest import REPO, write_custom_module_config, write_small_config
 from rl4lms.cli import main
 from rl4lms.training.checkpoint import STATE_FILE
 
@@ -164,19 +164,15 @@ def test_thread_count_is_recorded_and_a_changed_one_warned(tmp_path: Path, resto
 
 def test_metric_with_missing_per_sample_scores_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                         capsys: pytest.CaptureFixture) -> None:
-    (tmp_path / "rl4lms_short_metric.py").write_text(
-        "from rl4lms.metrics.base import BaseMetric\n"
-        "from rl4lms.registry import MetricRegistry\n\n"
-        "@MetricRegistry.register('short_metric')\n"
-        "class ShortMetric(BaseMetric):\n"
-        "    def compute(self, prompts, gens, refs, metas=None, model=None, split_name=None):\n"
-        "        return {'custom/short': ([1.0] * (len(gens) - 1), 1.0)}\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    config = yaml.safe_load(write_small_config(tmp_path, n_iters=1).read_text())
-    config["custom_modules"] = ["rl4lms_short_metric"]
-    config["train_evaluation"]["metrics"].append({"id": "short_metric"})
-    path = tmp_path / "short.yml"
-    path.write_text(yaml.safe_dump(config))
+    source = ("from rl4lms.metrics.base import BaseMetric\n"
+              "from rl4lms.registry import MetricRegistry\n\n"
+              "@MetricRegistry.register('short_metric')\n"
+              "class ShortMetric(BaseMetric):\n"
+              "    def compute(self, prompts, gens, refs, metas=None, model=None, split_name=None):\n"
+              "        return {'custom/short': ([1.0] * (len(gens) - 1), 1.0)}\n")
+    path = write_custom_module_config(
+        tmp_path, monkeypatch, "rl4lms_short_metric", source,
+        lambda c: c["train_evaluation"]["metrics"].append({"id": "short_metric"}), "short.yml", n_iters=1)
     assert _run(path, tmp_path) == 1
     line = _error_line(capsys.readouterr().err)
     assert "metric ShortMetric returned 7 per-sample scores for 'custom/short' on the 8 samples" in line

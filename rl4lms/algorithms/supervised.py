@@ -73,8 +73,8 @@ class Supervised(LMOnPolicyAlgorithm):
         self.warmup_steps = warmup_steps
         super().__init__(policy=policy, env=env, kl_controller=kl_controller, n_envs=n_envs,
                          learning_rate=learning_rate, n_steps=1, max_grad_norm=max_grad_norm,
-                         lr_scheduler_type=lr_scheduler_type, policy_kwargs=policy_kwargs, verbose=verbose, seed=seed, device=device,
-                         _init_setup_model=_init_setup_model)
+                         lr_scheduler_type=lr_scheduler_type, policy_kwargs=policy_kwargs, verbose=verbose,
+                         seed=seed, device=device, _init_setup_model=_init_setup_model)
         self.pairs = reference_pairs(self.text_env.samples)
         if not self.pairs:
             raise ValueError("alg 'supervised' needs references: the train split's samples have none")

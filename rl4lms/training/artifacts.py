@@ -20,6 +20,10 @@ _WRITER_FAILURE_TEXTS = ("inline_container", "PytorchStreamWriter", "file write 
                          "StorageFull", "IoError")
 
 
+STAGING_PREFIX = ".staging_"
+"""Name prefix of the folder :func:`write_folder_atomic` fills before renaming it into place."""
+
+
 class ArtifactWriteError(OSError):
     """A file of the run could not be written (unwritable folder, full disk); earlier files are intact."""
 
@@ -93,7 +97,7 @@ def write_folder_atomic(target: Path, write: Callable[[Path], None]) -> Path:
 
     A crash leaves either the old ``target`` or the staging folder, never a half-written ``target``.
     """
-    staging = target.with_name(f".staging_{target.name}")
+    staging = target.with_name(f"{STAGING_PREFIX}{target.name}")
     shutil.rmtree(staging, ignore_errors=True)
     with writing(target, "folder"):
         try:

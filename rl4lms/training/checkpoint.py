@@ -17,11 +17,10 @@ import numpy as np
 import torch
 
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
-from rl4lms.training.artifacts import write_folder_atomic
+from rl4lms.training.artifacts import STAGING_PREFIX, write_folder_atomic
 
 STATE_FILE = "trainer_state.pt"
 _PREFIX = "checkpoint_"
-_STAGING_PREFIX = ".staging_"
 
 
 class CheckpointFormatError(ValueError):
@@ -89,7 +88,7 @@ def prune_checkpoints(folder: Path, keep: int) -> None:
     """
     if not folder.exists():
         return
-    for leftover in folder.glob(f"{_STAGING_PREFIX}{_PREFIX}*"):
+    for leftover in folder.glob(f"{STAGING_PREFIX}{_PREFIX}*"):
         shutil.rmtree(leftover, ignore_errors=True)
     for old in checkpoint_folders(folder)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
