@@ -26,6 +26,8 @@ setup(
         "accelerate>=1.0",
         "peft>=0.13",
         "rouge-score",
+        "py-rouge>=1.1",
+        "sacremoses",
         "sacrebleu>=2.0",
         "nltk>=3.8",
         "matplotlib",

@@ -18,7 +18,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Fine-tune a language model with RL from one YAML config.")
     parser.add_argument("--config_path", required=True, help="path to the YAML config")
     parser.add_argument("--experiment_name", default=None,
-                        help="run folder name (default: the config file's stem; <folder>_<stem>_smoke with --smoke)")
+                        help="run folder name (default: <config folder>_<config stem>, plus _smoke with --smoke)")
     parser.add_argument("--base_path_to_store_results", default="rl4lms_exps", help="parent folder of run folders")
     parser.add_argument("--log_to_wandb", action="store_true", help="also log to Weights & Biases")
     parser.add_argument("--project_name", default="rl4lms", help="wandb project")
@@ -34,6 +34,12 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS or the core count); "
                              "runs are bit-identical only for the same seed and thread count")
     return parser.parse_args(argv)
+
+
+def default_experiment_name(config_path: Path, smoke: bool) -> str:
+    """``<config folder>_<config stem>`` (plus ``_smoke``): RL4LMs repeats file names across task
+    folders (``t5_ppo.yml`` in six of them), so the stem alone would send them to one run folder."""
+    return f"{config_path.parent.name}_{config_path.stem}" + ("_smoke" if smoke else "")
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -93,8 +99,7 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
     config_path = Path(args.config_path)
-    default_name = f"{config_path.parent.name}_{config_path.stem}_smoke" if args.smoke else config_path.stem
-    experiment = args.experiment_name or default_name
+    experiment = args.experiment_name or default_experiment_name(config_path, args.smoke)
     run_dir = Path(args.base_path_to_store_results) / experiment
     try:
         trainer = OnPolicyTrainer(config, experiment, args.base_path_to_store_results, args.log_to_wandb,

@@ -121,12 +121,15 @@ def load_builtin_components() -> None:
     import rl4lms.metrics.lexical  # noqa: F401
     import rl4lms.metrics.perplexity  # noqa: F401
     import rl4lms.metrics.semantic  # noqa: F401
+    import rl4lms.metrics.spice  # noqa: F401
     import rl4lms.metrics.synthetic  # noqa: F401
+    import rl4lms.metrics.totto  # noqa: F401
     import rl4lms.policies.causal  # noqa: F401
     import rl4lms.policies.maskable  # noqa: F401
     import rl4lms.policies.seq2seq  # noqa: F401
     import rl4lms.rewards.combined  # noqa: F401
     import rl4lms.rewards.common_gen  # noqa: F401
     import rl4lms.rewards.learned  # noqa: F401
+    import rl4lms.rewards.preference  # noqa: F401
     import rl4lms.rewards.scored  # noqa: F401
     import rl4lms.rewards.synthetic  # noqa: F401

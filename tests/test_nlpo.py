@@ -64,7 +64,7 @@ def test_masked_rollout_samples_inside_the_mask_and_kl_uses_unmasked_log_probs(t
     assert (sizes >= 3).all() and (sizes < len(tiny_tokenizer) // 2).all()
     assert batch.action_masks[..., tiny_tokenizer.eos_token_id][valid].all()
 
-    out = policy.evaluate_actions(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
+    out = policy.evaluate_episodes(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
     ref = policy.reference_log_probs(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask)
     expected_kl = (out.log_probs - ref) * batch.response_mask
     torch.testing.assert_close(batch.kl, expected_kl, atol=1e-5, rtol=1e-5)  # unmasked log-probs

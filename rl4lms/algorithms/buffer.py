@@ -1,12 +1,16 @@
-"""Episode-level rollout storage: padded token tensors instead of per-token transitions."""
+"""Episode-level rollout storage: padded token tensors instead of per-token transitions (with a
+per-transition view for stable-baselines3-style code)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
 from typing import Iterator, List, Optional
 
+import numpy as np
 import torch
+from stable_baselines3.common.type_aliases import DictRolloutBufferSamples
 
-from rl4lms.algorithms.advantages import compute_gae, whiten
+from rl4lms.algorithms.advantages import compute_gae, normalize_rewards, whiten
+from rl4lms.envs.observation import ObservationLayout
 
 
 @dataclass
@@ -89,11 +93,14 @@ def concat_batches(batches: List[RolloutBatch], pad_token_id: int) -> RolloutBat
 class TextRolloutBuffer:
     """Collects :class:`RolloutBatch` chunks of one rollout, then serves shuffled minibatches."""
 
-    def __init__(self, pad_token_id: int, gamma: float, gae_lambda: float, normalize_advantage: bool = True) -> None:
+    def __init__(self, pad_token_id: int, gamma: float, gae_lambda: float, normalize_advantage: bool = True,
+                 norm_reward: bool = False, observation_layout: Optional[ObservationLayout] = None) -> None:
         self.pad_token_id = pad_token_id
+        self.observation_layout = observation_layout
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.normalize_advantage = normalize_advantage
+        self.norm_reward = norm_reward
         self._chunks: List[RolloutBatch] = []
         self.n_tokens = 0
         self.data: Optional[RolloutBatch] = None
@@ -108,11 +115,14 @@ class TextRolloutBuffer:
         self.n_tokens += int(batch.response_mask.sum().item())
 
     def finalize(self) -> RolloutBatch:
-        """Join the chunks and compute (optionally whitened) GAE advantages and returns."""
+        """Join the chunks (normalizing the per-token rewards with ``norm_reward``) and compute
+        (optionally whitened) GAE advantages and returns."""
         if not self._chunks:
             raise RuntimeError("finalize() called on an empty rollout buffer")
         data = concat_batches(self._chunks, self.pad_token_id)
         mask = data.token_mask()
+        if self.norm_reward:
+            data = replace(data, rewards=normalize_rewards(data.rewards, mask))
         advantages, returns = compute_gae(data.rewards, data.values, mask, self.gamma, self.gae_lambda)
         if self.normalize_advantage and mask.sum() > 1:
             advantages = whiten(advantages, mask)
@@ -121,8 +131,48 @@ class TextRolloutBuffer:
 
     def minibatches(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Iterator[RolloutBatch]:
         """Episodes in random order, ``batch_size`` at a time (the last one may be smaller)."""
-        if self.data is None:
-            raise RuntimeError("call finalize() before minibatches()")
-        order = torch.randperm(len(self.data), generator=generator)
+        data = self._finalized()
+        order = torch.randperm(len(data), generator=generator)
         for start in range(0, len(order), batch_size):
-            yield self.data.select(order[start:start + batch_size].to(self.data.prompt_ids.device))
+            yield data.select(order[start:start + batch_size].to(data.prompt_ids.device))
+
+    # --- stable-baselines3's per-transition view (RL4LMs-style algorithms) ------------------------
+    def get(self, batch_size: Optional[int] = None) -> Iterator[DictRolloutBufferSamples]:
+        """SB3's ``DictRolloutBuffer.get``: the rollout as one transition per generated token, in
+        random order, ``batch_size`` at a time (all at once without it), with RL4LMs' fields
+        ``observations`` (the env's observation before the token), ``actions``, ``old_values``,
+        ``old_log_prob``, ``advantages`` and ``returns``. Each call builds the observations anew."""
+        data = self._finalized()
+        if self.observation_layout is None:
+            raise RuntimeError("this rollout buffer has no observation layout; it cannot serve transitions")
+        obs, actions, rows, cols = self.observation_layout.transitions(data.prompt_ids, data.prompt_mask,
+                                                                       data.response_ids, data.token_mask().long())
+        assert data.advantages is not None and data.returns is not None
+        per_token = (data.values[rows, cols], data.log_probs[rows, cols], data.advantages[rows, cols],
+                     data.returns[rows, cols])
+        order = torch.randperm(len(actions)).to(actions.device)
+        step = batch_size or len(actions)
+        for start in range(0, len(order), step):
+            index = order[start:start + step]
+            yield DictRolloutBufferSamples({key: value[index] for key, value in obs.items()}, actions[index],
+                                           *(values[index] for values in per_token))
+
+    def _finalized(self) -> RolloutBatch:
+        if self.data is None:
+            raise RuntimeError("the rollout buffer holds no finished rollout")
+        return self.data
+
+    def _token_values(self, name: str) -> np.ndarray:
+        data = self._finalized()
+        return getattr(data, name)[data.token_mask() > 0].detach().cpu().numpy()
+
+    # Flat arrays of every generated token's rollout value, return, advantage and log-prob, as
+    # SB3 code reads them (``explained_variance(rollout_buffer.values, rollout_buffer.returns)``).
+    values = property(lambda self: self._token_values("values"))
+    returns = property(lambda self: self._token_values("returns"))
+    advantages = property(lambda self: self._token_values("advantages"))
+    log_probs = property(lambda self: self._token_values("log_probs"))
+
+    @property
+    def full(self) -> bool:
+        return self.data is not None

@@ -77,9 +77,16 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.set_random_seed(self.seed)
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
                                         **self.policy_kwargs).to(self.device)
+        self.policy.observation_layout = self.text_env.observation_layout
         self.rollout_buffer = TextRolloutBuffer(self.text_env.tokenizer.pad_token_id, self.gamma, self.gae_lambda,
-                                                self.normalize_advantage)
+                                                self.whiten_advantages_in_buffer, self.kl_controller.norm_reward,
+                                                self.text_env.observation_layout)
         self.collector = RolloutCollector(self.policy, self.text_env, self.seed)
+
+    @property
+    def whiten_advantages_in_buffer(self) -> bool:
+        """Whether the buffer whitens advantages over the whole rollout (``normalize_advantage``)."""
+        return self.normalize_advantage
 
     @property
     def tokens_per_rollout(self) -> int:

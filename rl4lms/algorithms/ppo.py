@@ -92,7 +92,7 @@ class PPO(LMOnPolicyAlgorithm):
 
     def minibatch_loss(self, batch: RolloutBatch) -> Tuple[torch.Tensor, PPOLoss, PolicyOutput, torch.Tensor]:
         """Total loss of one minibatch, its :class:`PPOLoss` and the new values/entropy."""
-        out = self.policy.evaluate_actions(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
+        out = self.policy.evaluate_episodes(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
                                            batch.action_masks)
         mask = batch.token_mask()
         assert batch.advantages is not None and batch.returns is not None

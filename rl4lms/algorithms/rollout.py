@@ -29,10 +29,11 @@ def pad_token_lists(token_lists: Sequence[Sequence[int]], pad_token_id: int, dev
     return ids.to(device), mask.to(device)
 
 
-def encode_prompts(env: TextGenEnv, samples: Sequence[Sample],
-                   device: torch.device) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    """Left-padded prompt ids and mask for ``samples``, plus how many prompts were truncated."""
-    tokenized = [env.tokenize_prompt(s.prompt_or_input_text) for s in samples]
+def encode_prompts(env: TextGenEnv, samples: Sequence[Sample], device: torch.device,
+                   truncation_side: Optional[str] = None) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """Left-padded prompt ids and mask for ``samples``, plus how many prompts were truncated (on
+    ``truncation_side``, by default the env's ``prompt_truncation_side``)."""
+    tokenized = [env.tokenize_prompt(s.prompt_or_input_text, truncation_side) for s in samples]
     ids, mask = pad_token_lists([ids for ids, _ in tokenized], env.tokenizer.pad_token_id, device, left=True)
     return ids, mask, sum(cut for _, cut in tokenized)
 

@@ -114,7 +114,7 @@ class Supervised(LMOnPolicyAlgorithm):
             chunk = [self.pairs[int(i)] for i in order[start:start + self.batch_size]]
             prompt_ids, prompt_mask, _ = encode_prompts(self.text_env, [s for s, _ in chunk], device)
             target_ids, target_mask = encode_targets(self.text_env, [r for _, r in chunk], device)
-            out = self.policy.evaluate_actions(prompt_ids, prompt_mask, target_ids, target_mask)
+            out = self.policy.evaluate_episodes(prompt_ids, prompt_mask, target_ids, target_mask)
             loss = -masked_mean(out.log_probs, target_mask.float())
             self.optimization_step(loss, "supervised/loss")
             tokens = int(target_mask.sum())

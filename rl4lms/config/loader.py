@@ -9,6 +9,7 @@ from typing import Any, Dict, Optional, Sequence, Union
 import yaml
 
 from rl4lms.config.overrides import apply_overrides
+from rl4lms.config.rl4lms_supervised import translate_rl4lms_supervised
 from rl4lms.config.smoke import smoke_config
 from rl4lms.config.validation import ConfigError, validate_config
 
@@ -43,8 +44,9 @@ def import_custom_modules(config: Dict[str, Any], config_path: Optional[Path] = 
 
 
 def load_config(path: Union[str, Path], overrides: Sequence[str] = (), smoke: bool = False) -> Dict[str, Any]:
-    """Parse ``path``, shrink it to a smoke run if asked, apply dot-path ``overrides``, import custom
-    modules, validate and fill in defaults."""
+    """Parse ``path``, translate RL4LMs' supervised form, shrink it to a smoke run if asked, apply
+    dot-path ``overrides``, import custom modules, validate and fill in defaults. Overrides address
+    the translated keys (``alg.args.batch_size``, not ``alg.training_args.per_device_train_batch_size``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file '{path}' does not exist"])
@@ -54,6 +56,7 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = (), smoke: bo
         raise ConfigError([f"{path}: invalid YAML: {error}"]) from error
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
+    raw = translate_rl4lms_supervised(raw)
     if smoke:
         import_custom_modules(raw, path)  # the smoke rewrite looks up the config's (maybe custom) data pool
         raw = smoke_config(raw)

@@ -58,7 +58,7 @@ CONFIG_SCHEMA = Section({
         "model_name": Key(STR, doc="hub id, local folder or embedded tiny model (rl4lms/tiny-gpt2, rl4lms/tiny-t5)"),
         "padding_side": Key(STR, "left", choices=("left", "right")),
         "truncation_side": Key(STR, "left", choices=("left", "right")),
-        "pad_token_as_eos_token": Key(BOOL, False, doc="use EOS as pad when the tokenizer has no pad token"),
+        "pad_token_as_eos_token": Key(BOOL, True, doc="use EOS as pad when the tokenizer has no pad token (RL4LMs' default)"),
     }),
     "reward_fn": Component("reward_fn", required=False, doc="required by every algorithm but supervised"),
     "datapool": Component("datapool"),
@@ -76,6 +76,7 @@ CONFIG_SCHEMA = Section({
         "kl_div": Section({
             "coeff": Key(FLOAT, minimum=0.0),
             "target_kl": Key(FLOAT + (NONE,), None),
+            "norm_reward": Key(BOOL, False, doc="standardize the per-token rewards of each rollout before GAE"),
         }, required=False, doc="required by every algorithm but supervised"),
         "policy": Component("policy"),
     }),
@@ -98,7 +99,8 @@ CONFIG_SCHEMA = Section({
 
 # Arguments the trainer supplies itself, so they may not appear under ``args`` in a config.
 INJECTED_ARGS = {
-    "alg": {"policy", "env", "kl_controller", "n_envs", "policy_kwargs", "seed", "device", "_init_setup_model"},
+    "alg": {"policy", "env", "kl_controller", "n_envs", "policy_kwargs", "seed", "device", "_init_setup_model",
+            "tracker"},
     "policy": {"observation_space", "action_space", "lr_schedule", "tokenizer", "terminate_on_eos"},
     "datapool": {"split"},
     "reward_fn": set(),

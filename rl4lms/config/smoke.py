@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import copy
 import inspect
+import logging
 from typing import Any, Dict, List, Optional
 
-from rl4lms.config.validation import ConfigError
-from rl4lms.registry import DataPoolRegistry, RegistryError, load_builtin_components
+from rl4lms.config.validation import ConfigError, requirement_errors
+from rl4lms.registry import DataPoolRegistry, MetricRegistry, RegistryError, load_builtin_components
+
+logger = logging.getLogger(__name__)
 
 TINY_POLICY_MODELS = {"causal": "rl4lms/tiny-gpt2", "seq2seq": "rl4lms/tiny-t5"}
 TINY_CLASSIFIERS = {"learned_reward": "rl4lms/tiny-sentiment-classifier",
@@ -43,6 +46,9 @@ def _smoke_component(component: Dict[str, Any]) -> Dict[str, Any]:
             args["label_ix"] = min(int(args.get("label_ix", 1)), 1)
     elif component_id == "bert_score":
         args.update(shipped_encoder())
+    elif component_id == "common_gen_preference_model":
+        args["model_name"] = TINY_POLICY_MODELS["seq2seq"]  # a T5 as the preference model, with its own weights
+        args.pop("checkpoint", None)
     elif component_id == "causal_perplexity":
         args["tokenizer_id"] = TINY_POLICY_MODELS["causal"]
     elif component_id == "combined":
@@ -51,6 +57,21 @@ def _smoke_component(component: Dict[str, Any]) -> Dict[str, Any]:
         args["shaping_fn_args"] = _smoke_component({"id": args.get("shaping_fn"),
                                                     "args": args.get("shaping_fn_args") or {}})["args"]
     return {**component, "args": args}
+
+
+def _runnable_metric(metric: Any) -> bool:
+    """False for a metric whose outside requirements (SPICE's Java and CoreNLP) are missing: a smoke
+    run leaves it out and says why, where a full run's validation refuses it."""
+    if not isinstance(metric, dict):
+        return True  # validation reports the malformed entry
+    try:
+        cls = MetricRegistry.get(metric.get("id"))
+    except RegistryError:
+        return True
+    problems = requirement_errors(cls, metric.get("args") or {})
+    for problem in problems:
+        logger.warning("--smoke: metric '%s' is left out: %s", metric["id"], problem)
+    return not problems
 
 
 def _pool_parameters(pool_id: Optional[str]) -> List[str]:
@@ -104,7 +125,8 @@ def smoke_config(raw: Dict[str, Any]) -> Dict[str, Any]:
     if "reward_fn" in config:
         config["reward_fn"] = _smoke_component(config["reward_fn"])
     evaluation = config.setdefault("train_evaluation", {})
-    evaluation["metrics"] = [_smoke_component(metric) for metric in evaluation.get("metrics") or []]
+    evaluation["metrics"] = [_smoke_component(metric) for metric in evaluation.get("metrics") or []
+                             if _runnable_metric(metric)]
     evaluation["generation_kwargs"] = _cap_generation(evaluation.get("generation_kwargs"), episode)
     evaluation.update(n_iters=1, eval_every=1, save_every=1,
                       eval_batch_size=min(int(evaluation.get("eval_batch_size", 8)), 8))

@@ -5,12 +5,15 @@ import collections.abc
 import copy
 import difflib
 import inspect
+import logging
 import math
 import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from rl4lms.config.schema import CONFIG_SCHEMA, INJECTED_ARGS, POSITIVE_ARGS, Component, ComponentList, Key, Section
 from rl4lms.registry import ALL_REGISTRIES, RegistryError, load_builtin_components
+
+logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -34,6 +37,16 @@ def _coerce_float(value: Any) -> Any:
             return float(value)
         except ValueError:
             return value
+    return value
+
+
+def _coerce_stray_comma_bool(value: Any, path: str) -> Any:
+    """``apply_best: True,`` (a flow-style comma left in block YAML, as in RL4LMs' NarrativeQA
+    configs) is the string ``"True,"``; read it as the boolean it was meant to be, and say so."""
+    if isinstance(value, str) and value.endswith(",") and value.rstrip(", ").lower() in ("true", "false"):
+        logger.warning("%s: read %r as %s (a stray comma after a YAML boolean)", path, value,
+                       value.rstrip(", ").lower())
+        return value.rstrip(", ").lower() == "true"
     return value
 
 
@@ -97,6 +110,13 @@ def _constructor_parameters(cls: type, kind: str) -> Tuple[Dict[str, inspect.Par
         if not any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
             return params, hints, False
     return params, hints, True
+
+
+def requirement_errors(cls: type, args: Dict[str, Any]) -> List[str]:
+    """What a component needs outside Python (Java, data files) and cannot find, from its optional
+    ``requirement_errors(**args)`` hook."""
+    check = getattr(cls, "requirement_errors", None)
+    return list(check(**args)) if callable(check) else []
 
 
 class _Validator:
@@ -177,6 +197,8 @@ class _Validator:
             self.error(f"{path}.id", str(error))
         else:
             args = self.arguments(cls, spec.registry, args, f"{path}.args")
+            for problem in requirement_errors(cls, args):
+                self.error(f"{path}.id", problem)
         out["args"] = args
         for key, child in spec.extra_keys.items():
             if key in value:
@@ -200,6 +222,8 @@ class _Validator:
             else:
                 hint = hints.get(name, inspect.Parameter.empty)
                 value = _coerce_float(arg) if _takes_float_not_str(hint) else arg
+                if _hint_accepts(True, hint) and not _hint_accepts("text", hint):
+                    value = _coerce_stray_comma_bool(value, f"{path}.{name}")
                 if not _hint_accepts(value, hint):
                     self.error(f"{path}.{name}", f"expected {_hint_name(hint)}, got {type(arg).__name__} ({arg!r})")
                 elif isinstance(value, float) and math.isnan(value):

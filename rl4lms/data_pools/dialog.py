@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from rl4lms.data_pools.sources import (DataSourceError, data_cache_dir, download, fixture_path, hub_split_name,
-                                       load_rows, truncated)
+                                       load_rows, offline_hint, truncated)
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
 from rl4lms.registry import DataPoolRegistry
 
@@ -53,7 +53,7 @@ def crd3_root(fixture: bool, url: str) -> Path:
     base = data_cache_dir("crd3")
     root = base / CRD3_FOLDER
     if not root.is_dir():
-        archive = download(url, base / "master.zip", "crd3")
+        archive = download(url, base / "master.zip", "datapool 'crd3'", offline_hint("crd3"))
         try:
             with zipfile.ZipFile(archive) as zipped:
                 zipped.extractall(base)

@@ -5,7 +5,7 @@ import csv
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from rl4lms.data_pools.sources import data_cache_dir, download, fixture_path, truncated
+from rl4lms.data_pools.sources import data_cache_dir, download, fixture_path, offline_hint, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
 from rl4lms.registry import DataPoolRegistry
 
@@ -46,7 +46,7 @@ class NarrativeQA(TextGenPool):
             path = fixture_path("narrative_qa", f"{name}.tsv")
         else:
             path = download(url_template.format(file=name), data_cache_dir("narrative_qa") / f"{name}.tsv",
-                            "narrative_qa")
+                            "datapool 'narrative_qa'", offline_hint("narrative_qa"))
         samples = [Sample(id=f"{split}_{ix}", prompt_or_input_text=normalize(question, strip=False),
                           references=[normalize(answer, strip=True) for answer in answers])
                    for ix, (question, answers) in enumerate(read_question_answers(path).items())]

@@ -74,8 +74,9 @@ def data_cache_dir(pool_id: str) -> Path:
     return cache_dir() / "data" / pool_id
 
 
-def download(url: str, destination: Path, pool_id: str, timeout: float = 60.0) -> Path:
-    """Fetch ``url`` to ``destination`` once (atomically); a failure names the URL and the fixture."""
+def download(url: str, destination: Path, owner: str, hint: str, timeout: float = 60.0) -> Path:
+    """Fetch ``url`` to ``destination`` once (atomically); a failure names ``owner`` (the config
+    entry that needs the file), the URL, and ``hint`` (what to do offline)."""
     if destination.is_file():
         return destination
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -85,8 +86,7 @@ def download(url: str, destination: Path, pool_id: str, timeout: float = 60.0) -
                 shutil.copyfileobj(response, partial)
         except (OSError, ValueError) as error:
             Path(partial.name).unlink(missing_ok=True)
-            raise DataSourceError(f"datapool '{pool_id}': could not download {url}: {error}\n"
-                                  f"{offline_hint(pool_id)}") from error
+            raise DataSourceError(f"{owner}: could not download {url}: {error}\n{hint}") from error
     Path(partial.name).replace(destination)
     return destination
 

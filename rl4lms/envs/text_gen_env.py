@@ -9,7 +9,7 @@ from gymnasium import spaces
 from transformers import PreTrainedTokenizerBase
 
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, Sample
-from rl4lms.envs.observation import Observation
+from rl4lms.envs.observation import Observation, ObservationLayout
 from rl4lms.rewards.base import AnyRewardFunction, BatchedRewardFunction
 
 
@@ -72,15 +72,21 @@ class TextGenEnv(gym.Env):
         self._observation: Optional[Observation] = None
         self._done = True
 
-    def tokenize_prompt(self, text: str) -> Tuple[List[int], bool]:
+    @property
+    def observation_layout(self) -> ObservationLayout:
+        return ObservationLayout(self.max_prompt_length, self.context_length, self.context_start_token,
+                                 self.tokenizer.pad_token_id)
+
+    def tokenize_prompt(self, text: str, truncation_side: Optional[str] = None) -> Tuple[List[int], bool]:
         """Token ids of a prompt with the special tokens the tokenizer adds (T5's closing ``</s>``;
         none for GPT-2), as RL4LMs encodes prompts, cut to ``max_prompt_length`` on
-        ``prompt_truncation_side`` (the text is cut, not the special tokens); and whether it was cut."""
+        ``truncation_side`` (default: ``prompt_truncation_side``; the text is cut, not the special
+        tokens); and whether it was cut."""
         ids = self.tokenizer(text)["input_ids"]
         if len(ids) <= self.max_prompt_length:
             return ids, False
         side = self.tokenizer.truncation_side
-        self.tokenizer.truncation_side = self.prompt_truncation_side
+        self.tokenizer.truncation_side = truncation_side or self.prompt_truncation_side
         try:
             return self.tokenizer(text, truncation=True, max_length=self.max_prompt_length)["input_ids"], True
         finally:

@@ -16,6 +16,7 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.metrics.bleu import nmt_corpus_bleu
+from rl4lms.metrics.py_rouge import rouge_l_f, rouge_l_scorer
 from rl4lms.metrics.tokenize import word_tokenize
 from rl4lms.metrics.wordnet import load_wordnet
 from rl4lms.registry import MetricRegistry
@@ -125,17 +126,42 @@ class RougeMetric(BaseMetric):
 
 @MetricRegistry.register("rouge_l_max")
 class RougeLMaxMetric(SentenceMetric):
-    """ROUGE-L F-measure against the best-matching reference (NarrativeQA's metric)."""
+    """ROUGE-L F-score against the best-matching reference (NarrativeQA's metric), computed with
+    py-rouge as RL4LMs does: each reference is scored on its own and the best F-score is kept.
+
+    Args (py-rouge's ``Rouge`` arguments, with its defaults):
+        max_n: largest n of ROUGE-N (py-rouge needs it only for ROUGE-N; kept for RL4LMs' configs).
+        limit_length: cut hypothesis and reference to ``length_limit`` first.
+        length_limit: the limit, in ``length_limit_type`` units.
+        length_limit_type: "words" or "bytes".
+        apply_avg: average over references (one reference per call here, so the same as apply_best).
+        apply_best: keep the best reference's score.
+        alpha: F-score weight of precision against recall (0.5: the harmonic mean).
+        weight_factor: ROUGE-W weight (> 1 favours consecutive matches; used by ROUGE-W only).
+        stemming: Porter-stem the tokens (py-rouge's WordNet-compatible stemmer).
+    """
 
     name = "lexical/rouge_l_max"
 
-    def __init__(self, use_stemmer: bool = True) -> None:
-        self.scorer = RougeScorer(["rougeL"], use_stemmer, use_single_ref=False)
+    def __init__(self, max_n: Optional[int] = None, limit_length: bool = True, length_limit: int = 665,
+                 length_limit_type: str = "bytes", apply_avg: bool = True, apply_best: bool = False,
+                 alpha: float = 0.5, weight_factor: float = 1.0, stemming: bool = True) -> None:
+        if length_limit_type not in ("words", "bytes"):
+            raise ValueError(f"length_limit_type must be 'words' or 'bytes', got {length_limit_type!r}")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.scorer = rouge_l_scorer(max_n=max_n, limit_length=limit_length, length_limit=length_limit,
+                                     length_limit_type=length_limit_type, apply_avg=apply_avg, apply_best=apply_best,
+                                     alpha=alpha, weight_factor=weight_factor, stemming=stemming)
+
+    def best_f_score(self, generated: str, references: Sequence[str]) -> float:
+        return max((rouge_l_f(self.scorer.get_scores(generated, [reference])) for reference in references),
+                   default=0.0)
 
     def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
                         reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
                         ) -> List[float]:
-        return [self.scorer.scores(gen, refs)["rougeL"] for gen, refs in zip(generated_texts, reference_texts)]
+        return [self.best_f_score(gen, refs) for gen, refs in zip(generated_texts, reference_texts)]
 
 
 @MetricRegistry.register("bleu")

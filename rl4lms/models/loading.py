@@ -1,6 +1,10 @@
 """Loading tokenizers and models by hub id, local path or embedded tiny-model name."""
 from __future__ import annotations
 
+import os
+import socket
+import urllib.parse
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Type, TypeVar
 
@@ -27,18 +31,42 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_pretrained(loader: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
-    """``loader.from_pretrained`` with tiny-name resolution; failures name ``what`` and what to try instead."""
-    resolved = resolve_model_name(name_or_path)
-    if resolved.startswith(("/", "./", "../", "~")) and not Path(resolved).expanduser().exists():
-        raise ModelLoadError(f"could not load {what} '{name_or_path}': the folder does not exist")
+def hub_endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+
+
+@lru_cache(maxsize=None)
+def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connection (False under ``HF_HUB_OFFLINE``); asked once per
+    process, so that an offline machine fails at once instead of after the hub client's retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
+        return False
+    address = urllib.parse.urlparse(endpoint)
     try:
-        return loader.from_pretrained(resolved, **kwargs)
+        socket.create_connection((address.hostname or "", address.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def load_pretrained(loader: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` with tiny-name resolution; failures name ``what`` and what to try
+    instead. A hub id is read from the local cache when the hub cannot be reached."""
+    resolved = resolve_model_name(name_or_path)
+    local = Path(resolved).expanduser().exists()
+    if resolved.startswith(("/", "./", "../", "~")) and not local:
+        raise ModelLoadError(f"could not load {what} '{name_or_path}': the folder does not exist")
+    alternatives = (f"pass a local folder made with save_pretrained, or use an embedded tiny model "
+                    f"({', '.join(TINY_MODELS)})")
+    online = local or hub_reachable(hub_endpoint())
+    try:
+        return loader.from_pretrained(resolved, **kwargs, **({} if online else {"local_files_only": True}))
     except OSError as error:
-        raise ModelLoadError(
-            f"could not load {what} '{name_or_path}': {error}\n"
-            f"If this is a hub id, the hub may be unreachable (offline machine?): pass a local folder made with "
-            f"save_pretrained, or use an embedded tiny model ({', '.join(TINY_MODELS)}).") from error
+        if not online:
+            raise ModelLoadError(f"could not load {what} '{name_or_path}': it is not in the local cache and the hub "
+                                 f"({hub_endpoint()}) cannot be reached (offline machine?); {alternatives}") from error
+        raise ModelLoadError(f"could not load {what} '{name_or_path}': {error}\nIf this is a hub id, the hub may be "
+                             f"unreachable (offline machine?): {alternatives}.") from error
 
 
 def load_model(model_cls: Type[M], name_or_path: str, **kwargs: Any) -> M:

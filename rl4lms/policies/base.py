@@ -3,8 +3,8 @@
 One class holds the trainable LM (the actor), a value head that shares the LM's backbone
 (or, with ``shared_backbone: false``, a separate critic LM), and a frozen reference copy
 for the KL penalty. Rollouts call :meth:`generate` once per batch and
-:meth:`evaluate_actions` / :meth:`reference_log_probs` once per batch; there is no
-per-token replay.
+:meth:`evaluate_episodes` / :meth:`reference_log_probs` once per batch; there is no
+per-token replay. RL4LMs' per-transition :meth:`evaluate_actions` is there for RL4LMs-style code.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
+from rl4lms.envs.observation import ObservationLayout
 from rl4lms.models.loading import load_model
 from rl4lms.models.lora import add_lora_adapters, quantization_kwargs, save_model
 from rl4lms.policies.value_head import CRITIC_DIR, ValueHead, hidden_size, save_value_head
@@ -39,6 +40,15 @@ class PolicyOutput:
     values: torch.Tensor
     unmasked_log_probs: torch.Tensor
     """Log-probs without action masks (equal to ``log_probs`` when none were given); the KL uses these."""
+
+
+@dataclass
+class EvaluateActionsOutput:
+    """RL4LMs' per-transition evaluation, each of shape ``[N]`` (its field names)."""
+
+    values: torch.Tensor
+    log_prob: torch.Tensor
+    entropy: torch.Tensor
 
 
 @dataclass
@@ -95,24 +105,51 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
 
 
 class LMActorCriticPolicy(BasePolicy):
-    """Actor-critic over an ``AutoModelFor*LM``; subclasses say how prompt and response are fed."""
+    """Actor-critic over an ``AutoModelFor*LM``; subclasses say how prompt and response are fed.
+
+    Args (``alg.policy.args``):
+        model_name: hub id, local folder or embedded tiny model of the actor (and the reference).
+        generation_kwargs: Hugging Face ``generate`` settings for rollouts (``max_new_tokens``,
+            ``do_sample``, ``top_k``, ...); evaluation replaces them with ``train_evaluation.generation_kwargs``.
+        shared_backbone: the value head sits on the actor's hidden states (True) or on a separate critic LM.
+        weight_decay: AdamW weight decay.
+        optimizer_kwargs: further AdamW arguments (``betas``, ``eps``).
+        apply_model_parallel: RL4LMs' flag; accepted and ignored (multi-device runs use ``accelerate launch``).
+        prompt_truncation_side: where evaluation cuts an over-long prompt text ("left" or "right"), as
+            RL4LMs' policy ``generate`` does; rollouts cut with ``env.args.prompt_truncation_side``.
+        peft_config: LoRA settings (peft ``LoraConfig`` arguments); the reference is the adapter-free model.
+        quantization: "4bit" or "8bit" (bitsandbytes, GPU only, with ``peft_config``).
+    """
 
     model_class: Type[PreTrainedModel]
     prompt_and_response_share_positions: bool
     """True when prompt and response form one sequence (causal LMs), so their lengths add up."""
+    overrides_evaluate_actions = False
+    """Set for subclasses that override :meth:`evaluate_actions` (RL4LMs' extension point)."""
+    _warned_per_transition = False
+    observation_layout: Optional[ObservationLayout] = None
+    """The env's observation shape (set by the algorithm), for per-transition evaluation."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "evaluate_actions" in vars(cls):
+            cls.overrides_evaluate_actions = True
 
     def __init__(self, observation_space: spaces.Space, action_space: spaces.Discrete,
                  lr_schedule: Callable[[float], float], model_name: str, tokenizer: PreTrainedTokenizerBase,
                  generation_kwargs: Optional[Dict[str, Any]] = None, shared_backbone: bool = True,
                  weight_decay: float = 1e-6, optimizer_kwargs: Optional[Dict[str, Any]] = None,
-                 apply_model_parallel: bool = False, terminate_on_eos: bool = True,
-                 peft_config: Optional[Dict[str, Any]] = None, quantization: Optional[str] = None) -> None:
+                 apply_model_parallel: bool = False, prompt_truncation_side: str = "left",
+                 terminate_on_eos: bool = True, peft_config: Optional[Dict[str, Any]] = None, quantization: Optional[str] = None) -> None:
         super().__init__(observation_space, action_space, optimizer_class=torch.optim.AdamW,
                          optimizer_kwargs=optimizer_kwargs or {})
         if apply_model_parallel:
             logger.info("apply_model_parallel is ignored: run multi-device training through `accelerate launch`")
+        if prompt_truncation_side not in ("left", "right"):
+            raise ValueError(f"policy.args.prompt_truncation_side must be 'left' or 'right', got {prompt_truncation_side!r}")
         self.model_name = model_name
         self.tokenizer = tokenizer
+        self.prompt_truncation_side = prompt_truncation_side
         self.generation_kwargs = dict(generation_kwargs or {})
         self.terminate_on_eos = terminate_on_eos
         self.shared_backbone = shared_backbone
@@ -258,11 +295,12 @@ class LMActorCriticPolicy(BasePolicy):
     def rollout_outputs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                         sampled: SampledActions) -> PolicyOutput:
         """Log-probs, entropy and values of sampled responses. With a shared backbone they come from
-        the logits and hidden states ``generate`` already computed; a separate critic LM needs
-        :meth:`evaluate_actions`."""
-        if self.critic_model is not None or sampled.step_logits is None or sampled.step_hidden is None:
-            return self.evaluate_actions(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask,
-                                         sampled.action_masks)
+        the logits and hidden states ``generate`` already computed; a separate critic LM or an
+        :meth:`evaluate_actions` override needs :meth:`evaluate_episodes`."""
+        if (self.critic_model is not None or sampled.step_logits is None or sampled.step_hidden is None
+                or type(self).overrides_evaluate_actions):
+            return self.evaluate_episodes(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask,
+                                          sampled.action_masks)
         return self._outputs_from_logits(sampled.step_logits / self.temperature, self.value_head(sampled.step_hidden),
                                          sampled.response_ids, sampled.response_mask, sampled.action_masks)
 
@@ -272,13 +310,23 @@ class LMActorCriticPolicy(BasePolicy):
         logits, _ = self._forward(self.model, prompt_ids, prompt_mask, response_ids, response_mask, want_hidden=False)
         return logits / self.temperature
 
-    def evaluate_actions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                         response_mask: torch.Tensor, action_masks: Optional[torch.Tensor] = None) -> PolicyOutput:
+    def evaluate_episodes(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                          response_mask: torch.Tensor, action_masks: Optional[torch.Tensor] = None) -> PolicyOutput:
         """Log-probs, entropy and values of the response tokens, from one batched forward.
 
         With ``action_masks`` the log-probs and entropy are those of the masked distribution
         the tokens were sampled from (NLPO); ``unmasked_log_probs`` are always unmasked.
+        A subclass that overrides RL4LMs' :meth:`evaluate_actions` is evaluated through it instead,
+        one transition per token (:meth:`episodes_through_transitions`).
         """
+        if type(self).overrides_evaluate_actions:
+            return self.episodes_through_transitions(prompt_ids, prompt_mask, response_ids, response_mask,
+                                                     action_masks)
+        return self.forward_episodes(prompt_ids, prompt_mask, response_ids, response_mask, action_masks)
+
+    def forward_episodes(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                         response_mask: torch.Tensor, action_masks: Optional[torch.Tensor] = None) -> PolicyOutput:
+        """The batched forward behind :meth:`evaluate_episodes` (never routed through an override)."""
         modules = self.training_modules
         logits, hidden = self._forward(modules["model"], prompt_ids, prompt_mask, response_ids, response_mask,
                                        want_hidden=self.shared_backbone)
@@ -289,6 +337,62 @@ class LMActorCriticPolicy(BasePolicy):
         assert hidden is not None
         return self._outputs_from_logits(logits, modules["value_head"](hidden), response_ids, response_mask,
                                          action_masks)
+
+    # --- RL4LMs' per-transition API ---------------------------------------------------------------
+    def evaluate_actions(self, obs: Dict[str, torch.Tensor], actions: torch.Tensor,
+                         action_masks: Optional[torch.Tensor] = None) -> EvaluateActionsOutput:
+        """RL4LMs' ``evaluate_actions(obs, actions)``: values, log-probs and entropy of one action per
+        observation (env observation tensors ``[N, width]``, actions ``[N]``, NLPO's ``action_masks``
+        ``[N, vocab]``). Each transition re-reads its whole prompt and context, as RL4LMs does, so this
+        is much slower than :meth:`evaluate_episodes`; it serves RL4LMs-style algorithms and overrides."""
+        prompt, prompt_mask = obs["prompt_or_input_encoded_pt"], obs["prompt_or_input_attention_mask_pt"]
+        history, history_mask = obs["context_encoded_pt"], obs["context_attention_mask_pt"]
+        if self.observation_layout is not None and self.observation_layout.context_start_token is not None:
+            history, history_mask = history[:, 1:], history_mask[:, 1:]
+        lengths = history_mask.sum(1)
+        width = int(lengths.max()) + 1 if len(lengths) else 1
+        rows = torch.arange(len(actions), device=actions.device)
+        response = history.new_full((len(actions), width), self.tokenizer.pad_token_id)
+        response_mask = (torch.arange(width, device=actions.device)[None] <= lengths[:, None]).long()
+        response[:, :width - 1] = history[:, :width - 1]
+        response[rows, lengths] = actions.long()
+        masks = None
+        if action_masks is not None:
+            masks = action_masks.new_ones((len(actions), width, action_masks.shape[-1]))
+            masks[rows, lengths] = action_masks
+        out = self.forward_episodes(prompt.long(), prompt_mask.long(), response, response_mask, masks)
+        return EvaluateActionsOutput(values=out.values[rows, lengths], log_prob=out.log_probs[rows, lengths],
+                                     entropy=out.entropy[rows, lengths])
+
+    def episodes_through_transitions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                                     response_ids: torch.Tensor, response_mask: torch.Tensor,
+                                     action_masks: Optional[torch.Tensor] = None) -> PolicyOutput:
+        """:meth:`evaluate_episodes` for a subclass that overrides :meth:`evaluate_actions`: every
+        response token becomes an observation, the override evaluates them, and the results are put
+        back in ``[B, T]`` form. The unmasked log-probs (NLPO's KL) come from the actor's batched forward."""
+        if not vars(type(self)).get("_warned_per_transition"):  # once per class, not inherited
+            type(self)._warned_per_transition = True
+            logger.warning("%s overrides evaluate_actions(obs, actions) (RL4LMs' per-transition signature): "
+                           "training evaluates one transition per generated token, which is slower than the "
+                           "batched path", type(self).__name__)
+        layout = self.observation_layout or ObservationLayout(prompt_ids.shape[1], response_ids.shape[1], None,
+                                                              self.tokenizer.pad_token_id)
+        obs, actions, rows, cols = layout.transitions(prompt_ids, prompt_mask, response_ids, response_mask)
+        extra = {} if action_masks is None else {"action_masks": action_masks[rows, cols]}
+        result = self.evaluate_actions(obs, actions, **extra)
+
+        def scattered(values: torch.Tensor) -> torch.Tensor:
+            out = torch.zeros(response_ids.shape, dtype=values.dtype, device=values.device)
+            out[rows, cols] = values.reshape(-1)
+            return out
+
+        log_probs = scattered(result.log_prob)
+        unmasked = log_probs
+        if action_masks is not None:
+            with torch.no_grad():
+                unmasked = self.forward_episodes(prompt_ids, prompt_mask, response_ids, response_mask).log_probs
+        return PolicyOutput(log_probs=log_probs, entropy=scattered(result.entropy), values=scattered(result.values),
+                            unmasked_log_probs=unmasked)
 
     @staticmethod
     def _outputs_from_logits(logits: torch.Tensor, values: torch.Tensor, response_ids: torch.Tensor,

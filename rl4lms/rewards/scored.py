@@ -101,12 +101,19 @@ class RougeCombinedReward(ScoreReward):
 
 @RewardFunctionRegistry.register("rouge_l_max")
 class RougeLMaxReward(MetricReward):
-    """ROUGE-L F-measure against the best-matching reference."""
+    """ROUGE-L F-score against the best-matching reference (py-rouge, as RL4LMs computes it).
 
-    def __init__(self, use_stemmer: bool = True, shaping_fn: Optional[str] = None,
-                 shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
+    Args: py-rouge's arguments as for the ``rouge_l_max`` metric (:class:`RougeLMaxMetric`), and
+    ``shaping_fn`` / ``shaping_fn_args``, a registered reward added to the score.
+    """
+
+    def __init__(self, max_n: Optional[int] = None, limit_length: bool = True, length_limit: int = 665,
+                 length_limit_type: str = "bytes", apply_avg: bool = True, apply_best: bool = False,
+                 alpha: float = 0.5, weight_factor: float = 1.0, stemming: bool = True,
+                 shaping_fn: Optional[str] = None, shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
         super().__init__(shaping_fn, shaping_fn_args)
-        self.metric = RougeLMaxMetric(use_stemmer)
+        self.metric = RougeLMaxMetric(max_n, limit_length, length_limit, length_limit_type, apply_avg, apply_best,
+                                      alpha, weight_factor, stemming)
 
 
 @RewardFunctionRegistry.register("bleu")

@@ -116,7 +116,7 @@ class PPOTrainer:
             [float(s) for s in scores], device=device)
         with torch.no_grad():
             policy.set_training_mode(False)
-            out = policy.evaluate_actions(prompt_ids, prompt_mask, response_ids, response_mask)
+            out = policy.evaluate_episodes(prompt_ids, prompt_mask, response_ids, response_mask)
             ref_log_probs = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask)
         kl_coeff = self.ppo.kl_controller.kl_coeff
         batch = scored_batch(prompt_ids, prompt_mask, response_ids, response_mask, out, ref_log_probs, task_rewards,

@@ -7,6 +7,7 @@ from typing import Any, Dict, Iterator, List
 
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
+from rl4lms.algorithms.sb3_compat import is_sb3_algorithm, text_algorithm
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, TextGenPool
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.metrics.base import BaseMetric
@@ -57,6 +58,8 @@ def build_components(config: Dict[str, Any], device: str) -> RunComponents:
     """Tokenizer, data pools, reward, env, policy + algorithm and metrics, in that order."""
     alg_config = config["alg"]
     alg_class = AlgorithmRegistry.get(alg_config["id"])
+    if is_sb3_algorithm(alg_class):
+        alg_class = text_algorithm(alg_class)  # an RL4LMs-style stable-baselines3 subclass
     tokenizer = load_tokenizer(**config["tokenizer"])
     pools = build_pools(config["datapool"])
     reward_fn = None

@@ -25,14 +25,15 @@ class EvaluationResult:
 def generate_texts(policy: LMActorCriticPolicy, env: TextGenEnv, samples: Sequence[Sample], batch_size: int,
                    generation_kwargs: Optional[Dict[str, Any]] = None) -> List[str]:
     """Generated text for every sample, ``batch_size`` prompts per ``generate`` call; non-empty
-    ``generation_kwargs`` replace the policy's (RL4LMs' evaluation)."""
+    ``generation_kwargs`` replace the policy's, and over-long prompts are cut on the policy's
+    ``prompt_truncation_side`` (both as RL4LMs' evaluation does)."""
     config = policy.generation_config(generation_kwargs, max_new_tokens=env.max_episode_length,
                                       replace_policy_kwargs=True)
     device = module_device(policy)
     texts: List[str] = []
     for start in range(0, len(samples), batch_size):
         chunk = samples[start:start + batch_size]
-        prompt_ids, prompt_mask, _ = encode_prompts(env, chunk, device)
+        prompt_ids, prompt_mask, _ = encode_prompts(env, chunk, device, policy.prompt_truncation_side)
         response, mask = policy.generate(prompt_ids, prompt_mask, config)
         texts += env.tokenizer.batch_decode(response_tokens(response, mask), skip_special_tokens=True)
     return texts
