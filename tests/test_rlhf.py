@@ -379,3 +379,16 @@ def test_reward_model_with_lora_trains_adapters_and_the_score_head(isolated_home
     ids = trainer.tokenizer(["count: 1 2 3 4 5 6"], return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(merged(**ids).logits, trainer.model(**ids).logits, atol=1e-5)
+
+
+def test_triplet_trainer_continues_from_its_saved_folder_with_its_critic(tmp_path: Path) -> None:
+    from rl4lms.rlhf.ppo_trainer import PPOTrainer
+
+    first = PPOTrainer("rl4lms/tiny-gpt2", ppo_args={"batch_size": 2, "n_epochs": 1}, max_length=16)
+    first.step([torch.tensor([5, 6])] * 2, [torch.tensor([7, 8, 9])] * 2, [1.0, 0.0])
+    first.save_pretrained(tmp_path / "saved")
+    again = PPOTrainer(str(tmp_path / "saved"), ppo_args={"batch_size": 2, "n_epochs": 1}, max_length=16)
+    for name, value in first.policy.value_head.state_dict().items():
+        assert torch.equal(again.policy.value_head.state_dict()[name], value), name
+    fresh = PPOTrainer("rl4lms/tiny-gpt2", ppo_args={"batch_size": 2, "n_epochs": 1}, max_length=16, seed=1)
+    assert not torch.equal(fresh.policy.value_head.summary.weight, first.policy.value_head.summary.weight)

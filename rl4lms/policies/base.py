@@ -17,14 +17,15 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 from gymnasium import spaces
+from safetensors.torch import load_file
 from stable_baselines3.common.policies import BasePolicy
 from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from rl4lms.envs.observation import ObservationLayout
-from rl4lms.models.loading import load_model
+from rl4lms.models.loading import load_model, resolve_model_name
 from rl4lms.models.lora import add_lora_adapters, quantization_kwargs, save_model
-from rl4lms.policies.value_head import CRITIC_DIR, ValueHead, hidden_size, save_value_head
+from rl4lms.policies.value_head import CRITIC_DIR, VALUE_HEAD_FILE, ValueHead, hidden_size, save_value_head
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +162,9 @@ class LMActorCriticPolicy(BasePolicy):
         self.peft_config = peft_config
         if peft_config is not None:
             self.model = add_lora_adapters(self.model, peft_config)
-        self.critic_model: Optional[PreTrainedModel] = None if shared_backbone else copy.deepcopy(self.model)
         # With LoRA the reference is the base model itself, with the adapters switched off.
         self.ref_model = None if peft_config is not None else copy.deepcopy(self.model).requires_grad_(False)
-        self.value_head = ValueHead(hidden_size(self.model.config))
+        self.critic_model, self.value_head = self._saved_or_new_critic(model_name, shared_backbone)
         # The modules the training forward passes go through: the modules themselves, or their
         # distributed wrappers after `wrap_trainable_modules`. A plain dict, so the wrappers are
         # not registered as submodules (the state dict keeps its keys).
@@ -181,6 +181,23 @@ class LMActorCriticPolicy(BasePolicy):
                                               **self.optimizer_kwargs)
 
     # --- model plumbing -------------------------------------------------------------------------
+    def _saved_or_new_critic(self, model_name: str, shared_backbone: bool) -> Tuple[Optional[PreTrainedModel], nn.Module]:
+        """The critic of a folder saved with its value head (a continued run keeps its critic), else a
+        new value head (on a copy of the actor for ``shared_backbone: false``)."""
+        folder = Path(resolve_model_name(model_name))
+        head_dir = folder if shared_backbone else folder / CRITIC_DIR
+        critic = None
+        if not shared_backbone:
+            critic = load_model(self.model_class, str(head_dir)) if head_dir.is_dir() else copy.deepcopy(self.model)
+        head = ValueHead(hidden_size((critic or self.model).config))
+        if (head_dir / VALUE_HEAD_FILE).is_file():
+            head.load_state_dict(load_file(str(head_dir / VALUE_HEAD_FILE)))
+            logger.info("value head read from %s", head_dir / VALUE_HEAD_FILE)
+        elif ((folder / CRITIC_DIR) if shared_backbone else folder).joinpath(VALUE_HEAD_FILE).is_file():
+            logger.warning("%s was saved with %s critic; this policy (shared_backbone: %s) starts a new value head",
+                           model_name, "a separate" if shared_backbone else "a shared-backbone", shared_backbone)
+        return critic, head
+
     def _check_vocab(self) -> None:
         vocab = self.model.get_input_embeddings().num_embeddings
         if len(self.tokenizer) > vocab:
