@@ -23,16 +23,19 @@ def hidden_size(config: Any) -> int:
 
 
 class ValueHead(nn.Module):
-    """Linear map from a hidden state to a value estimate, computed in float32."""
+    """Linear map from a hidden state to a value estimate, computed in float32 (parameter names as
+    TRL's ``v_head``: ``summary.weight``, ``summary.bias``), with optional dropout before it (TRL's
+    ``summary_dropout_prob``; active in training mode only)."""
 
-    def __init__(self, hidden_size: int) -> None:
+    def __init__(self, hidden_size: int, dropout: float = 0.0) -> None:
         super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.summary = nn.Linear(hidden_size, 1)
         nn.init.normal_(self.summary.weight, std=1.0 / (hidden_size + 1) ** 0.5)
         nn.init.zeros_(self.summary.bias)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.summary(hidden.float()).squeeze(-1)
+        return self.summary(self.dropout(hidden.float())).squeeze(-1)
 
 
 def save_value_head(head: nn.Module, out_dir: Path) -> None:
