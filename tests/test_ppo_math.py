@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from rl4lms.algorithms.advantages import compute_gae, kl_penalized_rewards, masked_mean, masked_var, whiten
+from rl4lms.algorithms.advantages import compute_gae, kl_penalized_rewards, masked_mean, masked_var, token_kl, whiten
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.ppo import ppo_loss
 
@@ -68,8 +68,10 @@ def test_ppo_loss_ratio_outside_clip_range_pessimistic_bound() -> None:
     # token 1: r=0.5, A=-1 -> unclipped  0.5, clipped  1*0.8 =  0.8 -> max =  0.8
     # mean: (-2.4 + 0.8) / 2 = -0.8
     assert out.policy_loss.item() == pytest.approx(-0.8, abs=ABS)
-    # |1.5 - 1| and |0.5 - 1| both exceed 0.2 -> clipfrac 2/2
+    # the clipped term is the larger one on both tokens -> clipfrac 2/2
     assert out.clipfrac == pytest.approx(1.0, abs=ABS)
+    # kl_k2 = mean((log r)^2) / 2 = (0.4054651^2 + 0.6931472^2) / 4 = (0.1644020 + 0.4804530) / 4 = 0.1612137
+    assert out.kl_k2 == pytest.approx(0.1612137, abs=ABS)
     # Both valid tokens sit on the clipped branch, so no gradient reaches the log-probs.
     out.policy_loss.backward()
     assert log_probs.grad[0].tolist() == pytest.approx([0.0, 0.0, 0.0], abs=ABS)
@@ -83,9 +85,10 @@ def test_ppo_loss_ratio_outside_clip_range_unclipped_branch_wins() -> None:
                    clip_range_vf=None)
     # token 0: r=1.5, A=-1 -> unclipped 1.5, clipped 1.2  -> max 1.5
     # token 1: r=0.5, A=1  -> unclipped -0.5, clipped -0.8 -> max -0.5
-    # mean: (1.5 - 0.5) / 2 = 0.5; clipfrac counts ratios outside [0.8, 1.2]: 2/2
+    # mean: (1.5 - 0.5) / 2 = 0.5; both ratios lie outside [0.8, 1.2], but on both tokens the
+    # unclipped term is the larger one, so clipping binds nowhere: clipfrac 0/2
     assert out.policy_loss.item() == pytest.approx(0.5, abs=ABS)
-    assert out.clipfrac == pytest.approx(1.0, abs=ABS)
+    assert out.clipfrac == pytest.approx(0.0, abs=ABS)
 
 
 def test_ppo_loss_half_clipped() -> None:
@@ -170,7 +173,7 @@ def test_kl_penalized_rewards_hand_example() -> None:
     log_probs = _t([-1.0, -2.0, -0.5, -3.0])
     ref = _t([-1.5, -1.0, -0.5, -9.0])
     mask = _t([1.0, 1.0, 1.0, 0.0])
-    rewards, kl = kl_penalized_rewards(task, log_probs, ref, mask, kl_coeff=0.1)
+    rewards, kl = kl_penalized_rewards(task, token_kl(log_probs, ref), mask, kl_coeff=0.1)
     # kl = logp - ref_logp on valid tokens: [0.5, -1.0, 0.0, (padding) 0]
     assert kl[0].tolist() == pytest.approx([0.5, -1.0, 0.0, 0.0], abs=ABS)
     # reward = task - 0.1 * kl: [-0.05, 0.1, 2.0, 0]
@@ -260,3 +263,30 @@ def test_kl_controller_state_dict_round_trip() -> None:
 def test_kl_controller_invalid_arguments(coeff: float, target: float) -> None:
     with pytest.raises(ValueError, match="alg.kl_div"):
         KLController(coeff, target_kl=target)
+
+
+def test_token_kl_estimators_hand_example() -> None:
+    log_probs, ref = _t([-1.0, -2.0]), _t([-1.5, -1.0])
+    # log-ratios: 0.5 and -1.0
+    assert token_kl(log_probs, ref, "kl")[0].tolist() == pytest.approx([0.5, -1.0], abs=ABS)
+    assert token_kl(log_probs, ref, "abs")[0].tolist() == pytest.approx([0.5, 1.0], abs=ABS)
+    # mse: half the squares: 0.125 and 0.5
+    assert token_kl(log_probs, ref, "mse")[0].tolist() == pytest.approx([0.125, 0.5], abs=ABS)
+    # full: two-token vocabulary, p = (0.5, 0.5) against q = (0.8, 0.2):
+    # KL = 0.5 log(0.5/0.8) + 0.5 log(0.5/0.2) = 0.5 * (-0.4700036) + 0.5 * 0.9162907 = 0.2231436
+    logits = torch.log(_t([[0.5, 0.5]]))[None]
+    ref_logits = torch.log(_t([[0.8, 0.2]]))[None]
+    full = token_kl(_t([0.0]), _t([0.0]), "full", logits, ref_logits)
+    assert full.flatten().tolist() == pytest.approx([0.2231436], abs=ABS)
+    with pytest.raises(ValueError, match="needs the logits"):
+        token_kl(log_probs, ref, "full")
+    with pytest.raises(ValueError, match="is not one of kl, abs, mse, full"):
+        token_kl(log_probs, ref, "l2")
+
+
+def test_kl_controller_with_a_horizon_adapts_as_trl() -> None:
+    controller = KLController(0.2, target_kl=6.0, horizon=10000)
+    # error (9 - 6) / 6 = 0.5, clipped to 0.2; rate = 256 / 10000: 0.2 * (1 + 0.2 * 0.0256) = 0.20102400
+    assert controller.step(9.0, n_episodes=256) == pytest.approx(0.201024, abs=1e-9)
+    # error (5.4 - 6) / 6 = -0.1: 0.201024 * (1 - 0.1 * 0.0256) = 0.2005093786
+    assert controller.step(5.4, n_episodes=256) == pytest.approx(0.2005093786, abs=1e-9)

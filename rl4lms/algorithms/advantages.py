@@ -1,7 +1,7 @@
 """Per-token rewards with the KL penalty, GAE and masked statistics over padded token tensors."""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -36,13 +36,38 @@ def normalize_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return (rewards - mean) / (std + 1e-8) * mask
 
 
-def kl_penalized_rewards(task_rewards: torch.Tensor, log_probs: torch.Tensor, ref_log_probs: torch.Tensor,
-                         mask: torch.Tensor, kl_coeff: float) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``task_reward_t - kl_coeff * (log pi(a_t) - log pi_ref(a_t))`` on valid tokens.
+KL_ESTIMATORS = ("kl", "abs", "mse", "full")
+"""Per-token KL penalties (TRL's ``kl_penalty``): the log-ratio, its absolute value, half its square,
+or the exact KL of the whole next-token distributions."""
 
-    Returns the total per-token reward and the per-token KL estimate, both zero on padding.
+
+def token_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: str = "kl",
+             logits: Optional[torch.Tensor] = None, ref_logits: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Per-token KL penalty ``[B, T]`` between the policy and the reference.
+
+    ``log_probs``/``ref_log_probs`` are the sampled tokens' log-probabilities; ``"full"`` needs the
+    logits ``[B, T, V]`` of both and returns ``sum_v p(v) (log p(v) - log p_ref(v))``.
     """
-    kl = (log_probs - ref_log_probs) * mask
+    log_ratio = log_probs - ref_log_probs
+    if estimator == "kl":
+        return log_ratio
+    if estimator == "abs":
+        return log_ratio.abs()
+    if estimator == "mse":
+        return 0.5 * log_ratio.square()
+    if estimator == "full":
+        if logits is None or ref_logits is None:
+            raise ValueError("the 'full' KL penalty needs the logits of the policy and of the reference")
+        log_p, ref_log_p = torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1)
+        return (log_p.exp() * (log_p - ref_log_p)).sum(-1)
+    raise ValueError(f"KL penalty {estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
+
+
+def kl_penalized_rewards(task_rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,
+                         kl_coeff: float) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``task_reward_t - kl_coeff * kl_t`` on valid tokens, for a per-token KL penalty ``kl``
+    (:func:`token_kl`). Returns the total per-token reward and the penalty, both zero on padding."""
+    kl = kl * mask
     return (task_rewards - kl_coeff * kl) * mask, kl
 
 

@@ -3,7 +3,7 @@ per-transition view for stable-baselines3-style code)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Iterator, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -94,13 +94,19 @@ class TextRolloutBuffer:
     """Collects :class:`RolloutBatch` chunks of one rollout, then serves shuffled minibatches."""
 
     def __init__(self, pad_token_id: int, gamma: float, gae_lambda: float, normalize_advantage: bool = True,
-                 norm_reward: bool = False, observation_layout: Optional[ObservationLayout] = None) -> None:
+                 norm_reward: bool = False, observation_layout: Optional[ObservationLayout] = None,
+                 whiten_rewards: bool = False) -> None:
+        if norm_reward and whiten_rewards:
+            raise ValueError("norm_reward and whiten_rewards both rescale the rewards: choose one")
         self.pad_token_id = pad_token_id
         self.observation_layout = observation_layout
         self.gamma = gamma
         self.gae_lambda = gae_lambda
         self.normalize_advantage = normalize_advantage
         self.norm_reward = norm_reward
+        self.whiten_rewards = whiten_rewards
+        self.permutation: Callable[[int], torch.Tensor] = torch.randperm
+        """The episode order of :meth:`minibatches` for ``n`` episodes (torch's generator by default)."""
         self._chunks: List[RolloutBatch] = []
         self.n_tokens = 0
         self.data: Optional[RolloutBatch] = None
@@ -110,29 +116,37 @@ class TextRolloutBuffer:
         self.n_tokens = 0
         self.data = None
 
+    @property
+    def chunks(self) -> List[RolloutBatch]:
+        """The batches added since the last :meth:`reset`."""
+        return list(self._chunks)
+
     def add(self, batch: RolloutBatch) -> None:
         self._chunks.append(batch)
         self.n_tokens += int(batch.response_mask.sum().item())
 
     def finalize(self) -> RolloutBatch:
-        """Join the chunks (normalizing the per-token rewards with ``norm_reward``) and compute
-        (optionally whitened) GAE advantages and returns."""
+        """Join the chunks (standardizing the per-token rewards with ``norm_reward``, RL4LMs, or
+        scaling them to unit variance with ``whiten_rewards``, TRL) and compute (optionally whitened)
+        GAE advantages and returns."""
         if not self._chunks:
             raise RuntimeError("finalize() called on an empty rollout buffer")
         data = concat_batches(self._chunks, self.pad_token_id)
         mask = data.token_mask()
         if self.norm_reward:
             data = replace(data, rewards=normalize_rewards(data.rewards, mask))
+        elif self.whiten_rewards:
+            data = replace(data, rewards=whiten(data.rewards, mask, shift_mean=False))
         advantages, returns = compute_gae(data.rewards, data.values, mask, self.gamma, self.gae_lambda)
         if self.normalize_advantage and mask.sum() > 1:
             advantages = whiten(advantages, mask)
         self.data = replace(data, advantages=advantages, returns=returns)
         return self.data
 
-    def minibatches(self, batch_size: int, generator: Optional[torch.Generator] = None) -> Iterator[RolloutBatch]:
-        """Episodes in random order, ``batch_size`` at a time (the last one may be smaller)."""
+    def minibatches(self, batch_size: int) -> Iterator[RolloutBatch]:
+        """Episodes in random order (:attr:`permutation`), ``batch_size`` at a time (the last one may be smaller)."""
         data = self._finalized()
-        order = torch.randperm(len(data), generator=generator)
+        order = self.permutation(len(data))
         for start in range(0, len(order), batch_size):
             yield data.select(order[start:start + batch_size].to(data.prompt_ids.device))
 

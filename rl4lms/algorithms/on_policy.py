@@ -44,12 +44,13 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
     def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
                  n_envs: int = 1, learning_rate: float = 1e-5, n_steps: int = 128, gamma: float = 0.99,
                  gae_lambda: float = 0.95, ent_coef: float = 0.0, vf_coef: float = 0.5, max_grad_norm: float = 0.5,
-                 normalize_advantage: bool = True, lr_scheduler_type: str = "constant",
+                 normalize_advantage: bool = True, lr_scheduler_type: Optional[str] = "constant",
                  policy_kwargs: Optional[Dict[str, Any]] = None, verbose: int = 0,
                  seed: Optional[int] = None, device: str = "auto", _init_setup_model: bool = True) -> None:
         if n_steps < 1 or n_envs < 1:
             raise ValueError(f"alg.args.n_steps and env.n_envs must be >= 1, got {n_steps} and {n_envs}")
-        check_schedule(lr_scheduler_type, 0)
+        if lr_scheduler_type is not None:  # None: the optimizer's learning rate is someone else's to set
+            check_schedule(lr_scheduler_type, 0)
         self.lr_scheduler_type = lr_scheduler_type
         self.iterations_done = 0
         """Rollout + update iterations finished so far (restored from checkpoints)."""
@@ -118,7 +119,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         """Advantages of the buffered episodes, the rollout statistics and the KL controller's step."""
         self.rollout_buffer.finalize()
         summary = self.mean_across_processes(stats.summary())
-        self.kl_controller.step(summary["rollout_info/kl_div_mean"])
+        processes = self.accelerator.num_processes if self.accelerator is not None else 1
+        self.kl_controller.step(summary["rollout_info/kl_div_mean"], round(summary["rollout_info/n_episodes"] * processes))
         self.rollout_stats = summary
 
     def progress_stats(self) -> Dict[str, float]:
@@ -127,22 +129,32 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
                 "kl": self.rollout_stats.get("rollout_info/kl_div_mean", float("nan"))}
 
     def objective_stats(self) -> Dict[str, float]:
-        """TRL's ``objective/*`` and ``ppo/*`` rollout statistics of the buffered rollout."""
+        """TRL's ``objective/*``, ``ppo/*`` and ``tokens/*`` rollout statistics of the buffered rollout,
+        with TRL's definitions (``objective/entropy``: the mean summed negative log-probability of an
+        episode's response; ``ppo/mean_non_score_reward``: the KL penalty per token)."""
         data = self.rollout_buffer.data
         assert data is not None
         mask = data.token_mask()
         episode_kl = data.kl.sum(1)
+        kl_coeff = float(self.rollout_stats.get("rollout_info/kl_coeff", self.kl_controller.kl_coeff))
+        query_lengths, response_lengths = data.prompt_mask.sum(1).float(), mask.sum(1)
+
+        def std(values: torch.Tensor) -> float:
+            return float(values.std()) if len(values) > 1 else 0.0
+
         return {
             "objective/kl": float(episode_kl.mean()),
-            "objective/kl_dist": float(episode_kl.std()) if len(episode_kl) > 1 else 0.0,
             "objective/logprobs": float((data.log_probs.sum() / mask.sum()).item()),
             "objective/ref_logprobs": float((data.ref_log_probs.sum() / mask.sum()).item()),
-            "objective/kl_coef": float(self.rollout_stats.get("rollout_info/kl_coeff", self.kl_controller.kl_coeff)),
+            "objective/kl_coef": kl_coeff,
+            "objective/entropy": float((-data.log_probs * mask).sum(1).mean()),
             "ppo/mean_scores": float(data.scores.mean()),
-            "ppo/std_scores": float(data.scores.std()) if len(data.scores) > 1 else 0.0,
-            "ppo/mean_non_score_reward": float((data.rewards.sum(1) - data.scores).mean()),
-            "tokens/queries_len_mean": float(data.prompt_mask.sum(1).float().mean()),
-            "tokens/responses_len_mean": float(mask.sum(1).mean()),
+            "ppo/std_scores": std(data.scores),
+            "ppo/mean_non_score_reward": -kl_coeff * masked_mean(data.kl, mask).item(),
+            "tokens/queries_len_mean": float(query_lengths.mean()),
+            "tokens/queries_len_std": std(query_lengths),
+            "tokens/responses_len_mean": float(response_lengths.mean()),
+            "tokens/responses_len_std": std(response_lengths),
         }
 
     def value_stats(self) -> Dict[str, float]:
@@ -240,7 +252,10 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
     def current_learning_rate(self) -> float:
         """The learning rate of this iteration's update: ``learning_rate`` times the factor of
         ``lr_scheduler_type`` after ``iterations_done`` of the run's ``planned_iterations``
-        (``linear`` decays to 0 at the last iteration, CleanRL's ``anneal_lr``)."""
+        (``linear`` decays to 0 at the last iteration, CleanRL's ``anneal_lr``). Without a schedule
+        (``lr_scheduler_type`` None, e.g. under a user's ``torch`` scheduler) it is the optimizer's own."""
+        if self.lr_scheduler_type is None:
+            return float(self.policy.optimizer.param_groups[0]["lr"])
         base = float(self.lr_schedule(1.0))
         if self.lr_scheduler_type in ("constant", "constant_with_warmup"):
             return base
@@ -251,6 +266,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
 
     def _update_learning_rate(self, optimizers: Any) -> None:
         """SB3's hook at the start of an update, here driven by :meth:`current_learning_rate`."""
+        if self.lr_scheduler_type is None:
+            return
         lr = self.current_learning_rate()
         for optimizer in optimizers if isinstance(optimizers, list) else [optimizers]:
             for group in optimizer.param_groups:

@@ -7,7 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from rl4lms.algorithms.advantages import kl_penalized_rewards
+from rl4lms.algorithms.advantages import kl_penalized_rewards, token_kl
 from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
@@ -41,12 +41,15 @@ def encode_prompts(env: TextGenEnv, samples: Sequence[Sample], device: torch.dev
 def scored_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                  response_mask: torch.Tensor, out: PolicyOutput, ref_log_probs: torch.Tensor,
                  task_rewards: torch.Tensor, kl_coeff: float, action_masks: Optional[torch.Tensor] = None,
-                 loss_mask: Optional[torch.Tensor] = None) -> RolloutBatch:
+                 loss_mask: Optional[torch.Tensor] = None, kl: Optional[torch.Tensor] = None) -> RolloutBatch:
     """Episodes with their rollout-time log-probs and values and per-token rewards including the KL
-    penalty. The KL compares the unmasked policy with the reference; the PPO ratio uses the
-    (possibly masked) distribution the tokens were sampled from."""
+    penalty. The KL compares the unmasked policy with the reference (the log-ratio, unless another
+    per-token penalty ``kl`` of :func:`token_kl` is given); the PPO ratio uses the (possibly masked)
+    distribution the tokens were sampled from."""
     mask = (loss_mask if loss_mask is not None else response_mask).float()
-    rewards, kl = kl_penalized_rewards(task_rewards, out.unmasked_log_probs, ref_log_probs, mask, kl_coeff)
+    if kl is None:
+        kl = token_kl(out.unmasked_log_probs, ref_log_probs)
+    rewards, kl = kl_penalized_rewards(task_rewards, kl, mask, kl_coeff)
     return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
                         response_mask=response_mask, log_probs=out.log_probs * mask, ref_log_probs=ref_log_probs * mask,
                         values=out.values * mask, rewards=rewards, kl=kl, scores=task_rewards.sum(1),

@@ -34,10 +34,11 @@ def quantization_kwargs(quantization: Optional[str], key: str = "policy.args.qua
     return {"quantization_config": config, "device_map": {"": torch.cuda.current_device()}}
 
 
-def add_lora_adapters(model: nn.Module, peft_config: Dict[str, Any], task_type: Optional[str] = None,
+def add_lora_adapters(model: nn.Module, peft_config: Any, task_type: Optional[str] = None,
                       key: str = "policy.args.peft_config") -> nn.Module:
-    """``model`` wrapped by ``peft.get_peft_model`` with a ``LoraConfig(**peft_config)``; only the
-    adapters (and ``modules_to_save``) stay trainable."""
+    """``model`` wrapped by ``peft.get_peft_model`` with a ``LoraConfig(**peft_config)`` (or with
+    ``peft_config`` itself when it is a ``peft`` config object); only the adapters (and
+    ``modules_to_save``) stay trainable."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
     from transformers.pytorch_utils import Conv1D
 
@@ -46,7 +47,8 @@ def add_lora_adapters(model: nn.Module, peft_config: Dict[str, Any], task_type: 
     # GPT-2-style Conv1D layers store their weight transposed; peft must know (it warns and fixes it).
     uses_conv1d = any(isinstance(module, Conv1D) for module in model.modules())
     try:
-        config = LoraConfig(task_type=task_type, **{"fan_in_fan_out": uses_conv1d, **peft_config})
+        config = peft_config if not isinstance(peft_config, dict) else \
+            LoraConfig(task_type=task_type, **{"fan_in_fan_out": uses_conv1d, **peft_config})
     except (TypeError, ValueError) as error:
         raise ValueError(f"{key}: {error}") from error
     if getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False):

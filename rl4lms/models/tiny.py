@@ -42,7 +42,8 @@ def _corpus(seed: int = 0, n_lines: int = 4000) -> Iterator[str]:
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer of ``VOCAB_SIZE`` tokens with distinct pad/eos/unk tokens."""
+    """A byte-level BPE tokenizer of ``VOCAB_SIZE`` tokens with distinct pad/eos/unk tokens; like GPT-2's
+    it returns no ``token_type_ids`` (older transformers would otherwise add them, and GPT-2 embeds them)."""
     backend = Tokenizer(models.BPE(unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -51,7 +52,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     backend.train_from_iterator(_corpus(), trainer=trainer)
     return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token=PAD, eos_token=EOS, unk_token=UNK,
                                    bos_token=EOS, padding_side="left", truncation_side="left",
-                                   model_max_length=256)
+                                   model_max_length=256, model_input_names=["input_ids", "attention_mask"])
 
 
 def _seeded(build: Callable[[], PreTrainedModel]) -> PreTrainedModel:

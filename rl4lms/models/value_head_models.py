@@ -34,10 +34,10 @@ class _ModelWithValueHead(nn.Module):
     hidden_states_field: str
     """The output field whose last entry the value head reads."""
 
-    def __init__(self, pretrained_model: PreTrainedModel) -> None:
+    def __init__(self, pretrained_model: PreTrainedModel, summary_dropout_prob: Optional[float] = 0.0) -> None:
         super().__init__()
         self.pretrained_model = pretrained_model
-        self.v_head = ValueHead(hidden_size(pretrained_model.config))
+        self.v_head = ValueHead(hidden_size(pretrained_model.config), dropout=summary_dropout_prob or 0.0)
 
     @property
     def config(self) -> Any:
@@ -53,20 +53,27 @@ class _ModelWithValueHead(nn.Module):
         """
         model = cls(load_model(cls.transformers_parent_class, name_or_path, **kwargs))
         model.v_head.to(next(model.pretrained_model.parameters()).device)  # where device_map put the LM
-        head_file = Path(resolve_model_name(name_or_path)) / VALUE_HEAD_FILE
-        if head_file.is_file():
-            model.v_head.load_state_dict(load_file(str(head_file)))
-        elif allow_new_value_head:
+        folder = Path(resolve_model_name(name_or_path))
+        if model.load_saved_value_head(folder):
+            return model
+        if allow_new_value_head:
             logger.info("%s has no %s; starting a new value head", name_or_path, VALUE_HEAD_FILE)
-        elif (head_file.parent / CRITIC_DIR / VALUE_HEAD_FILE).is_file():
+        elif (folder / CRITIC_DIR / VALUE_HEAD_FILE).is_file():
             raise ValueHeadMissingError(
                 f"'{name_or_path}' is a policy with a separate critic LM: its value head reads that LM's hidden "
-                f"states, not this one's. Load '{head_file.parent / CRITIC_DIR}' for the critic with its value head.")
+                f"states, not this one's. Load '{folder / CRITIC_DIR}' for the critic with its value head.")
         else:
             raise ValueHeadMissingError(
                 f"'{name_or_path}' has no {VALUE_HEAD_FILE}: it holds a plain language model, not one saved "
                 f"with a value head. Pass allow_new_value_head=True to start a new (untrained) value head.")
         return model
+
+    def load_saved_value_head(self, folder: Path) -> bool:
+        """Read ``folder/value_head.safetensors`` into ``v_head`` when there is one; True if it was read."""
+        if not (folder / VALUE_HEAD_FILE).is_file():
+            return False
+        self.v_head.load_state_dict(load_file(str(folder / VALUE_HEAD_FILE)))
+        return True
 
     def save_pretrained(self, out_dir: str | Path, **kwargs: Any) -> None:
         """The LM's ``save_pretrained`` folder plus ``value_head.safetensors``."""
@@ -74,11 +81,19 @@ class _ModelWithValueHead(nn.Module):
         self.pretrained_model.save_pretrained(out_dir, **kwargs)
         save_value_head(self.v_head, out_dir)
 
-    def forward(self, *args: Any, **kwargs: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor]:
-        """``(logits, loss, values)`` as TRL returns them; ``values`` has one entry per position."""
+    def forward(self, input_ids: Optional[torch.Tensor] = None, past_key_values: Any = None,
+                attention_mask: Optional[torch.Tensor] = None, return_past_key_values: bool = False,
+                **kwargs: Any) -> Tuple[Any, ...]:
+        """TRL's signature: ``(lm_logits, loss, value)``, plus the cache with ``return_past_key_values``.
+        (Its parameter names are also what TRL's ``PPOTrainer`` keeps of a dataset's columns.)"""
         kwargs["output_hidden_states"] = True
-        output = self.pretrained_model(*args, **kwargs)
-        return output.logits, getattr(output, "loss", None), self.v_head(getattr(output, self.hidden_states_field)[-1])
+        if past_key_values is not None:
+            kwargs["cache"] = past_key_values  # the name current transformers uses
+        output = self.pretrained_model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        value = self.v_head(getattr(output, self.hidden_states_field)[-1])
+        if return_past_key_values:
+            return output.logits, getattr(output, "loss", None), value, getattr(output, "cache", None)
+        return output.logits, getattr(output, "loss", None), value
 
     def generate(self, *args: Any, **kwargs: Any) -> Any:
         return self.pretrained_model.generate(*args, **kwargs)

@@ -105,6 +105,13 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
+def log_probs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`masked_log_probs` and :func:`entropy_from_logits` from one log-softmax (one ``[B, T, V]``
+    float32 tensor kept for the backward pass instead of two)."""
+    log_p = torch.log_softmax(logits.float(), dim=-1)
+    return log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
+
+
 class LMActorCriticPolicy(BasePolicy):
     """Actor-critic over an ``AutoModelFor*LM``; subclasses say how prompt and response are fed.
 
@@ -120,6 +127,10 @@ class LMActorCriticPolicy(BasePolicy):
             RL4LMs' policy ``generate`` does; rollouts cut with ``env.args.prompt_truncation_side``.
         peft_config: LoRA settings (peft ``LoraConfig`` arguments); the reference is the adapter-free model.
         quantization: "4bit" or "8bit" (bitsandbytes, GPU only, with ``peft_config``).
+        model, value_head, ref_model: modules built by the caller (from Python, e.g. TRL-style code),
+            used as they are instead of loading ``model_name``: the actor (a ``peft`` model counts as
+            LoRA: its reference is the model with the adapters off), its value head (shared backbone
+            only) and the frozen reference (default: a copy of the actor).
     """
 
     model_class: Type[PreTrainedModel]
@@ -141,7 +152,9 @@ class LMActorCriticPolicy(BasePolicy):
                  generation_kwargs: Optional[Dict[str, Any]] = None, shared_backbone: bool = True,
                  weight_decay: float = 1e-6, optimizer_kwargs: Optional[Dict[str, Any]] = None,
                  apply_model_parallel: bool = False, prompt_truncation_side: str = "left",
-                 terminate_on_eos: bool = True, peft_config: Optional[Dict[str, Any]] = None, quantization: Optional[str] = None) -> None:
+                 terminate_on_eos: bool = True, peft_config: Optional[Dict[str, Any]] = None,
+                 quantization: Optional[str] = None, model: Optional[PreTrainedModel] = None,
+                 value_head: Optional[nn.Module] = None, ref_model: Optional[PreTrainedModel] = None) -> None:
         super().__init__(observation_space, action_space, optimizer_class=torch.optim.AdamW,
                          optimizer_kwargs=optimizer_kwargs or {})
         if apply_model_parallel:
@@ -157,14 +170,24 @@ class LMActorCriticPolicy(BasePolicy):
         if quantization is not None and peft_config is None:
             raise ValueError("policy.args.quantization needs policy.args.peft_config: a 4-/8-bit model is trained "
                              "through LoRA adapters")
-        self.model = load_model(self.model_class, model_name, **quantization_kwargs(quantization))
+        if value_head is not None and not shared_backbone:
+            raise ValueError("a given value_head sits on the actor's hidden states: it needs shared_backbone true")
+        self.model = model if model is not None else load_model(self.model_class, model_name,
+                                                                  **quantization_kwargs(quantization))
         self._check_vocab()
         self.peft_config = peft_config
         if peft_config is not None:
             self.model = add_lora_adapters(self.model, peft_config)
+        is_lora = peft_config is not None or getattr(self.model, "peft_config", None) is not None
         # With LoRA the reference is the base model itself, with the adapters switched off.
-        self.ref_model = None if peft_config is not None else copy.deepcopy(self.model).requires_grad_(False)
-        self.critic_model, self.value_head = self._saved_or_new_critic(model_name, shared_backbone)
+        if ref_model is not None:
+            self.ref_model = ref_model.requires_grad_(False)
+        else:
+            self.ref_model = None if is_lora else copy.deepcopy(self.model).requires_grad_(False)
+        if value_head is not None:
+            self.critic_model, self.value_head = None, value_head
+        else:
+            self.critic_model, self.value_head = self._saved_or_new_critic(model_name, shared_backbone)
         # The modules the training forward passes go through: the modules themselves, or their
         # distributed wrappers after `wrap_trainable_modules`. A plain dict, so the wrappers are
         # not registered as submodules (the state dict keeps its keys).
@@ -414,13 +437,12 @@ class LMActorCriticPolicy(BasePolicy):
     @staticmethod
     def _outputs_from_logits(logits: torch.Tensor, values: torch.Tensor, response_ids: torch.Tensor,
                              response_mask: torch.Tensor, action_masks: Optional[torch.Tensor]) -> PolicyOutput:
-        unmasked = masked_log_probs(logits, response_ids)
         if action_masks is None:
-            return PolicyOutput(log_probs=unmasked, entropy=entropy_from_logits(logits), values=values,
-                                unmasked_log_probs=unmasked)
-        masked_logits = apply_action_masks(logits, action_masks, response_mask)
-        return PolicyOutput(log_probs=masked_log_probs(masked_logits, response_ids),
-                            entropy=entropy_from_logits(masked_logits), values=values, unmasked_log_probs=unmasked)
+            log_probs, entropy = log_probs_and_entropy(logits, response_ids)
+            return PolicyOutput(log_probs=log_probs, entropy=entropy, values=values, unmasked_log_probs=log_probs)
+        log_probs, entropy = log_probs_and_entropy(apply_action_masks(logits, action_masks, response_mask), response_ids)
+        return PolicyOutput(log_probs=log_probs, entropy=entropy, values=values,
+                            unmasked_log_probs=masked_log_probs(logits, response_ids))
 
     def wrap_trainable_modules(self, wrap: Callable[[nn.Module], nn.Module]) -> None:
         """Route the training forwards through ``wrap(module)`` (e.g. ``accelerator.prepare_model``,
@@ -443,10 +465,10 @@ class LMActorCriticPolicy(BasePolicy):
         return self.value_head(hidden)
 
     @torch.no_grad()
-    def reference_log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
-                            response_mask: torch.Tensor) -> torch.Tensor:
-        """Log-probs of the response tokens under the frozen reference model (with LoRA: the base
-        model, adapters disabled)."""
+    def reference_logits(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                         response_mask: torch.Tensor) -> torch.Tensor:
+        """Temperature-scaled logits ``[B, T, V]`` of the frozen reference model at each response
+        position (with LoRA: the base model, adapters disabled)."""
         if self.ref_model is None:
             with self.model.disable_adapter():
                 logits, _ = self._forward(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
@@ -454,7 +476,14 @@ class LMActorCriticPolicy(BasePolicy):
         else:
             logits, _ = self._forward(self.ref_model, prompt_ids, prompt_mask, response_ids, response_mask,
                                       want_hidden=False)
-        return masked_log_probs(logits / self.temperature, response_ids)
+        return logits / self.temperature
+
+    @torch.no_grad()
+    def reference_log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                            response_mask: torch.Tensor) -> torch.Tensor:
+        """Log-probs of the response tokens under the frozen reference model."""
+        return masked_log_probs(self.reference_logits(prompt_ids, prompt_mask, response_ids, response_mask),
+                                response_ids)
 
     # --- SB3 BasePolicy API ---------------------------------------------------------------------
     @abstractmethod

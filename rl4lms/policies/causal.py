@@ -1,6 +1,8 @@
 """Actor-critic policy for decoder-only models (``AutoModelForCausalLM``)."""
 from __future__ import annotations
 
+import functools
+import inspect
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -8,6 +10,20 @@ from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from rl4lms.policies.base import DecodingState, LMActorCriticPolicy
 from rl4lms.registry import PolicyRegistry
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the causal LM (under a DDP or ``peft`` wrapper) computes logits for its last positions
+    only when asked (``logits_to_keep``, most Hugging Face causal LMs)."""
+    while hasattr(model, "module"):  # DDP
+        model = model.module
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _forward_takes(type(base), "logits_to_keep")
+
+
+@functools.lru_cache(maxsize=None)
+def _forward_takes(model_class: type, argument: str) -> bool:
+    return argument in inspect.signature(model_class.forward).parameters
 
 
 @PolicyRegistry.register("causal_lm_actor_critic_policy")
@@ -23,11 +39,14 @@ class CausalLMActorCriticPolicy(LMActorCriticPolicy):
         input_ids = torch.cat([prompt_ids, response_ids], dim=1)
         attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        # Only the positions that predict response tokens (the last T + 1 but one) need the LM head.
+        width = response_ids.shape[1] + 1
+        extra = {"logits_to_keep": width} if accepts_logits_to_keep(model) else {}
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    output_hidden_states=want_hidden)
+                    output_hidden_states=want_hidden, **extra)
         start, stop = prompt_ids.shape[1] - 1, input_ids.shape[1] - 1
         hidden = out.hidden_states[-1][:, start:stop] if want_hidden else None
-        return out.logits[:, start:stop], hidden
+        return out.logits[:, -width:-1], hidden
 
     def start_decoding(self, model: PreTrainedModel, prompt_ids: torch.Tensor,
                        prompt_mask: torch.Tensor) -> Tuple[torch.Tensor, DecodingState]:

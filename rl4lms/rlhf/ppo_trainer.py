@@ -7,12 +7,15 @@ and then runs the same :meth:`rl4lms.algorithms.ppo.PPO.train`; it returns TRL-n
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rl4lms.algorithms.advantages import KL_ESTIMATORS, token_kl
+from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.ppo import PPO
 from rl4lms.algorithms.rollout import RolloutStats, pad_token_lists, scored_batch
@@ -32,15 +35,29 @@ def _as_list(tokens: Tokens) -> List[int]:
 class PPOTrainer:
     """Policy (with value head and reference) plus a PPO learner, driven by :meth:`step`.
 
-    ``ppo_args`` are the ``alg.args`` of a PPO config (``batch_size``, ``n_epochs``,
-    ``learning_rate``, ``clip_range``, ...); ``policy_args`` those of the policy (``peft_config``,
-    ``generation_kwargs``, ...). ``max_length`` bounds queries and responses.
+    Args:
+        model_name: hub id, folder or tiny-model name of the policy (with ``policy_args.model``: its name only).
+        tokenizer: the tokenizer (default: the model's).
+        policy_id: the registry id of the policy.
+        policy_args: the policy's arguments (``peft_config``, ``generation_kwargs``, or built modules:
+            ``model``, ``value_head``, ``ref_model``).
+        ppo_args: the ``alg.args`` of a PPO config (``batch_size``, ``n_epochs``, ``learning_rate``,
+            ``clip_range``, ...).
+        kl_coeff, target_kl, kl_horizon: the KL controller (``alg.kl_div``'s ``coeff``, ``target_kl``, ``horizon``).
+        kl_penalty: the per-token KL penalty in the reward (:data:`rl4lms.algorithms.advantages.KL_ESTIMATORS`).
+        max_length: bounds queries and responses.
+        seed: seed of the policy's initialisation and of the minibatch order.
+        device: where the policy runs (default: the GPU when there is one).
     """
 
     def __init__(self, model_name: str, tokenizer: Optional[PreTrainedTokenizerBase] = None,
                  policy_id: str = "causal_lm_actor_critic_policy", policy_args: Optional[Dict[str, Any]] = None,
                  ppo_args: Optional[Dict[str, Any]] = None, kl_coeff: float = 0.1, target_kl: Optional[float] = None,
-                 max_length: int = 256, seed: int = 0, device: Optional[str] = None) -> None:
+                 kl_horizon: Optional[float] = None, kl_penalty: str = "kl", max_length: int = 256, seed: int = 0,
+                 device: Optional[str] = None) -> None:
+        if kl_penalty not in KL_ESTIMATORS:
+            raise ValueError(f"kl_penalty {kl_penalty!r} is not one of {', '.join(KL_ESTIMATORS)}")
+        self.kl_penalty = kl_penalty
         load_builtin_components()
         self.tokenizer = tokenizer or load_tokenizer(model_name)
         # The env only defines the spaces here: episodes come from the caller.
@@ -48,9 +65,11 @@ class PPOTrainer:
                          max_episode_length=max_length, max_prompt_length=max_length)
         policy_kwargs = {**(policy_args or {}), "model_name": model_name, "tokenizer": self.tokenizer,
                          "terminate_on_eos": True}
-        self.ppo = PPO(policy=PolicyRegistry.get(policy_id), env=env, kl_controller=KLController(kl_coeff, target_kl),
+        self.ppo = PPO(policy=PolicyRegistry.get(policy_id), env=env, kl_controller=KLController(kl_coeff, target_kl, horizon=kl_horizon),
                        policy_kwargs=policy_kwargs, seed=seed, device=device or default_device(), **(ppo_args or {}))
         self.max_length = max_length
+        self.timings: Dict[str, float] = {}
+        """Seconds the last :meth:`step` spent in each phase, under TRL's ``time/ppo/*`` names."""
 
     @property
     def policy(self) -> LMActorCriticPolicy:
@@ -101,9 +120,30 @@ class PPOTrainer:
         ``response_masks`` marks the response tokens that the policy wrote (1) and those it only
         read, such as tool output (0): those are seen by the model but left out of the loss.
         """
+        started = time.perf_counter()
+        self.score_episodes(queries, responses, scores, response_masks)
+        stats = self.update()
+        self.timings["time/ppo/total"] = time.perf_counter() - started
+        return {**stats, **self.timings}
+
+    def score_episodes(self, queries: Sequence[Tokens], responses: Sequence[Tokens], scores: Sequence[Any],
+                       response_masks: Optional[Sequence[Tokens]] = None, forward_batch_size: Optional[int] = None) -> None:
+        """Fill the rollout buffer with the triplets, scored as a rollout is: the policy's log-probs
+        and values and the reference's log-probs (``forward_batch_size`` episodes per forward, by
+        default all), the score on the last action token and the KL penalty."""
         query_lists, response_lists = [_as_list(q) for q in queries], [_as_list(r) for r in responses]
         mask_lists = None if response_masks is None else [_as_list(m) for m in response_masks]
         self._check(query_lists, response_lists, scores, mask_lists)
+        self.ppo.rollout_buffer.reset()
+        self.timings = {"time/ppo/forward_pass": 0.0, "time/ppo/compute_rewards": 0.0}
+        step = forward_batch_size or len(query_lists)
+        for start in range(0, len(query_lists), step):
+            chunk = slice(start, start + step)
+            self.ppo.rollout_buffer.add(self._scored_chunk(query_lists[chunk], response_lists[chunk], scores[chunk],
+                                                           None if mask_lists is None else mask_lists[chunk]))
+
+    def _scored_chunk(self, query_lists: List[List[int]], response_lists: List[List[int]], scores: Sequence[Any],
+                      mask_lists: Optional[List[List[int]]]) -> RolloutBatch:
         policy, pad = self.policy, self.tokenizer.pad_token_id
         device = module_device(policy)
         prompt_ids, prompt_mask = pad_token_lists(query_lists, pad, device, left=True)
@@ -112,22 +152,41 @@ class PPOTrainer:
         actions = (loss_mask if loss_mask is not None else response_mask).float()
         last_action = actions.shape[1] - 1 - actions.flip(1).argmax(dim=1)
         task_rewards = torch.zeros_like(actions)
-        task_rewards[torch.arange(len(queries), device=device), last_action] = torch.tensor(
+        task_rewards[torch.arange(len(query_lists), device=device), last_action] = torch.tensor(
             [float(s) for s in scores], device=device)
+        started = time.perf_counter()
         with torch.no_grad():
             policy.set_training_mode(False)
             out = policy.evaluate_episodes(prompt_ids, prompt_mask, response_ids, response_mask)
             ref_log_probs = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask)
-        kl_coeff = self.ppo.kl_controller.kl_coeff
-        batch = scored_batch(prompt_ids, prompt_mask, response_ids, response_mask, out, ref_log_probs, task_rewards,
-                             kl_coeff, loss_mask=loss_mask)
-        self.ppo.rollout_buffer.reset()
-        self.ppo.rollout_buffer.add(batch)
-        stats = RolloutStats(kl_coeff)
-        stats.add(batch, truncated=0)
+            logits = ref_logits = None
+            if self.kl_penalty == "full":
+                logits = policy.response_logits(prompt_ids, prompt_mask, response_ids, response_mask)
+                ref_logits = policy.reference_logits(prompt_ids, prompt_mask, response_ids, response_mask)
+        self.timings["time/ppo/forward_pass"] += time.perf_counter() - started
+        started = time.perf_counter()
+        with torch.no_grad():
+            kl = token_kl(out.unmasked_log_probs, ref_log_probs, self.kl_penalty, logits, ref_logits)
+            batch = scored_batch(prompt_ids, prompt_mask, response_ids, response_mask, out, ref_log_probs,
+                                 task_rewards, self.ppo.kl_controller.kl_coeff, loss_mask=loss_mask, kl=kl)
+        self.timings["time/ppo/compute_rewards"] += time.perf_counter() - started
+        return batch
+
+    def update(self) -> Dict[str, float]:
+        """Advantages of the buffered episodes (:meth:`score_episodes`), the KL controller's step and
+        one PPO update; returns the statistics."""
+        buffer = self.ppo.rollout_buffer
+        stats = RolloutStats(self.ppo.kl_controller.kl_coeff)
+        for chunk in buffer.chunks:
+            stats.add(chunk, truncated=0)
+        started = time.perf_counter()
         self.ppo.finish_rollout(stats)
-        self.ppo.num_timesteps += int(actions.sum().item())
+        self.timings["time/ppo/compute_advantages"] = time.perf_counter() - started
+        self.ppo.num_timesteps += buffer.n_tokens
+        started = time.perf_counter()
         self.ppo.train()
+        self.ppo.apply_accumulated_gradients()
+        self.timings["time/ppo/optimize_step"] = time.perf_counter() - started
         return {**self.ppo.train_stats, **self.ppo.rollout_stats}
 
     def save_pretrained(self, out_dir: Union[str, Path]) -> None:

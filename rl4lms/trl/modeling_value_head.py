@@ -13,21 +13,21 @@ The project's value-head models (:mod:`rl4lms.models.value_head_models`) with TR
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from rl4lms.models.loading import load_model, resolve_model_name
 from rl4lms.models.lora import add_lora_adapters
 from rl4lms.models.value_head_models import AutoModelForCausalLMWithValueHead as _CausalWithValueHead
 from rl4lms.models.value_head_models import AutoModelForSeq2SeqLMWithValueHead as _Seq2SeqWithValueHead
 from rl4lms.models.value_head_models import _ModelWithValueHead
-from rl4lms.policies.value_head import VALUE_HEAD_FILE, ValueHead, hidden_size, save_value_head
+from rl4lms.policies.value_head import save_value_head
 
 logger = logging.getLogger(__name__)
 
@@ -58,18 +58,46 @@ def trl_value_head_weights(folder: Path) -> Dict[str, torch.Tensor]:
     return weights
 
 
+class _ValueHeadKeysFilter(logging.Filter):
+    """Drops transformers' load report when the only keys it reports are the ``v_head.*`` ones that a
+    TRL folder keeps inside the LM's weights (they are read separately, not lost)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "LOAD REPORT" not in message:
+            return True
+        reported = [line.split("|")[0].strip() for line in message.splitlines()
+                    if line.count("|") >= 2 and line.split("|")[1].strip() in ("UNEXPECTED", "MISSING", "MISMATCH")]
+        return not reported or not all(key.startswith(V_HEAD_PREFIX) for key in reported)
+
+
+@contextlib.contextmanager
+def _quiet_about_value_head_keys() -> Iterator[None]:
+    transformers_logger = logging.getLogger("transformers.modeling_utils")
+    quiet = _ValueHeadKeysFilter()
+    transformers_logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        transformers_logger.removeFilter(quiet)
+
+
 class _TRLModelWithValueHead(_ModelWithValueHead):
     """TRL's loading and saving on top of the project's value-head model."""
 
     def __init__(self, pretrained_model: Any, summary_dropout_prob: Optional[float] = 0.1,
                  v_head_initializer_range: float = 0.2, v_head_init_strategy: Optional[str] = None) -> None:
-        super().__init__(pretrained_model)
-        self.v_head = ValueHead(hidden_size(pretrained_model.config), dropout=summary_dropout_prob or 0.0)
+        super().__init__(pretrained_model, summary_dropout_prob)
         if v_head_init_strategy == "normal":
             torch.nn.init.normal_(self.v_head.summary.weight, std=v_head_initializer_range)
             torch.nn.init.zeros_(self.v_head.summary.bias)
         elif v_head_init_strategy is not None:
             raise ValueError(f"v_head_init_strategy must be None or 'normal', got {v_head_init_strategy!r}")
+
+    @property
+    def is_peft_model(self) -> bool:
+        """Whether the LM carries ``peft`` adapters (TRL's attribute)."""
+        return getattr(self.pretrained_model, "peft_config", None) is not None
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Any, **kwargs: Any) -> Any:
@@ -80,17 +108,16 @@ class _TRLModelWithValueHead(_ModelWithValueHead):
         if isinstance(pretrained_model_name_or_path, torch.nn.Module):
             lm, folder = pretrained_model_name_or_path, None
         else:
-            lm = load_model(cls.transformers_parent_class, str(pretrained_model_name_or_path), **kwargs)
+            with _quiet_about_value_head_keys():
+                lm = load_model(cls.transformers_parent_class, str(pretrained_model_name_or_path), **kwargs)
             folder = Path(resolve_model_name(str(pretrained_model_name_or_path)))
         if peft_config is not None:
-            lm = add_lora_adapters(lm, peft_config if isinstance(peft_config, dict) else peft_config.to_dict())
+            lm = add_lora_adapters(lm, peft_config, key="peft_config")
         model = cls(lm, **head_args)
         model.v_head.to(next(lm.parameters()).device)
-        weights: Dict[str, torch.Tensor] = {}
-        if folder is not None and (folder / VALUE_HEAD_FILE).is_file():
-            weights = load_file(str(folder / VALUE_HEAD_FILE))
-        elif folder is not None and folder.is_dir():
-            weights = trl_value_head_weights(folder)
+        if folder is not None and model.load_saved_value_head(folder):
+            return model
+        weights = trl_value_head_weights(folder) if folder is not None and folder.is_dir() else {}
         if weights:
             model.v_head.load_state_dict(weights)
         else:

@@ -1,0 +1,427 @@
+"""TRL's classic ``PPOTrainer`` (trl 0.4-0.11) on this project's PPO core.
+
+The trainer translates; the math is the project's: :class:`rl4lms.rlhf.ppo_trainer.PPOTrainer`
+scores the triplets (policy and reference forwards, the KL penalty of ``kl_penalty``, the score on
+the last response token) and runs :class:`rl4lms.algorithms.ppo.PPO`'s update. The translation:
+
+=============================  ==================================================================
+TRL (``PPOConfig``)            here
+=============================  ==================================================================
+``mini_batch_size``            ``PPO(batch_size=...)``; the first forwards use it as TRL does
+``ppo_epochs``                 ``n_epochs``
+``cliprange``                  ``clip_range``
+``cliprange_value``            ``clip_range_vf`` (TRL always clips the value)
+``vf_coef``                    ``vf_coef / 2``: TRL's value loss is ``0.5 * (V - R)^2``, the PPO
+                               core's ``(V - R)^2``; ``ppo/loss/value`` is reported on TRL's scale
+``gamma``, ``lam``             ``gamma``, ``gae_lambda``
+``max_grad_norm`` None         no clipping (an infinite norm)
+``early_stopping``,            ``target_kl`` with ``early_stop_statistic="last_policy_kl"``
+``target_kl``
+``ratio_threshold``            ``ratio_threshold``
+``adap_kl_ctrl``, ``target``,  ``KLController(init_kl_coef, target, horizon=horizon)``
+``horizon``, ``init_kl_coef``
+``kl_penalty``                 :func:`rl4lms.algorithms.advantages.token_kl`
+``whiten_rewards``             ``TextRolloutBuffer.whiten_rewards``
+``gradient_accumulation_steps`` the ``Accelerator``'s, through ``PPO.optimization_step``
+=============================  ==================================================================
+
+Dropout is off in every forward on both sides (TRL's forwards run in eval mode). Minibatches are
+drawn with numpy's global generator, as TRL draws them.
+"""
+from __future__ import annotations
+
+import contextlib
+import inspect
+import logging
+import math
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, gather_object
+from transformers import PreTrainedTokenizerBase
+
+from rl4lms.rlhf.ppo_trainer import PPOTrainer as TripletPPOTrainer
+from rl4lms.trl.core import set_seed
+from rl4lms.trl.modeling_value_head import _TRLModelWithValueHead
+from rl4lms.trl.ppo_config import PPOConfig
+from rl4lms.trl.reference import create_reference_model
+
+logger = logging.getLogger(__name__)
+
+LOGGED_COLUMNS = ("label", "query", "response")
+"""Dataset columns TRL keeps besides the model's ``forward`` arguments."""
+DEFAULT_MAX_LENGTH = 2048
+"""Bound on queries and responses for a model without position embeddings (T5)."""
+
+
+@dataclass
+class RunningMoments:
+    """Running mean and standard deviation of the scores over all steps (TRL's ``use_score_scaling``),
+    merged batch by batch with the parallel-variance formula."""
+
+    mean: float = 0.0
+    std: float = 1.0
+    var: float = 1.0
+    count: float = 1e-24
+
+    def update(self, scores: torch.Tensor) -> Tuple[float, float]:
+        """Merge a batch in; returns the batch's mean and (unbiased) standard deviation."""
+        batch_var, batch_mean = torch.var_mean(scores.float(), unbiased=False)
+        n = scores.numel()
+        delta = float(batch_mean) - self.mean
+        total = self.count + n
+        squares = self.var * self.count + float(batch_var) * n + delta ** 2 * self.count * n / total
+        self.mean += delta * n / total
+        self.var = squares / total
+        self.std = math.sqrt(self.var * total / (total - 1))
+        self.count = total
+        return float(batch_mean), math.sqrt(float(batch_var) * n / max(n - 1, 1))
+
+
+def _numpy(tensor: torch.Tensor) -> np.ndarray:
+    return tensor.detach().float().cpu().numpy()
+
+
+def _to_scalars(stats: Dict[str, Any]) -> Dict[str, Any]:
+    """One-element arrays as Python floats (TRL does this for trackers other than wandb)."""
+    return {key: float(value.reshape(-1)[0]) if isinstance(value, np.ndarray) and value.size == 1 else value
+            for key, value in stats.items()}
+
+
+class PPOTrainer:
+    """TRL 0.11's ``PPOTrainer``: PPO on (query, response, score) triplets from the caller's own loop.
+
+    Args:
+        config: the :class:`PPOConfig`.
+        model: an ``AutoModelForCausalLMWithValueHead`` / ``AutoModelForSeq2SeqLMWithValueHead`` of
+            :mod:`rl4lms.trl` (its LM and value head are trained in place).
+        ref_model: the frozen reference, a value-head model as well; default: a copy of ``model``
+            (``num_shared_layers`` layers shared, see :func:`create_reference_model`), none for a
+            ``peft`` model (its adapters are switched off instead).
+        tokenizer: the model's tokenizer (with a pad token).
+        dataset: a ``torch`` or ``datasets`` dataset; ``dataloader`` serves it in ``batch_size`` batches.
+        optimizer: default ``Adam(lr=config.learning_rate)`` over the trainable parameters.
+        data_collator: the dataloader's ``collate_fn``.
+        num_shared_layers: see ``ref_model``.
+        lr_scheduler: a ``torch`` scheduler, stepped after every :meth:`step`.
+        training_data_collator: accepted for TRL's signature; episodes are padded by the PPO core.
+    """
+
+    def __init__(self, config: Optional[PPOConfig] = None, model: Optional[_TRLModelWithValueHead] = None,
+                 ref_model: Optional[_TRLModelWithValueHead] = None,
+                 tokenizer: Optional[PreTrainedTokenizerBase] = None, dataset: Any = None,
+                 optimizer: Optional[torch.optim.Optimizer] = None, data_collator: Optional[Callable] = None,
+                 num_shared_layers: Optional[int] = None, lr_scheduler: Any = None,
+                 training_data_collator: Optional[Callable] = None) -> None:
+        if not isinstance(config, PPOConfig):
+            raise ValueError(f"config must be a PPOConfig, got {type(config)}")
+        set_seed(config.seed)
+        if not isinstance(tokenizer, PreTrainedTokenizerBase):
+            raise ValueError(f"tokenizer must be a transformers tokenizer, got {type(tokenizer)}")
+        if not isinstance(model, _TRLModelWithValueHead):
+            raise ValueError(f"model must be an AutoModelForCausalLMWithValueHead or AutoModelForSeq2SeqLMWithValueHead "
+                             f"of rl4lms.trl, got {type(model)}")
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token: set `tokenizer.pad_token = tokenizer.eos_token` "
+                             "(as TRL's examples do) or add one")
+        if training_data_collator is not None:
+            logger.info("training_data_collator is not used: the PPO core pads queries and responses itself")
+        self.config = config
+        self.accelerator = Accelerator(log_with=config.log_with,
+                                       gradient_accumulation_steps=config.gradient_accumulation_steps,
+                                       project_config=ProjectConfiguration(**config.project_kwargs),
+                                       **config.accelerator_kwargs)
+        config.world_size = self.accelerator.num_processes
+        config.global_backward_batch_size = config.backward_batch_size * config.world_size
+        config.global_batch_size = config.batch_size * config.world_size
+        self.model = model
+        self.is_encoder_decoder = bool(model.config.is_encoder_decoder)
+        self.is_peft_model = model.is_peft_model
+        config.is_encoder_decoder, config.is_peft_model = self.is_encoder_decoder, self.is_peft_model
+        tracker_config = config.to_dict() if config.log_with == "tensorboard" else {"trl_ppo_trainer_config": config.to_dict()}
+        self.accelerator.init_trackers(config.tracker_project_name, config=tracker_config,
+                                       init_kwargs=config.tracker_kwargs)
+        self.ref_model = self._reference(ref_model, num_shared_layers)
+        self.tokenizer = tokenizer
+        if config.gradient_checkpointing:
+            model.pretrained_model.gradient_checkpointing_enable()
+            model.pretrained_model.enable_input_require_grads()
+        self.core = self._build_core()
+        self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(
+            [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+        self.core.policy.optimizer = self.optimizer
+        self.core.ppo.attach_accelerator(self.accelerator)
+        self.optimizer = self.core.policy.optimizer
+        if lr_scheduler is not None and not isinstance(lr_scheduler, torch.optim.lr_scheduler.LRScheduler):
+            raise ValueError("lr_scheduler must be a torch.optim.lr_scheduler.LRScheduler")
+        self.lr_scheduler = None if lr_scheduler is None else self.accelerator.prepare_scheduler(lr_scheduler)
+        if dataset is not None and not isinstance(dataset, (torch.utils.data.Dataset, datasets.Dataset)):
+            raise ValueError("dataset must be a torch.utils.data.Dataset or datasets.Dataset")
+        if dataset is None:
+            warnings.warn("No dataset is provided. Make sure to set config.batch_size to the correct value before "
+                          "training.", UserWarning)
+        self.dataset = dataset
+        self.dataloader = None if dataset is None else self.accelerator.prepare_data_loader(
+            self.prepare_dataloader(dataset, data_collator))
+        self.is_distributed = self.accelerator.num_processes > 1
+        self.current_device = self.accelerator.device
+        self.current_step = 0
+        self.running = RunningMoments()
+
+    @property
+    def kl_ctl(self) -> Any:
+        """The KL controller (TRL's attribute; its ``value`` is the current coefficient)."""
+        return self.core.ppo.kl_controller
+
+    # --- construction -----------------------------------------------------------------------------
+    def _reference(self, ref_model: Optional[_TRLModelWithValueHead],
+                   num_shared_layers: Optional[int]) -> Optional[_TRLModelWithValueHead]:
+        if isinstance(ref_model, _TRLModelWithValueHead):
+            if num_shared_layers is not None:
+                warnings.warn("num_shared_layers is ignored when ref_model is provided: the two models share no "
+                              "layers.", UserWarning)
+            return ref_model
+        if ref_model is not None:
+            raise ValueError(f"ref_model must be a value-head model of rl4lms.trl or None, got {type(ref_model)}")
+        if self.is_peft_model:
+            return None
+        return create_reference_model(self.model, num_shared_layers=num_shared_layers)
+
+    def _build_core(self) -> TripletPPOTrainer:
+        config, lm = self.config, self.model.pretrained_model
+        policy_args: Dict[str, Any] = {"model": lm, "value_head": self.model.v_head}
+        if self.ref_model is not None:
+            policy_args["ref_model"] = self.ref_model.pretrained_model
+        ppo_args = {
+            "batch_size": config.mini_batch_size, "n_epochs": config.ppo_epochs, "learning_rate": config.learning_rate,
+            "clip_range": config.cliprange, "clip_range_vf": config.cliprange_value, "vf_coef": 0.5 * config.vf_coef,
+            "ent_coef": 0.0, "gamma": config.gamma, "gae_lambda": config.lam, "normalize_advantage": True,
+            "max_grad_norm": math.inf if config.max_grad_norm is None else config.max_grad_norm,
+            "target_kl": config.target_kl if config.early_stopping else None,
+            "early_stop_statistic": "last_policy_kl", "ratio_threshold": config.ratio_threshold,
+            "lr_scheduler_type": None,
+        }
+        policy_id = "seq2seq_lm_actor_critic_policy" if self.is_encoder_decoder else "causal_lm_actor_critic_policy"
+        core = TripletPPOTrainer(
+            getattr(lm.config, "_name_or_path", "") or type(lm).__name__, tokenizer=self.tokenizer,
+            policy_id=policy_id, policy_args=policy_args, ppo_args=ppo_args, kl_coeff=config.init_kl_coef,
+            target_kl=config.target if config.adap_kl_ctrl else None, kl_horizon=config.horizon,
+            kl_penalty=config.kl_penalty, max_length=getattr(lm.config, "max_position_embeddings", None)
+            or getattr(lm.config, "n_positions", None) or DEFAULT_MAX_LENGTH,
+            seed=config.seed, device=str(self.accelerator.device))
+        buffer = core.ppo.rollout_buffer
+        buffer.whiten_rewards = config.whiten_rewards
+        buffer.permutation = lambda n: torch.as_tensor(np.random.permutation(n))
+        return core
+
+    def prepare_dataloader(self, dataset: Any, data_collator: Optional[Callable] = None) -> torch.utils.data.DataLoader:
+        """A shuffling ``DataLoader`` of ``batch_size`` batches that drops the last partial one; a
+        ``datasets.Dataset`` loses the columns neither the model's ``forward`` nor logging uses
+        (with ``remove_unused_columns``)."""
+        column_names = getattr(dataset, "column_names", None)
+        if column_names is not None and self.config.remove_unused_columns:
+            keep = set(inspect.signature(self.model.forward).parameters) | set(LOGGED_COLUMNS)
+            dataset = dataset.remove_columns([name for name in column_names if name not in keep])
+        return torch.utils.data.DataLoader(dataset, batch_size=self.config.batch_size, collate_fn=data_collator,
+                                           shuffle=True, drop_last=True)
+
+    # --- generation -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(self, query_tensor: Union[torch.Tensor, List[torch.Tensor]], length_sampler: Optional[Callable] = None,
+                 batch_size: int = 4, return_prompt: bool = True, generate_ref_response: bool = False,
+                 **generation_kwargs: Any) -> Any:
+        """TRL's ``generate``: a 1-D query gives a ``[1, L]`` tensor (prompt included unless
+        ``return_prompt`` is False); a list of queries gives a list of 1-D tensors, generated
+        ``batch_size`` at a time from left-padded prompts and cut after their first EOS.
+        ``length_sampler`` draws ``max_new_tokens`` (per call, or per batch for a list);
+        ``generate_ref_response`` also returns the reference model's responses."""
+        models = [self.model]
+        if generate_ref_response:
+            models.append(self.model if self.is_peft_model else self.ref_model)
+        outputs = []
+        for ix, model in enumerate(models):
+            # The reference of a peft model is the same model with its adapters off.
+            context = self.model.pretrained_model.disable_adapter() if ix == 1 and self.is_peft_model else contextlib.nullcontext()
+            with context:
+                if isinstance(query_tensor, list):
+                    outputs.append(self._generate_batched(model, query_tensor, length_sampler, batch_size,
+                                                          return_prompt, dict(generation_kwargs)))
+                else:
+                    outputs.append(self._generate_one(model, query_tensor, length_sampler, return_prompt,
+                                                      dict(generation_kwargs)))
+        return tuple(outputs) if generate_ref_response else outputs[0]
+
+    def _generate_one(self, model: torch.nn.Module, query: torch.Tensor, length_sampler: Optional[Callable],
+                      return_prompt: bool, generation_kwargs: Dict[str, Any]) -> torch.Tensor:
+        if query.dim() == 2:
+            raise ValueError("query_tensor must be a tensor of shape (`seq_len`) or a list of tensors of shape "
+                             "(`seq_len`)")
+        if length_sampler is not None:
+            generation_kwargs["max_new_tokens"] = length_sampler()
+        response = model.generate(input_ids=query.unsqueeze(0).to(self.current_device), **generation_kwargs)
+        if not return_prompt and not self.is_encoder_decoder:
+            response = response[:, query.shape[0]:]
+        return response
+
+    def _generate_batched(self, model: torch.nn.Module, queries: List[torch.Tensor], length_sampler: Optional[Callable],
+                          batch_size: int, return_prompt: bool, generation_kwargs: Dict[str, Any]) -> List[torch.Tensor]:
+        outputs: List[torch.Tensor] = []
+        padding_side = self.tokenizer.padding_side
+        if not self.is_encoder_decoder:
+            self.tokenizer.padding_side = "left"
+        try:
+            batch_size = min(len(queries), batch_size)
+            for start in range(0, len(queries), batch_size):
+                if length_sampler is not None:
+                    generation_kwargs["max_new_tokens"] = length_sampler()
+                batch = queries[start:start + batch_size]
+                padded = self.tokenizer.pad({"input_ids": batch, "attention_mask": [torch.ones_like(q) for q in batch]},
+                                            padding=True, return_tensors="pt").to(self.current_device)
+                generations = model.generate(**padded, **generation_kwargs)
+                for generation, mask in zip(generations, padded["attention_mask"]):
+                    output = generation if self.is_encoder_decoder else generation[int((1 - mask).sum()):]
+                    if not return_prompt and not self.is_encoder_decoder:
+                        output = output[int(mask.sum()):]
+                    eos = (output == self.tokenizer.eos_token_id).nonzero()
+                    if len(eos):
+                        output = output[:int(eos[0, 0]) + 1]
+                    outputs.append(output)
+        finally:
+            self.tokenizer.padding_side = padding_side
+        return outputs
+
+    # --- the update ------------------------------------------------------------------------------
+    def _check_step_inputs(self, queries: Any, responses: Any, scores: Any,
+                           response_masks: Optional[Any]) -> List[torch.Tensor]:
+        """TRL's checks: lists of tensors, ``batch_size`` of each, queries/responses 1-D, scores
+        0-d (or one element); returns the scores as 0-d tensors."""
+        for name, values in (("queries", queries), ("responses", responses), ("scores", scores)):
+            if not isinstance(values, list):
+                raise ValueError(f"{name} must be a list of tensors - got {type(values)}")
+            if not values or not isinstance(values[0], torch.Tensor):
+                raise ValueError(f"Elements in {name} must be tensors - got "
+                                 f"{type(values[0]) if values else 'an empty list'}")
+            if len(values) != self.config.batch_size:
+                raise ValueError(f"Batch size ({self.config.batch_size}) does not match number of examples - but "
+                                 f"got {len(values)} for: {name}")
+        for name, values in (("queries", queries), ("responses", responses), ("response_masks", response_masks or [])):
+            for ix, tensor in enumerate(values):
+                if tensor.dim() != 1:
+                    raise ValueError(f"{name}[{ix}] must be a 1-D tensor of token ids, got shape {tuple(tensor.shape)}")
+        checked = []
+        for score in scores:
+            if score.dim() > 1:
+                raise ValueError(f"Scores must be 1-dimensional - got {score.dim()} for {score}")
+            if score.numel() != 1:
+                raise ValueError(f"each score must hold one number, got shape {tuple(score.shape)}")
+            checked.append(score.reshape(()))
+        return checked
+
+    def _processed_scores(self, scores: List[torch.Tensor]) -> torch.Tensor:
+        values = torch.stack([s.detach().float().cpu() for s in scores])
+        if self.config.use_score_scaling:
+            self.running.update(values)
+            scale = self.running.std + torch.finfo(values.dtype).eps
+            values = (values - self.running.mean) / scale if self.config.use_score_norm else values / scale
+        if self.config.score_clip is not None:
+            values = values.clamp(-self.config.score_clip, self.config.score_clip)
+        return values
+
+    def _without_decoder_start(self, responses: List[torch.Tensor],
+                               masks: Optional[List[torch.Tensor]]) -> Tuple[List[torch.Tensor], Optional[List[torch.Tensor]]]:
+        """Encoder-decoder responses as ``generate`` returns them start with the decoder start token,
+        which TRL leaves out of the loss; the policy adds that token itself."""
+        start_id = self.model.pretrained_model.config.decoder_start_token_id
+        cut = [len(r) > 1 and int(r[0]) == start_id for r in responses]
+        responses = [r[1:] if c else r for r, c in zip(responses, cut)]
+        return responses, None if masks is None else [m[1:] if c else m for m, c in zip(masks, cut)]
+
+    def step(self, queries: List[torch.Tensor], responses: List[torch.Tensor], scores: List[torch.Tensor],
+             response_masks: Optional[List[torch.Tensor]] = None) -> Dict[str, Any]:
+        """One PPO update on ``batch_size`` triplets; returns TRL's statistics (``objective/*``,
+        ``ppo/*``, ``tokens/*``, ``time/ppo/*``; arrays for ``objective/kl_dist``, ``objective/logprobs``,
+        ``objective/ref_logprobs``, ``tokens/*_dist``, ``ppo/policy/advantages`` and ``ppo/policy/ratio``,
+        these two over the valid tokens of every minibatch)."""
+        values = self._processed_scores(self._check_step_inputs(queries, responses, scores, response_masks))
+        if self.is_encoder_decoder:
+            responses, response_masks = self._without_decoder_start(responses, response_masks)
+        core = self.core
+        core.score_episodes(queries, responses, values.tolist(), response_masks,
+                            forward_batch_size=self.config.mini_batch_size)
+        learning_rate = float(self.optimizer.param_groups[0]["lr"])
+        stats = core.update()
+        timings = dict(core.timings)
+        timings["time/ppo/total"] = sum(timings.values())
+        stats = self._trl_statistics(stats, learning_rate)
+        if stats["objective/kl"] < -1.0:
+            warnings.warn(f"KL divergence is starting to become negative: {stats['objective/kl']:.2f} - this might "
+                          "be a precursor for failed training. Check the generation kwargs (sampling without top-k/"
+                          "top-p cuts, no min_length forcing) and the training hyperparameters.")
+        stats.update(timings)
+        if self.lr_scheduler is not None:
+            self.lr_scheduler.step()
+        return stats if self.config.log_with == "wandb" else _to_scalars(stats)
+
+    def _trl_statistics(self, stats: Dict[str, float], learning_rate: float) -> Dict[str, Any]:
+        """The core's statistics on TRL's scales, plus TRL's arrays."""
+        out: Dict[str, Any] = {key: value for key, value in stats.items() if not key.startswith("rollout_info/")}
+        out["ppo/loss/value"] = 0.5 * stats["ppo/loss/value"]
+        out["ppo/val/var_explained"] = 1.0 - stats["ppo/val/error"] / stats["ppo/returns/var"] \
+            if stats["ppo/returns/var"] else float("nan")
+        out["ppo/learning_rate"] = learning_rate
+        data = self.core.ppo.rollout_buffer.data
+        assert data is not None
+        out["objective/kl_dist"] = _numpy(data.kl.sum(1))
+        out["objective/logprobs"] = _numpy(data.log_probs)
+        out["objective/ref_logprobs"] = _numpy(data.ref_log_probs)
+        out["tokens/queries_dist"] = _numpy(data.prompt_mask.sum(1))
+        out["tokens/responses_dist"] = _numpy(data.response_mask.sum(1))
+        for name, values in self.core.ppo.update_arrays.items():
+            out[f"ppo/policy/{name}"] = _numpy(values)[None]
+        return out
+
+    # --- logging and saving ------------------------------------------------------------------------
+    def log_stats(self, stats: Dict[str, Any], batch: Dict[str, Any], rewards: Any,
+                  columns_to_log: Iterable[str] = ("query", "response")) -> None:
+        """Send ``stats`` and the batch's rewards (``env/reward_mean``, ``_std``, ``_dist``) to the
+        accelerator's trackers; with wandb also a ``game_log`` table of ``columns_to_log`` and reward."""
+        columns = list(columns_to_log)
+        rewards = rewards if isinstance(rewards, torch.Tensor) else torch.tensor([float(r) for r in rewards])
+        rewards = self.accelerator.gather(rewards.to(self.current_device)).flatten().float()
+        table_columns = None
+        if self.config.log_with == "wandb":
+            missing = [c for c in columns if c not in batch]
+            if missing:
+                raise ValueError(f"Columns to log {columns} are not present in the batch {list(batch.keys())}.")
+            table_columns = [gather_object(batch[c]) if self.is_distributed else batch[c] for c in columns]
+        if not self.accelerator.is_main_process:
+            return
+        logs: Dict[str, Any] = {}
+        if "query" not in batch and "response" not in batch:
+            warnings.warn("The game logs will not be logged because the batch does not contain the keys 'query' and "
+                          "'response'.")
+        elif table_columns is not None:
+            import wandb
+
+            rows = [list(row) for row in zip(*table_columns, rewards.cpu().tolist())]
+            logs["game_log"] = wandb.Table(columns=[*columns, "reward"], rows=rows)
+        logs.update(stats)
+        logs["env/reward_mean"] = float(rewards.mean())
+        logs["env/reward_std"] = float(rewards.std()) if len(rewards) > 1 else 0.0
+        logs["env/reward_dist"] = _numpy(rewards)
+        if self.config.log_with == "tensorboard":
+            self.current_step += 1
+        self.accelerator.log(logs, step=self.current_step if self.config.log_with == "tensorboard" else None)
+
+    def save_pretrained(self, save_directory: Union[str, Path]) -> None:
+        """The model (TRL's folder: the value head inside the weights file, and ``value_head.safetensors``)
+        and the tokenizer."""
+        self.accelerator.unwrap_model(self.model).save_pretrained(save_directory)
+        self.tokenizer.save_pretrained(save_directory)
+
