@@ -86,3 +86,21 @@ def test_training_with_pad_equal_to_eos_from_a_local_folder(tmp_path: Path) -> N
                  "--experiment_name", "pad_is_eos"]) == 0
     model = AutoModelForCausalLM.from_pretrained(tmp_path / "pad_is_eos" / "model")
     assert model.config.vocab_size == 512
+
+
+def test_fused_activations_keep_the_model_s_outputs() -> None:
+    import torch
+    from transformers import GPT2LMHeadModel
+    from transformers.activations import GELUTanh
+
+    from rl4lms.models.fused_activations import use_fused_activations
+    from rl4lms.models.loading import load_model
+
+    model = load_model(GPT2LMHeadModel, "rl4lms/tiny-gpt2")
+    tokens = torch.randint(0, 500, (2, 12), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = model(tokens).logits
+        assert use_fused_activations(model) == model.config.n_layer
+        after = model(tokens).logits
+    assert all(isinstance(block.mlp.act, GELUTanh) for block in model.transformer.h)
+    assert torch.allclose(before, after, atol=1e-5) and model.config.activation_function == "gelu_new"

@@ -280,3 +280,23 @@ def test_save_pretrained_writes_a_folder_both_libraries_read(tokenizer, tmp_path
     assert json.loads((tmp_path / "out" / "tokenizer_config.json").read_text())
     again = AutoModelForCausalLMWithValueHead.from_pretrained(str(tmp_path / "out"))
     assert torch.equal(again.v_head.summary.weight, model.v_head.summary.weight)
+
+
+def test_step_on_generated_responses_reuses_what_generate_computed(tokenizer) -> None:
+    from rl4lms.algorithms.rollout import pad_token_lists
+
+    trainer = _trainer(tokenizer)
+    queries, _, scores = _triplets(tokenizer)
+    responses = trainer.generate(queries, return_prompt=False, max_new_tokens=5, do_sample=True, top_k=0,
+                                 pad_token_id=tokenizer.eos_token_id)
+    sampled = [trainer._sampled[(tuple(q.tolist()), tuple(r.tolist()))] for q, r in zip(queries, responses)]
+    prompt, prompt_mask = pad_token_lists([q.tolist() for q in queries], tokenizer.pad_token_id, "cpu", left=True)
+    response, response_mask = pad_token_lists([r.tolist() for r in responses], tokenizer.pad_token_id, "cpu", left=False)
+    with torch.no_grad():
+        full = trainer.core.policy.evaluate_episodes(prompt, prompt_mask, response, response_mask)
+    for row, (log_probs, values) in enumerate(sampled):
+        n = len(responses[row])
+        assert torch.allclose(log_probs, full.log_probs[row, :n], atol=1e-4)
+        assert torch.allclose(values, full.values[row, :n], atol=1e-4)
+    stats = trainer.step(queries, responses, scores)
+    assert not trainer._sampled and np.isfinite(stats["ppo/loss/total"])

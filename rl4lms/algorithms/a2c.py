@@ -53,4 +53,3 @@ class A2C(LMOnPolicyAlgorithm):
         }
         self.train_stats.update(self.value_stats())
         self.train_stats.update(self.objective_stats())
-        self.train_stats["objective/entropy"] = entropy.item()

@@ -79,6 +79,7 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         self.policy = self.policy_class(self.observation_space, self.action_space, self.lr_schedule,
                                         **self.policy_kwargs).to(self.device)
         self.policy.observation_layout = self.text_env.observation_layout
+        self.policy.entropy_needs_grad = bool(self.ent_coef)
         self.rollout_buffer = TextRolloutBuffer(self.text_env.tokenizer.pad_token_id, self.gamma, self.gae_lambda,
                                                 self.whiten_advantages_in_buffer, self.kl_controller.norm_reward,
                                                 self.text_env.observation_layout)

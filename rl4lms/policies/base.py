@@ -23,6 +23,7 @@ from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
 
 from rl4lms.envs.observation import ObservationLayout
+from rl4lms.models.fused_activations import use_fused_activations
 from rl4lms.models.loading import load_model, resolve_model_name
 from rl4lms.models.lora import add_lora_adapters, quantization_kwargs, save_model
 from rl4lms.policies.value_head import CRITIC_DIR, VALUE_HEAD_FILE, ValueHead, hidden_size, save_value_head
@@ -37,7 +38,8 @@ class PolicyOutput:
     """Per-token quantities of the response tokens, each of shape ``[batch, response_len]``."""
 
     log_probs: torch.Tensor
-    entropy: torch.Tensor
+    entropy: Optional[torch.Tensor]
+    """None where it was not computed (scores taken from generation)."""
     values: torch.Tensor
     unmasked_log_probs: torch.Tensor
     """Log-probs without action masks (equal to ``log_probs`` when none were given); the KL uses these."""
@@ -81,6 +83,14 @@ class DecodingState:
     """Seq2seq: the encoded prompt."""
 
 
+def generation_step_outputs(out: Any, is_encoder_decoder: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The raw logits ``[B, T, V]`` and last-layer hidden states ``[B, T, H]`` at each generated
+    position of a ``generate(return_dict_in_generate=True, output_logits=True,
+    output_hidden_states=True)`` result: what the actor computed while sampling."""
+    steps = out.decoder_hidden_states if is_encoder_decoder else out.hidden_states
+    return torch.stack(out.logits, dim=1), torch.stack([layers[-1][:, -1] for layers in steps], dim=1)
+
+
 def masked_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Log-probability of ``tokens`` under ``logits`` (``[B, T, V]`` and ``[B, T]``)."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -105,11 +115,15 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     return -(log_p.exp() * log_p).sum(-1)
 
 
-def log_probs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def log_probs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor,
+                          entropy_grad: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`masked_log_probs` and :func:`entropy_from_logits` from one log-softmax (one ``[B, T, V]``
-    float32 tensor kept for the backward pass instead of two)."""
+    float32 tensor kept for the backward pass instead of two). Without ``entropy_grad`` the entropy
+    is a detached statistic, which spares its ``[B, T, V]`` backward."""
     log_p = torch.log_softmax(logits.float(), dim=-1)
-    return log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), -(log_p.exp() * log_p).sum(-1)
+    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+        entropy = -(log_p.exp() * log_p).sum(-1)
+    return log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy
 
 
 class LMActorCriticPolicy(BasePolicy):
@@ -141,6 +155,9 @@ class LMActorCriticPolicy(BasePolicy):
     _warned_per_transition = False
     observation_layout: Optional[ObservationLayout] = None
     """The env's observation shape (set by the algorithm), for per-transition evaluation."""
+    entropy_needs_grad = True
+    """Whether training differentiates the entropy; the algorithm sets False when its loss has no
+    entropy term (``ent_coef: 0``), and the entropy is then a statistic only."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -188,6 +205,9 @@ class LMActorCriticPolicy(BasePolicy):
             self.critic_model, self.value_head = None, value_head
         else:
             self.critic_model, self.value_head = self._saved_or_new_critic(model_name, shared_backbone)
+        for module in (self.model, self.ref_model, self.critic_model):
+            if module is not None:
+                use_fused_activations(module)
         # The modules the training forward passes go through: the modules themselves, or their
         # distributed wrappers after `wrap_trainable_modules`. A plain dict, so the wrappers are
         # not registered as submodules (the state dict keeps its keys).
@@ -327,9 +347,8 @@ class LMActorCriticPolicy(BasePolicy):
         out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
                                   logits_processor=logits_processor)
         response, mask = self._finish_response(out.sequences, prompt_ids.shape[1])
-        steps = out.decoder_hidden_states if self.model.config.is_encoder_decoder else out.hidden_states
-        hidden = torch.stack([layers[-1][:, -1] for layers in steps], dim=1)
-        return SampledActions(response, mask, step_logits=torch.stack(out.logits, dim=1), step_hidden=hidden)
+        logits, hidden = generation_step_outputs(out, self.model.config.is_encoder_decoder)
+        return SampledActions(response, mask, step_logits=logits, step_hidden=hidden)
 
     @torch.no_grad()
     def rollout_outputs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
@@ -342,7 +361,8 @@ class LMActorCriticPolicy(BasePolicy):
             return self.evaluate_episodes(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask,
                                           sampled.action_masks)
         return self._outputs_from_logits(sampled.step_logits / self.temperature, self.value_head(sampled.step_hidden),
-                                         sampled.response_ids, sampled.response_mask, sampled.action_masks)
+                                         sampled.response_ids, sampled.response_mask, sampled.action_masks,
+                                         self.entropy_needs_grad)
 
     def response_logits(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                         response_mask: torch.Tensor) -> torch.Tensor:
@@ -376,7 +396,7 @@ class LMActorCriticPolicy(BasePolicy):
                                       want_hidden=True)
         assert hidden is not None
         return self._outputs_from_logits(logits, modules["value_head"](hidden), response_ids, response_mask,
-                                         action_masks)
+                                         action_masks, self.entropy_needs_grad)
 
     # --- RL4LMs' per-transition API ---------------------------------------------------------------
     def evaluate_actions(self, obs: Dict[str, torch.Tensor], actions: torch.Tensor,
@@ -436,11 +456,13 @@ class LMActorCriticPolicy(BasePolicy):
 
     @staticmethod
     def _outputs_from_logits(logits: torch.Tensor, values: torch.Tensor, response_ids: torch.Tensor,
-                             response_mask: torch.Tensor, action_masks: Optional[torch.Tensor]) -> PolicyOutput:
+                             response_mask: torch.Tensor, action_masks: Optional[torch.Tensor],
+                             entropy_grad: bool = True) -> PolicyOutput:
         if action_masks is None:
-            log_probs, entropy = log_probs_and_entropy(logits, response_ids)
+            log_probs, entropy = log_probs_and_entropy(logits, response_ids, entropy_grad)
             return PolicyOutput(log_probs=log_probs, entropy=entropy, values=values, unmasked_log_probs=log_probs)
-        log_probs, entropy = log_probs_and_entropy(apply_action_masks(logits, action_masks, response_mask), response_ids)
+        log_probs, entropy = log_probs_and_entropy(apply_action_masks(logits, action_masks, response_mask),
+                                                   response_ids, entropy_grad)
         return PolicyOutput(log_probs=log_probs, entropy=entropy, values=values,
                             unmasked_log_probs=masked_log_probs(logits, response_ids))
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from transformers import PreTrainedTokenizerBase
@@ -22,7 +22,7 @@ from rl4lms.algorithms.rollout import RolloutStats, pad_token_lists, scored_batc
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.models.loading import default_device, load_tokenizer
-from rl4lms.policies.base import LMActorCriticPolicy, module_device, response_tokens
+from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput, module_device, response_tokens
 from rl4lms.registry import PolicyRegistry, load_builtin_components
 
 Tokens = Union[torch.Tensor, Sequence[int]]
@@ -127,10 +127,13 @@ class PPOTrainer:
         return {**stats, **self.timings}
 
     def score_episodes(self, queries: Sequence[Tokens], responses: Sequence[Tokens], scores: Sequence[Any],
-                       response_masks: Optional[Sequence[Tokens]] = None, forward_batch_size: Optional[int] = None) -> None:
+                       response_masks: Optional[Sequence[Tokens]] = None, forward_batch_size: Optional[int] = None,
+                       sampled: Optional[Sequence[Tuple[torch.Tensor, torch.Tensor]]] = None) -> None:
         """Fill the rollout buffer with the triplets, scored as a rollout is: the policy's log-probs
         and values and the reference's log-probs (``forward_batch_size`` episodes per forward, by
-        default all), the score on the last action token and the KL penalty."""
+        default all), the score on the last action token and the KL penalty. ``sampled`` are the
+        policy's per-token log-probs and values of each response as computed while generating it
+        (with the current weights): given, they replace the policy's forward."""
         query_lists, response_lists = [_as_list(q) for q in queries], [_as_list(r) for r in responses]
         mask_lists = None if response_masks is None else [_as_list(m) for m in response_masks]
         self._check(query_lists, response_lists, scores, mask_lists)
@@ -140,10 +143,12 @@ class PPOTrainer:
         for start in range(0, len(query_lists), step):
             chunk = slice(start, start + step)
             self.ppo.rollout_buffer.add(self._scored_chunk(query_lists[chunk], response_lists[chunk], scores[chunk],
-                                                           None if mask_lists is None else mask_lists[chunk]))
+                                                           None if mask_lists is None else mask_lists[chunk],
+                                                           None if sampled is None else sampled[chunk]))
 
     def _scored_chunk(self, query_lists: List[List[int]], response_lists: List[List[int]], scores: Sequence[Any],
-                      mask_lists: Optional[List[List[int]]]) -> RolloutBatch:
+                      mask_lists: Optional[List[List[int]]],
+                      sampled: Optional[Sequence[Tuple[torch.Tensor, torch.Tensor]]]) -> RolloutBatch:
         policy, pad = self.policy, self.tokenizer.pad_token_id
         device = module_device(policy)
         prompt_ids, prompt_mask = pad_token_lists(query_lists, pad, device, left=True)
@@ -157,7 +162,12 @@ class PPOTrainer:
         started = time.perf_counter()
         with torch.no_grad():
             policy.set_training_mode(False)
-            out = policy.evaluate_episodes(prompt_ids, prompt_mask, response_ids, response_mask)
+            if sampled is None:
+                out = policy.evaluate_episodes(prompt_ids, prompt_mask, response_ids, response_mask)
+            else:
+                log_probs, values = (torch.nn.utils.rnn.pad_sequence([part[k].to(device) for part in sampled],
+                                                                     batch_first=True) for k in (0, 1))
+                out = PolicyOutput(log_probs=log_probs, entropy=None, values=values, unmasked_log_probs=log_probs)
             ref_log_probs = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask)
             logits = ref_logits = None
             if self.kl_penalty == "full":

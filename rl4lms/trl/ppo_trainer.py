@@ -26,7 +26,10 @@ TRL (``PPOConfig``)            here
 =============================  ==================================================================
 
 Dropout is off in every forward on both sides (TRL's forwards run in eval mode). Minibatches are
-drawn with numpy's global generator, as TRL draws them.
+drawn with numpy's global generator, as TRL draws them. ``step`` on responses this trainer's
+``generate`` produced (since the last step) takes the policy's log-probs and values from that
+generation instead of a second forward, as the config trainer's rollouts do; other responses get
+the forward. ``scripts/bench/trl_parity.py`` checks statistics and weights against TRL 0.11.4.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 from transformers import PreTrainedTokenizerBase
 
+from rl4lms.policies.base import generation_step_outputs, masked_log_probs
 from rl4lms.rlhf.ppo_trainer import PPOTrainer as TripletPPOTrainer
 from rl4lms.trl.core import set_seed
 from rl4lms.trl.modeling_value_head import _TRLModelWithValueHead
@@ -82,6 +86,12 @@ class RunningMoments:
         self.std = math.sqrt(self.var * total / (total - 1))
         self.count = total
         return float(batch_mean), math.sqrt(float(batch_var) * n / max(n - 1, 1))
+
+
+def _through_first_eos(tokens: torch.Tensor, eos_token_id: Optional[int]) -> int:
+    """The length of ``tokens`` up to and including the first EOS (all of them without one)."""
+    eos = (tokens == eos_token_id).nonzero()
+    return int(eos[0, 0]) + 1 if len(eos) else len(tokens)
 
 
 def _numpy(tensor: torch.Tensor) -> np.ndarray:
@@ -153,8 +163,10 @@ class PPOTrainer:
             model.pretrained_model.gradient_checkpointing_enable()
             model.pretrained_model.enable_input_require_grads()
         self.core = self._build_core()
+        # TRL's default optimizer, Adam at config.learning_rate, in torch's fused form (one kernel
+        # for all parameters: the same update, faster than the per-parameter loop).
         self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(
-            [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate)
+            [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, fused=True)
         self.core.policy.optimizer = self.optimizer
         self.core.ppo.attach_accelerator(self.accelerator)
         self.optimizer = self.core.policy.optimizer
@@ -173,6 +185,8 @@ class PPOTrainer:
         self.current_device = self.accelerator.device
         self.current_step = 0
         self.running = RunningMoments()
+        self._sampled: Dict[Tuple[Tuple[int, ...], Tuple[int, ...]], Tuple[torch.Tensor, torch.Tensor]] = {}
+        """(query, response) -> per-token log-probs and values of responses generated since the last step."""
 
     @property
     def kl_ctl(self) -> Any:
@@ -264,7 +278,8 @@ class PPOTrainer:
                              "(`seq_len`)")
         if length_sampler is not None:
             generation_kwargs["max_new_tokens"] = length_sampler()
-        response = model.generate(input_ids=query.unsqueeze(0).to(self.current_device), **generation_kwargs)
+        inputs = {"input_ids": query.unsqueeze(0).to(self.current_device)}
+        response = self._sample(model, inputs, [query], generation_kwargs, cut_after_eos=False)
         if not return_prompt and not self.is_encoder_decoder:
             response = response[:, query.shape[0]:]
         return response
@@ -283,18 +298,36 @@ class PPOTrainer:
                 batch = queries[start:start + batch_size]
                 padded = self.tokenizer.pad({"input_ids": batch, "attention_mask": [torch.ones_like(q) for q in batch]},
                                             padding=True, return_tensors="pt").to(self.current_device)
-                generations = model.generate(**padded, **generation_kwargs)
+                generations = self._sample(model, dict(padded), batch, generation_kwargs, cut_after_eos=True)
                 for generation, mask in zip(generations, padded["attention_mask"]):
                     output = generation if self.is_encoder_decoder else generation[int((1 - mask).sum()):]
                     if not return_prompt and not self.is_encoder_decoder:
                         output = output[int(mask.sum()):]
-                    eos = (output == self.tokenizer.eos_token_id).nonzero()
-                    if len(eos):
-                        output = output[:int(eos[0, 0]) + 1]
-                    outputs.append(output)
+                    outputs.append(output[:_through_first_eos(output, self.tokenizer.eos_token_id)])
         finally:
             self.tokenizer.padding_side = padding_side
         return outputs
+
+    def _sample(self, model: torch.nn.Module, inputs: Dict[str, torch.Tensor], queries: List[torch.Tensor],
+                generation_kwargs: Dict[str, Any], cut_after_eos: bool) -> torch.Tensor:
+        """``model.generate``'s sequences. For the policy (sampling one sequence per query, causal
+        LM) it also keeps the log-probability and value of each generated token, computed by
+        ``generate`` itself, so that ``step`` on these responses needs no policy forward of its own."""
+        plain = any(generation_kwargs.get(key, 1) != 1 for key in ("num_beams", "num_return_sequences")) or \
+            any(key in generation_kwargs for key in ("return_dict_in_generate", "output_logits", "output_scores"))
+        if model is not self.model or self.is_encoder_decoder or self.config.kl_penalty == "full" or plain:
+            return model.generate(**inputs, **generation_kwargs)
+        out = model.generate(**inputs, **generation_kwargs, return_dict_in_generate=True, output_logits=True,
+                             output_hidden_states=True)
+        logits, hidden = generation_step_outputs(out, is_encoder_decoder=False)
+        generated = out.sequences[:, inputs["input_ids"].shape[1]:]
+        log_probs = masked_log_probs(logits, generated)
+        values = self.model.v_head(hidden)
+        for query, tokens, row_log_probs, row_values in zip(queries, generated, log_probs, values):
+            n = _through_first_eos(tokens, self.tokenizer.eos_token_id) if cut_after_eos else len(tokens)
+            key = (tuple(query.tolist()), tuple(tokens[:n].tolist()))
+            self._sampled[key] = (row_log_probs[:n], row_values[:n])
+        return out.sequences
 
     # --- the update ------------------------------------------------------------------------------
     def _check_step_inputs(self, queries: Any, responses: Any, scores: Any,
@@ -352,8 +385,11 @@ class PPOTrainer:
         if self.is_encoder_decoder:
             responses, response_masks = self._without_decoder_start(responses, response_masks)
         core = self.core
+        sampled = [self._sampled.get((tuple(q.tolist()), tuple(r.tolist()))) for q, r in zip(queries, responses)]
+        self._sampled = {}  # the weights change with this step
         core.score_episodes(queries, responses, values.tolist(), response_masks,
-                            forward_batch_size=self.config.mini_batch_size)
+                            forward_batch_size=self.config.mini_batch_size,
+                            sampled=sampled if all(part is not None for part in sampled) else None)
         learning_rate = float(self.optimizer.param_groups[0]["lr"])
         stats = core.update()
         timings = dict(core.timings)
