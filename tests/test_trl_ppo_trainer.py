@@ -22,7 +22,7 @@ TRL_STAT_KEYS = {
     "ppo/policy/advantages", "ppo/policy/advantages_mean", "ppo/policy/ratio", "ppo/returns/mean",
     "ppo/returns/var", "ppo/val/vpred", "ppo/val/error", "ppo/val/clipfrac", "ppo/val/mean", "ppo/val/var",
     "ppo/val/var_explained", "ppo/learning_rate", "time/ppo/forward_pass", "time/ppo/compute_rewards",
-    "time/ppo/compute_advantages", "time/ppo/optimize_step", "time/ppo/total",
+    "time/ppo/compute_advantages", "time/ppo/optimize_step", "time/ppo/calc_stats", "time/ppo/total",
 }
 ARRAY_KEYS = {"objective/kl_dist", "objective/logprobs", "objective/ref_logprobs", "tokens/queries_dist",
               "tokens/responses_dist", "ppo/policy/advantages", "ppo/policy/ratio"}
@@ -300,3 +300,14 @@ def test_step_on_generated_responses_reuses_what_generate_computed(tokenizer) ->
         assert torch.allclose(values, full.values[row, :n], atol=1e-4)
     stats = trainer.step(queries, responses, scores)
     assert not trainer._sampled and np.isfinite(stats["ppo/loss/total"])
+
+
+def test_kl_penalty_method_has_trls_modes(tokenizer) -> None:
+    log_probs, ref = torch.tensor([[-1.0, -2.0]]), torch.tensor([[-1.5, -1.0]])
+    expected = {"kl": [0.5, -1.0], "abs": [0.5, 1.0], "mse": [0.125, 0.5]}
+    for mode, values in expected.items():
+        assert _trainer(tokenizer, kl_penalty=mode)._kl_penalty(log_probs, ref)[0].tolist() == pytest.approx(values)
+    # "full": TRL passes whole log-distributions; p = (0.5, 0.5) against q = (0.8, 0.2) gives 0.2231436.
+    full = _trainer(tokenizer, kl_penalty="full")._kl_penalty(torch.log(torch.tensor([[0.5, 0.5]])),
+                                                              torch.log(torch.tensor([[0.8, 0.2]])))
+    assert full.tolist() == pytest.approx([0.2231436], abs=1e-6)

@@ -94,6 +94,13 @@ class _TRLModelWithValueHead(_ModelWithValueHead):
         elif v_head_init_strategy is not None:
             raise ValueError(f"v_head_init_strategy must be None or 'normal', got {v_head_init_strategy!r}")
 
+    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
+        """The LM's gradient checkpointing (TRL's wrapper passes the call on)."""
+        self.pretrained_model.gradient_checkpointing_enable(**kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        self.pretrained_model.gradient_checkpointing_disable()
+
     @property
     def is_peft_model(self) -> bool:
         """Whether the LM carries ``peft`` adapters (TRL's attribute)."""

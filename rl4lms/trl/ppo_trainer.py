@@ -37,6 +37,7 @@ import contextlib
 import inspect
 import logging
 import math
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 from transformers import PreTrainedTokenizerBase
 
+from rl4lms.algorithms.advantages import token_kl
 from rl4lms.policies.base import generation_step_outputs, masked_log_probs
 from rl4lms.rlhf.ppo_trainer import PPOTrainer as TripletPPOTrainer
 from rl4lms.trl.core import set_seed
@@ -356,6 +358,13 @@ class PPOTrainer:
             checked.append(score.reshape(()))
         return checked
 
+    def _kl_penalty(self, logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
+        """TRL's per-token KL penalty of ``config.kl_penalty`` (for ``"full"`` the arguments are the
+        full log-distributions ``[..., V]``, as TRL passes them)."""
+        if self.config.kl_penalty == "full":
+            return token_kl(logprob, ref_logprob, "full", logits=logprob, ref_logits=ref_logprob)
+        return token_kl(logprob, ref_logprob, self.config.kl_penalty)
+
     def _processed_scores(self, scores: List[torch.Tensor]) -> torch.Tensor:
         values = torch.stack([s.detach().float().cpu() for s in scores])
         if self.config.use_score_scaling:
@@ -393,12 +402,14 @@ class PPOTrainer:
         learning_rate = float(self.optimizer.param_groups[0]["lr"])
         stats = core.update()
         timings = dict(core.timings)
-        timings["time/ppo/total"] = sum(timings.values())
+        started = time.perf_counter()
         stats = self._trl_statistics(stats, learning_rate)
+        timings["time/ppo/calc_stats"] = time.perf_counter() - started
         if stats["objective/kl"] < -1.0:
             warnings.warn(f"KL divergence is starting to become negative: {stats['objective/kl']:.2f} - this might "
                           "be a precursor for failed training. Check the generation kwargs (sampling without top-k/"
                           "top-p cuts, no min_length forcing) and the training hyperparameters.")
+        timings["time/ppo/total"] = sum(timings.values())
         stats.update(timings)
         if self.lr_scheduler is not None:
             self.lr_scheduler.step()
