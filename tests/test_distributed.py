@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -108,3 +109,37 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     stats = [json.loads(line) for line in (tmp_path / "bf16" / "training_info.jsonl").read_text().splitlines()]
     assert len(stats) == 2 and all(torch.isfinite(torch.tensor(s["ppo/loss/total"])) for s in stats)
+
+
+TRL_SCRIPT = '''
+import hashlib, torch
+from rl4lms.models.loading import load_tokenizer
+from rl4lms.trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
+tokenizer = load_tokenizer("rl4lms/tiny-gpt2")
+tokenizer.pad_token = tokenizer.eos_token
+torch.manual_seed(0)
+model = AutoModelForCausalLMWithValueHead.from_pretrained("rl4lms/tiny-gpt2")
+trainer = PPOTrainer(PPOConfig(batch_size=4, mini_batch_size=2, learning_rate=1e-3), model, None, tokenizer)
+rank = trainer.accelerator.process_index
+generator = torch.Generator().manual_seed(rank)  # each process its own queries
+queries = [torch.randint(5, 500, (6,), generator=generator) for _ in range(4)]
+responses = trainer.generate(queries, return_prompt=False, max_new_tokens=6, do_sample=True,
+                             pad_token_id=tokenizer.eos_token_id)
+trainer.step(queries, responses, [torch.tensor(float(i + rank)) for i in range(4)])
+weights = torch.cat([p.detach().flatten() for p in model.parameters()]).numpy().tobytes()
+print(f"RESULT {rank} {trainer.accelerator.num_processes} {hashlib.md5(weights).hexdigest()}", flush=True)
+'''
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+def test_trl_ppo_trainer_in_two_cpu_processes_keeps_the_weights_equal(tmp_path: Path) -> None:
+    script = tmp_path / "trl_two_processes.py"
+    script.write_text(TRL_SCRIPT)
+    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
+               str(script)]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = sorted(list(found) for found in re.findall(r"RESULT (\d) (\d) ([0-9a-f]{32})", result.stdout))
+    assert [line[:2] for line in lines] == [["0", "2"], ["1", "2"]]
+    assert lines[0][2] == lines[1][2]  # different queries per process, one all-reduced update

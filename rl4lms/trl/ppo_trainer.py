@@ -53,6 +53,7 @@ from transformers import PreTrainedTokenizerBase
 from rl4lms.algorithms.advantages import token_kl
 from rl4lms.policies.base import generation_step_outputs, masked_log_probs
 from rl4lms.rlhf.ppo_trainer import PPOTrainer as TripletPPOTrainer
+from rl4lms.training.distributed import world_size
 from rl4lms.trl.core import set_seed
 from rl4lms.trl.modeling_value_head import _TRLModelWithValueHead
 from rl4lms.trl.ppo_config import PPOConfig
@@ -145,10 +146,14 @@ class PPOTrainer:
         if training_data_collator is not None:
             logger.info("training_data_collator is not used: the PPO core pads queries and responses itself")
         self.config = config
+        accelerator_kwargs = dict(config.accelerator_kwargs)
+        if world_size() > 1 and not torch.cuda.is_available():
+            # Several CPU processes form a gloo group only when accelerate is told they are CPU ones.
+            accelerator_kwargs.setdefault("cpu", True)
         self.accelerator = Accelerator(log_with=config.log_with,
                                        gradient_accumulation_steps=config.gradient_accumulation_steps,
                                        project_config=ProjectConfiguration(**config.project_kwargs),
-                                       **config.accelerator_kwargs)
+                                       **accelerator_kwargs)
         config.world_size = self.accelerator.num_processes
         config.global_backward_batch_size = config.backward_batch_size * config.world_size
         config.global_batch_size = config.batch_size * config.world_size
