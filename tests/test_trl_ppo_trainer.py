@@ -311,3 +311,16 @@ def test_kl_penalty_method_has_trls_modes(tokenizer) -> None:
     full = _trainer(tokenizer, kl_penalty="full")._kl_penalty(torch.log(torch.tensor([[0.5, 0.5]])),
                                                               torch.log(torch.tensor([[0.8, 0.2]])))
     assert full.tolist() == pytest.approx([0.2231436], abs=1e-6)
+
+
+def test_reference_responses_of_a_peft_model_are_not_taken_for_the_policys(tokenizer) -> None:
+    peft = pytest.importorskip("peft")
+    model = _model(peft_config=peft.LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0))
+    trainer = _trainer(tokenizer, model)
+    queries, _, _ = _triplets(tokenizer)
+    responses, references = trainer.generate(queries, return_prompt=False, generate_ref_response=True,
+                                             max_new_tokens=8, min_new_tokens=8, do_sample=True, top_k=0,
+                                             pad_token_id=tokenizer.eos_token_id)
+    # The reference is the same module with its adapters off: only the policy's responses are kept.
+    assert set(trainer._sampled) == {(tuple(q.tolist()), tuple(r.tolist())) for q, r in zip(queries, responses)}
+    assert len(references) == len(queries)

@@ -51,6 +51,7 @@ from accelerate.utils import ProjectConfiguration, gather_object
 from transformers import PreTrainedTokenizerBase
 
 from rl4lms.algorithms.advantages import token_kl
+from rl4lms.algorithms.rollout import pad_token_lists
 from rl4lms.policies.base import generation_step_outputs, masked_log_probs
 from rl4lms.rlhf.ppo_trainer import PPOTrainer as TripletPPOTrainer
 from rl4lms.training.distributed import world_size
@@ -272,57 +273,55 @@ class PPOTrainer:
             with context:
                 if isinstance(query_tensor, list):
                     outputs.append(self._generate_batched(model, query_tensor, length_sampler, batch_size,
-                                                          return_prompt, dict(generation_kwargs)))
+                                                          return_prompt, dict(generation_kwargs), ix == 0))
                 else:
                     outputs.append(self._generate_one(model, query_tensor, length_sampler, return_prompt,
-                                                      dict(generation_kwargs)))
+                                                      dict(generation_kwargs), ix == 0))
         return tuple(outputs) if generate_ref_response else outputs[0]
 
     def _generate_one(self, model: torch.nn.Module, query: torch.Tensor, length_sampler: Optional[Callable],
-                      return_prompt: bool, generation_kwargs: Dict[str, Any]) -> torch.Tensor:
+                      return_prompt: bool, generation_kwargs: Dict[str, Any], is_policy: bool) -> torch.Tensor:
         if query.dim() == 2:
             raise ValueError("query_tensor must be a tensor of shape (`seq_len`) or a list of tensors of shape "
                              "(`seq_len`)")
         if length_sampler is not None:
             generation_kwargs["max_new_tokens"] = length_sampler()
         inputs = {"input_ids": query.unsqueeze(0).to(self.current_device)}
-        response = self._sample(model, inputs, [query], generation_kwargs, cut_after_eos=False)
+        response = self._sample(model, inputs, [query], generation_kwargs, is_policy, cut_after_eos=False)
         if not return_prompt and not self.is_encoder_decoder:
             response = response[:, query.shape[0]:]
         return response
 
     def _generate_batched(self, model: torch.nn.Module, queries: List[torch.Tensor], length_sampler: Optional[Callable],
-                          batch_size: int, return_prompt: bool, generation_kwargs: Dict[str, Any]) -> List[torch.Tensor]:
+                          batch_size: int, return_prompt: bool, generation_kwargs: Dict[str, Any],
+                          is_policy: bool) -> List[torch.Tensor]:
         outputs: List[torch.Tensor] = []
-        padding_side = self.tokenizer.padding_side
-        if not self.is_encoder_decoder:
-            self.tokenizer.padding_side = "left"
-        try:
-            batch_size = min(len(queries), batch_size)
-            for start in range(0, len(queries), batch_size):
-                if length_sampler is not None:
-                    generation_kwargs["max_new_tokens"] = length_sampler()
-                batch = queries[start:start + batch_size]
-                padded = self.tokenizer.pad({"input_ids": batch, "attention_mask": [torch.ones_like(q) for q in batch]},
-                                            padding=True, return_tensors="pt").to(self.current_device)
-                generations = self._sample(model, dict(padded), batch, generation_kwargs, cut_after_eos=True)
-                for generation, mask in zip(generations, padded["attention_mask"]):
-                    output = generation if self.is_encoder_decoder else generation[int((1 - mask).sum()):]
-                    if not return_prompt and not self.is_encoder_decoder:
-                        output = output[int(mask.sum()):]
-                    outputs.append(output[:_through_first_eos(output, self.tokenizer.eos_token_id)])
-        finally:
-            self.tokenizer.padding_side = padding_side
+        batch_size = min(len(queries), batch_size)
+        for start in range(0, len(queries), batch_size):
+            if length_sampler is not None:
+                generation_kwargs["max_new_tokens"] = length_sampler()
+            batch = queries[start:start + batch_size]
+            # Left padding for causal LMs (TRL's choice), right padding for encoder inputs.
+            ids, mask = pad_token_lists([q.tolist() for q in batch], self.tokenizer.pad_token_id, self.current_device,
+                                        left=not self.is_encoder_decoder)
+            generations = self._sample(model, {"input_ids": ids, "attention_mask": mask}, batch, generation_kwargs,
+                                       is_policy, cut_after_eos=True)
+            for generation, row_mask in zip(generations, mask):
+                output = generation if self.is_encoder_decoder else generation[int((1 - row_mask).sum()):]
+                if not return_prompt and not self.is_encoder_decoder:
+                    output = output[int(row_mask.sum()):]
+                outputs.append(output[:_through_first_eos(output, self.tokenizer.eos_token_id)])
         return outputs
 
     def _sample(self, model: torch.nn.Module, inputs: Dict[str, torch.Tensor], queries: List[torch.Tensor],
-                generation_kwargs: Dict[str, Any], cut_after_eos: bool) -> torch.Tensor:
-        """``model.generate``'s sequences. For the policy (sampling one sequence per query, causal
+                generation_kwargs: Dict[str, Any], is_policy: bool, cut_after_eos: bool) -> torch.Tensor:
+        """``model.generate``'s sequences. For the policy (``is_policy``: not the reference, which for
+        a peft model is the same module with its adapters off; one sampled sequence per query, causal
         LM) it also keeps the log-probability and value of each generated token, computed by
         ``generate`` itself, so that ``step`` on these responses needs no policy forward of its own."""
         plain = any(generation_kwargs.get(key, 1) != 1 for key in ("num_beams", "num_return_sequences")) or \
             any(key in generation_kwargs for key in ("return_dict_in_generate", "output_logits", "output_scores"))
-        if model is not self.model or self.is_encoder_decoder or self.config.kl_penalty == "full" or plain:
+        if not is_policy or self.is_encoder_decoder or self.config.kl_penalty == "full" or plain:
             return model.generate(**inputs, **generation_kwargs)
         out = model.generate(**inputs, **generation_kwargs, return_dict_in_generate=True, output_logits=True,
                              output_hidden_states=True)
