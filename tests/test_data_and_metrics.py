@@ -9,7 +9,7 @@ import pytest
 from rl4lms.data_pools.synthetic import _DATE_PROMPTS, DatesPool, DummyPool, IncreasingNumbersPool
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, Sample, TextGenPool
 from rl4lms.metrics.synthetic import DateInText, IncreasingNumbersInText
-from rl4lms.registry import DataPoolRegistry, MetricRegistry, RewardFunctionRegistry, load_builtin_components
+from rl4lms.registry import DataPoolRegistry, MetricRegistry, RewardFunctionRegistry
 from rl4lms.rewards.synthetic import (IncreasingNumbersReward, SentencesWithDatesReward, contains_iso_date,
                                       increasing_numbers_score)
 
@@ -109,7 +109,6 @@ def test_bad_split_and_count_raise(pool_cls: Any, args: dict) -> None:
 
 
 def test_pools_built_through_registry() -> None:
-    load_builtin_components()
     pool = DataPoolRegistry.get("increasing_numbers").prepare(split="train", n_samples=4)
     assert isinstance(pool, IncreasingNumbersPool) and len(pool) == 4
     assert isinstance(DataPoolRegistry.get("dates").prepare(split="val", n_samples=2), DatesPool)
@@ -230,7 +229,6 @@ def test_sentences_with_dates_reward() -> None:
 
 
 def test_rewards_and_metrics_registered_under_ids() -> None:
-    load_builtin_components()
     assert RewardFunctionRegistry.get("increasing_numbers") is IncreasingNumbersReward
     assert RewardFunctionRegistry.get("sentences_with_dates") is SentencesWithDatesReward
     assert MetricRegistry.get("increasing_numbers") is IncreasingNumbersInText

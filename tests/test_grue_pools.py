@@ -7,9 +7,7 @@ from pathlib import Path
 import pytest
 
 from rl4lms.data_pools.sources import DataSourceError, download, load_rows, offline_hint
-from rl4lms.registry import DataPoolRegistry, load_builtin_components
-
-load_builtin_components()
+from rl4lms.registry import DataPoolRegistry
 FIXTURE_POOLS = {
     "imdb": {}, "imdb_seq2seq": {}, "commongen": {"prefix": "generate a sentence with: ", "concept_end_token": "."},
     "cnn_daily_mail": {"prompt_prefix": "Summarize: "}, "totto": {}, "narrative_qa": {}, "wmt16": {},

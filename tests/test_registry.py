@@ -2,13 +2,19 @@
 from __future__ import annotations
 
 import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import pytest
 
+from conftest import DEFAULT_CONFIG, REPO
 from rl4lms.config.validation import ConfigError, validate_config
 from rl4lms.registry import (ALL_REGISTRIES, AlgorithmRegistry, DataPoolRegistry, MetricRegistry, PolicyRegistry,
-                             Registry, RegistryError, RewardFunctionRegistry, load_builtin_components)
+                             Registry, RegistryError, RewardFunctionRegistry)
 from rl4lms.rewards.base import BatchedRewardFunction
 
 
@@ -133,7 +139,6 @@ def test_unhashable_id_gives_registry_error() -> None:
 
 
 def test_builtin_components_registered() -> None:
-    load_builtin_components()
     expected = {
         "datapool": {"dummy_pool", "increasing_numbers", "dates"},
         "reward_fn": {"increasing_numbers", "sentences_with_dates"},
@@ -161,11 +166,114 @@ def test_builtin_components_registered() -> None:
     assert RewardFunctionRegistry.get("increasing_numbers") is IncreasingNumbersReward
 
 
-def test_load_builtin_components_is_idempotent() -> None:
-    load_builtin_components()
-    before = {kind: registry.ids() for kind, registry in ALL_REGISTRIES.items()}
-    load_builtin_components()
-    assert {kind: registry.ids() for kind, registry in ALL_REGISTRIES.items()} == before
+@pytest.mark.parametrize("kind", sorted(ALL_REGISTRIES))
+def test_every_builtin_entry_point_loads_the_class_it_names(kind: str) -> None:
+    registry = ALL_REGISTRIES[kind]
+    for component_id in registry.ids():
+        entry = registry.entry_point(component_id)
+        cls = registry.get(component_id)
+        assert isinstance(cls, type), component_id
+        assert f"{cls.__module__}:{cls.__qualname__}" == entry
+        assert registry.get(component_id) is cls  # loaded once, then kept
+
+
+def _python(code: str) -> str:
+    """Run ``code`` in a fresh interpreter with this checkout on the path; return its stdout."""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            env=dict(os.environ, PYTHONPATH=str(REPO)), cwd=REPO)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_registry_module_imports_no_component_module() -> None:
+    loaded = json.loads(_python(
+        "import json, sys\nimport rl4lms.registry as r\n"
+        "ids = {kind: reg.ids() for kind, reg in r.ALL_REGISTRIES.items()}\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('rl4lms', 'torch')))))"))
+    assert loaded == ["rl4lms", "rl4lms.registry"]
+
+
+def test_validating_a_config_imports_only_the_components_it_names() -> None:
+    loaded = set(json.loads(_python(
+        "import json, sys\nfrom rl4lms.config import load_config\n"
+        f"load_config({str(DEFAULT_CONFIG)!r})\n"
+        "print(json.dumps(sorted(sys.modules)))")))
+    named = {"rl4lms.algorithms.ppo", "rl4lms.policies.causal", "rl4lms.data_pools.synthetic",
+             "rl4lms.rewards.synthetic", "rl4lms.metrics.synthetic"}
+    assert named <= loaded
+    others = {"rl4lms.algorithms.a2c", "rl4lms.algorithms.nlpo", "rl4lms.algorithms.trpo",
+              "rl4lms.algorithms.supervised", "rl4lms.policies.seq2seq", "rl4lms.policies.maskable",
+              "rl4lms.metrics.lexical", "rl4lms.metrics.semantic", "rl4lms.rewards.scored", "rl4lms.data_pools.imdb"}
+    assert not others & loaded
+    # Nor the heavy libraries only training needs: transformers' model code, NLTK, datasets.
+    assert not {"transformers.modeling_utils", "nltk", "datasets"} & loaded
+
+
+def test_entry_point_is_imported_on_first_use(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "lazy_widgets.py").write_text("class Widget:\n    def __init__(self, size: int = 2) -> None:\n"
+                                             "        self.size = size\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry: Registry = Registry("widget", {"widget": "lazy_widgets:Widget"})
+    assert "widget" in registry and registry.ids() == ["widget"]
+    assert "lazy_widgets" not in sys.modules
+    assert registry.build("widget", {"size": 5}).size == 5
+    assert registry.get("widget") is sys.modules["lazy_widgets"].Widget
+    # The module registering its own class under the id it already has is no conflict.
+    registry.register("widget", sys.modules["lazy_widgets"].Widget)
+    registry.register("widget", "lazy_widgets:Widget")
+    assert registry.get("widget") is sys.modules["lazy_widgets"].Widget
+    with pytest.raises(RegistryError, match="already registered to lazy_widgets.Widget"):
+        registry.register("widget", "lazy_widgets:Other")
+    monkeypatch.delitem(sys.modules, "lazy_widgets")
+
+
+def test_entry_point_that_cannot_be_loaded_names_it() -> None:
+    registry: Registry = Registry("widget", {"broken": "no_such_module_here:Widget"})
+    with pytest.raises(RegistryError) as excinfo:
+        registry.get("broken")
+    assert str(excinfo.value).startswith("widget id 'broken': cannot load its entry point 'no_such_module_here:Widget'")
+    with pytest.raises(RegistryError, match="not of the form 'module:Class'"):
+        registry.register("bad", "no_colon")
+
+
+def _install_fake_package(folder: Path, entry_points: str) -> None:
+    """A distribution on ``folder`` (a dist-info with ``entry_points.txt``) and the module it points to."""
+    info = folder / "rl4lms_plugin_fake-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: rl4lms-plugin-fake\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[rl4lms.components]\n{entry_points}")
+    (folder / "rl4lms_plugin_fake.py").write_text(
+        "from rl4lms.rewards.base import BatchedRewardFunction\n\n"
+        "class PluginReward(BatchedRewardFunction):\n"
+        "    def __init__(self, value: float = 1.0) -> None:\n        self.value = value\n\n"
+        "    def __call__(self, prompt_texts, gen_texts, ref_texts, dones, meta_infos=None):\n"
+        "        return [self.value] * len(gen_texts)\n")
+
+
+def test_installed_packages_register_through_the_entry_point_group(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    import rl4lms.registry as registry_module
+
+    _install_fake_package(tmp_path, "reward_fn.plugin_reward = rl4lms_plugin_fake:PluginReward\n"
+                                    "reward_fn.increasing_numbers = rl4lms_plugin_fake:PluginReward\n"
+                                    "no_kind = rl4lms_plugin_fake:PluginReward\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry_module, "_installed_packages_registered", False)
+    monkeypatch.setattr(RewardFunctionRegistry, "_entries", dict(RewardFunctionRegistry._entries))
+    assert "plugin_reward" in RewardFunctionRegistry.ids()
+    assert "rl4lms_plugin_fake" not in sys.modules  # registered, not imported
+    # A taken id and a name without a kind are skipped with a warning; the built-in stays.
+    assert RewardFunctionRegistry.entry_point("increasing_numbers") == \
+        "rl4lms.rewards.synthetic:IncreasingNumbersReward"
+    warnings = [r.getMessage() for r in caplog.records]
+    assert any("reward_fn.increasing_numbers" in w and "already registered" in w for w in warnings)
+    assert any("'no_kind = " in w and "<kind>.<id>" in w for w in warnings)
+
+    config = copy.deepcopy(BASE_CONFIG)
+    config["reward_fn"] = {"id": "plugin_reward", "args": {"value": 0.5}}
+    validated = validate_config(config)
+    assert RewardFunctionRegistry.build("plugin_reward", validated["reward_fn"]["args"])([""], ["x"], [[]], [True]) == [0.5]
+    monkeypatch.delitem(sys.modules, "rl4lms_plugin_fake")
 
 
 BASE_CONFIG: Dict[str, Any] = {

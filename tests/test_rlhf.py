@@ -88,7 +88,7 @@ def test_pairwise_loss_hand_example() -> None:
 
 
 def test_reward_model_trains_and_plugs_into_learned_reward(tmp_path: Path, isolated_home: Path) -> None:
-    from rl4lms.registry import RewardFunctionRegistry, load_builtin_components
+    from rl4lms.registry import RewardFunctionRegistry
 
     pairs = load_preference_pairs(PIPELINE / "data" / "preferences_train.jsonl")[:64]
     trainer = RewardModelTrainer("rl4lms/tiny-gpt2", pairs, eval_pairs=pairs[:16], max_length=32,
@@ -96,7 +96,6 @@ def test_reward_model_trains_and_plugs_into_learned_reward(tmp_path: Path, isola
     stats = trainer.train()
     assert stats[-1]["rm/loss"] < stats[0]["rm/loss"] and "rm/eval_accuracy" in stats[-1]
     trainer.save_pretrained(tmp_path / "rm")
-    load_builtin_components()
     reward = RewardFunctionRegistry.build("learned_reward", {"model_name": str(tmp_path / "rm"), "label_ix": 0,
                                                              "device": "cpu"})
     prompts = [p.prompt for p in pairs[:4]]

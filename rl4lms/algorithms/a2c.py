@@ -8,10 +8,8 @@ from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy
-from rl4lms.registry import AlgorithmRegistry
 
 
-@AlgorithmRegistry.register("a2c")
 class A2C(LMOnPolicyAlgorithm):
     """One gradient step per rollout on ``-A * log pi + vf_coef * (V - R)^2 - ent_coef * H``.
 

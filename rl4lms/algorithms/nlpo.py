@@ -3,10 +3,9 @@ from __future__ import annotations
 
 from rl4lms.algorithms.ppo import PPO
 from rl4lms.policies.maskable import MaskablePolicyMixin
-from rl4lms.registry import AlgorithmRegistry, PolicyRegistry
+from rl4lms.registry import PolicyRegistry
 
 
-@AlgorithmRegistry.register("nlpo")
 class NLPO(PPO):
     """PPO whose policy samples from the mask model's top-k/top-p tokens.
 

@@ -2,11 +2,10 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Optional, Type
+from typing import TYPE_CHECKING, Any, Dict, Optional, Type
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DistributedType
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -19,6 +18,9 @@ from rl4lms.algorithms.lr_schedule import check_schedule, lr_multiplier
 from rl4lms.algorithms.rollout import RolloutCollector, RolloutStats
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy
+
+if TYPE_CHECKING:  # accelerate is imported by the runs that use it (training/distributed.py)
+    from accelerate import Accelerator
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -184,6 +186,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         """Train through ``accelerator``: DDP-wrapped trainable modules when several processes
         run, its mixed precision and its ``gradient_accumulation_steps``. Each process draws its
         own prompts (the sampler is seeded with the process index)."""
+        from accelerate import DistributedType
+
         if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             raise ValueError(f"{accelerator.distributed_type.value} is not supported yet: rollouts generate with "
                              "the unsharded actor; use DDP (`accelerate launch --multi_gpu`)")

@@ -15,7 +15,6 @@ from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput
-from rl4lms.registry import AlgorithmRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +73,6 @@ def ppo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: t
 EARLY_STOP_STATISTICS = ("approx_kl", "last_policy_kl")
 
 
-@AlgorithmRegistry.register("ppo")
 class PPO(LMOnPolicyAlgorithm):
     """PPO with clipped ratio, optional value clipping and a ``target_kl`` early stop.
 

@@ -21,7 +21,6 @@ from rl4lms.algorithms.rollout import encode_prompts
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy, module_device
-from rl4lms.registry import AlgorithmRegistry
 
 
 def encode_targets(env: TextGenEnv, texts: Sequence[str], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -55,7 +54,6 @@ def reference_pairs(samples: Sequence[Sample]) -> List[Tuple[Sample, str]]:
     return [(sample, reference) for sample in samples for reference in sample.references]
 
 
-@AlgorithmRegistry.register("supervised")
 class Supervised(LMOnPolicyAlgorithm):
     """Teacher-forced cross-entropy on the references; each ``learn`` call is one shuffled epoch."""
 

@@ -19,7 +19,6 @@ from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy, apply_action_masks
-from rl4lms.registry import AlgorithmRegistry
 
 
 def conjugate_gradient(matrix_vector: Callable[[torch.Tensor], torch.Tensor], b: torch.Tensor, max_steps: int,
@@ -63,7 +62,6 @@ def _flat(tensors: List[torch.Tensor]) -> torch.Tensor:
     return torch.cat([t.reshape(-1) for t in tensors])
 
 
-@AlgorithmRegistry.register("trpo")
 class TRPO(LMOnPolicyAlgorithm):
     """Natural-gradient actor step under a KL trust region; value by regression.
 

@@ -13,7 +13,7 @@ import logging
 from typing import Any, Dict, List, Optional
 
 from rl4lms.config.validation import ConfigError, requirement_errors
-from rl4lms.registry import DataPoolRegistry, MetricRegistry, RegistryError, load_builtin_components
+from rl4lms.registry import DataPoolRegistry, MetricRegistry, RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,6 @@ def _cap_generation(kwargs: Optional[Dict[str, Any]], episode_length: int) -> Di
 
 def smoke_config(raw: Dict[str, Any]) -> Dict[str, Any]:
     """A copy of ``raw`` (an unvalidated config dict) shrunk to an offline smoke run."""
-    load_builtin_components()
     config = copy.deepcopy(raw)
     alg = config.setdefault("alg", {})
     policy = alg.setdefault("policy", {})

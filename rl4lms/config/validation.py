@@ -11,7 +11,7 @@ import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from rl4lms.config.schema import CONFIG_SCHEMA, INJECTED_ARGS, POSITIVE_ARGS, Component, ComponentList, Key, Section
-from rl4lms.registry import ALL_REGISTRIES, RegistryError, load_builtin_components
+from rl4lms.registry import ALL_REGISTRIES, RegistryError
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,26 @@ def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
+def _resolved_hints(target: Callable) -> Dict[str, Any]:
+    """The type hints of ``target``'s parameters. Where the annotations cannot all be resolved (a
+    name imported for type checkers only, so that validation need not import heavy modules), each
+    is resolved on its own and those that fail are left out: their values are not type-checked."""
+    try:
+        return typing.get_type_hints(target)
+    except Exception:
+        pass
+    namespace = getattr(inspect.unwrap(target), "__globals__", {})
+    hints = {}
+    for name, annotation in getattr(target, "__annotations__", {}).items():
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, namespace)  # what typing.get_type_hints does, one at a time
+            except Exception:
+                continue
+        hints[name] = annotation
+    return hints
+
+
 def _constructor_parameters(cls: type, kind: str) -> Tuple[Dict[str, inspect.Parameter], Dict[str, Any], bool]:
     """Named parameters (with type hints) of the constructor, ``prepare`` for pools.
 
@@ -98,10 +118,7 @@ def _constructor_parameters(cls: type, kind: str) -> Tuple[Dict[str, inspect.Par
     for owner in owners:
         target: Callable = owner.prepare if kind == "datapool" else vars(owner)["__init__"]
         signature = inspect.signature(target)
-        try:
-            owner_hints = typing.get_type_hints(target)
-        except Exception:  # unresolvable annotations: skip type checks, keep name checks
-            owner_hints = {}
+        owner_hints = _resolved_hints(target)
         for name, param in signature.parameters.items():
             if name not in ("self", "cls") and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
                 params.setdefault(name, param)
@@ -254,7 +271,6 @@ def _check_reward_sections(validator: _Validator, config: Dict[str, Any]) -> Non
 
 def validate_config(config: Dict[str, Any], source: Optional[str] = None) -> Dict[str, Any]:
     """Validate a config dict against the schema and component signatures; return it with defaults."""
-    load_builtin_components()
     validator = _Validator()
     result = validator.section(CONFIG_SCHEMA, config, "")
     _check_reward_sections(validator, result)

@@ -5,7 +5,6 @@ from typing import Any, Dict, List, Optional
 
 from rl4lms.data_pools.sources import hub_split_name, load_rows, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
-from rl4lms.registry import DataPoolRegistry
 
 COMMONGEN_DATASET = "GEM/common_gen"
 
@@ -25,7 +24,6 @@ def group_by_concept_set(rows: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
     return list(groups.values())
 
 
-@DataPoolRegistry.register("commongen")
 class CommonGen(TextGenPool):
     """Prompt: ``prefix`` + concepts joined by ``concept_separator_token`` + ``concept_end_token``.
 

@@ -9,13 +9,11 @@ from typing import List, Optional
 from rl4lms.data_pools.sources import (DataSourceError, data_cache_dir, download, fixture_path, hub_split_name,
                                        load_rows, offline_hint, truncated)
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
-from rl4lms.registry import DataPoolRegistry
 
 EOU_TOKEN = "<EOU>"
 """Marks the end of an utterance in DailyDialog contexts and targets."""
 
 
-@DataPoolRegistry.register("daily_dialog")
 class DailyDialog(TextGenPool):
     """Prompt: the last ``context_size`` utterances joined by ``<EOU>``; reference: the next utterance.
     ``meta_data`` holds its dialogue act (``intent``, 1-4) and ``emotion``, each as a one-item list."""
@@ -63,7 +61,6 @@ def crd3_root(fixture: bool, url: str) -> Path:
     return root
 
 
-@DataPoolRegistry.register("crd3")
 class CRD3DialogueGeneration(TextGenPool):
     """Prompt: up to ``max_context_size`` earlier turns (``NAME: utterances``, one per line) and the next
     speaker's name; reference: that speaker's utterances. Turns with fewer than two earlier turns are skipped."""

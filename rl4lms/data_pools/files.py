@@ -16,7 +16,6 @@ from typing import Any, Dict, List, Optional, Union
 
 from rl4lms.data_pools.sources import read_jsonl, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
-from rl4lms.registry import DataPoolRegistry
 
 FieldNames = Union[str, List[str], None]
 
@@ -68,7 +67,6 @@ class FilePool(TextGenPool):
         return cls(truncated(samples, max_size))
 
 
-@DataPoolRegistry.register("jsonl")
 class JsonlPool(FilePool):
     """One JSON object per line."""
 
@@ -77,7 +75,6 @@ class JsonlPool(FilePool):
         return read_jsonl(path)
 
 
-@DataPoolRegistry.register("csv")
 class CsvPool(FilePool):
     """A CSV file with a header row."""
 

@@ -7,7 +7,6 @@ import numpy as np
 
 from rl4lms.data_pools.sources import hub_split_name, load_rows, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
-from rl4lms.registry import DataPoolRegistry
 
 IMDB_DATASET = "stanfordnlp/imdb"
 TRAIN_RATIO = 0.8
@@ -35,7 +34,6 @@ def split_words(text: str, prompt_ratio: float) -> Tuple[str, str]:
     return " ".join(words[:cut]), " ".join(words[cut:])
 
 
-@DataPoolRegistry.register("imdb")
 class IMDB(TextGenPool):
     """Prompt: the first half of a review; reference: the whole review; ``meta_data["label"]``: 1 = positive."""
 
@@ -50,7 +48,6 @@ class IMDB(TextGenPool):
         return cls(truncated(samples, max_size))
 
 
-@DataPoolRegistry.register("imdb_seq2seq")
 class IMDBForSeq2Seq(TextGenPool):
     """Prompt: the first half of a review; reference: the second half. Train keeps positive reviews only
     (the first ``positive_ratio`` of them), to fit a positive-sentiment generator by supervision."""

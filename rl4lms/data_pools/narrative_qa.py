@@ -7,7 +7,6 @@ from typing import Dict, List, Optional
 
 from rl4lms.data_pools.sources import data_cache_dir, download, fixture_path, offline_hint, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
-from rl4lms.registry import DataPoolRegistry
 
 UNIFIEDQA_URL = "https://storage.googleapis.com/unifiedqa/data/narrativeqa/{file}.tsv"
 SPLIT_FILES = {"train": "train", "val": "dev", "test": "test"}
@@ -32,7 +31,6 @@ def read_question_answers(path: Path) -> Dict[str, List[str]]:
     return grouped
 
 
-@DataPoolRegistry.register("narrative_qa")
 class NarrativeQA(TextGenPool):
     """Prompt: the lower-cased question and story summary; references: every answer given for it."""
 

@@ -6,10 +6,8 @@ from typing import Optional
 from rl4lms.data_pools.sources import hub_split_name, load_rows, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
 from rl4lms.metrics.tokenize import word_tokenize
-from rl4lms.registry import DataPoolRegistry
 
 
-@DataPoolRegistry.register("cnn_daily_mail")
 class CNNDailyMail(TextGenPool):
     """Prompt: ``prompt_prefix`` + article (its first ``truncate_article`` NLTK word tokens, joined by
     spaces, as in RL4LMs) + ``prompt_suffix``; reference: the highlights."""

@@ -8,7 +8,6 @@ from typing import List
 import numpy as np
 
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
-from rl4lms.registry import DataPoolRegistry
 
 _SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}
 
@@ -28,7 +27,6 @@ def _check_count(n_samples: int) -> None:
         raise ValueError(f"datapool.args.n_samples must be at least 1, got {n_samples}")
 
 
-@DataPoolRegistry.register("dummy_pool")
 class DummyPool(TextGenPool):
     """The same prompt repeated ``n_samples`` times, with no references (RL4LMs' test pool)."""
 
@@ -39,7 +37,6 @@ class DummyPool(TextGenPool):
         return cls([Sample(id=f"{split}_{ix}", prompt_or_input_text=prompt) for ix in range(n_samples)])
 
 
-@DataPoolRegistry.register("increasing_numbers")
 class IncreasingNumbersPool(TextGenPool):
     """Prompts that start a run of increasing numbers; references continue the run."""
 
@@ -63,7 +60,6 @@ _DATE_PROMPTS = ["The meeting is on", "She was born on", "Deadline:", "We met on
                  "Posted", "The flight leaves on", "It happened on"]
 
 
-@DataPoolRegistry.register("dates")
 class DatesPool(TextGenPool):
     """Sentence openings that invite a date; references give one in ISO ``YYYY-MM-DD`` form."""
 

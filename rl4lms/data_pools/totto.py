@@ -13,7 +13,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rl4lms.data_pools.sources import hub_split_name, load_rows, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
-from rl4lms.registry import DataPoolRegistry
 
 Cell = Dict[str, Any]
 
@@ -60,7 +59,6 @@ def linearize_subtable(subtable: Sequence[Dict[str, Any]], page_title: Optional[
     return text + "</table>"
 
 
-@DataPoolRegistry.register("totto")
 class ToTTo(TextGenPool):
     """References: the annotators' final sentences (empty on the unlabelled test split);
     ``meta_data["raw_table"]`` keeps the row for table-aware metrics."""

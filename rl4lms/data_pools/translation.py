@@ -5,7 +5,6 @@ from typing import Any, Dict, Iterable, List, Optional
 
 from rl4lms.data_pools.sources import DataSourceError, hub_split_name, load_rows, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
-from rl4lms.registry import DataPoolRegistry
 
 
 def translation_rows(pool_id: str, dataset_name: str, configs: List[str], split: str,
@@ -35,7 +34,6 @@ def translation_samples(rows: Iterable[Dict[str, Any]], split: str, source_langu
     return truncated(samples, max_size)
 
 
-@DataPoolRegistry.register("wmt16")
 class WMT(TextGenPool):
     """WMT news translation. ``wmt_id`` is the hub data set (RL4LMs' key); the language pair is tried
     as ``src-tgt`` and then ``tgt-src`` (the hub's config names)."""
@@ -50,7 +48,6 @@ class WMT(TextGenPool):
                                        prompt_suffix, max_size))
 
 
-@DataPoolRegistry.register("iwslt2017en_de")
 class IWSLT2017EnDe(TextGenPool):
     """IWSLT 2017 (TED talks) English to German."""
 

@@ -17,7 +17,6 @@ import numpy as np
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.metrics.tokenize import word_tokenize
-from rl4lms.registry import MetricRegistry
 
 NGram = Tuple[str, ...]
 COCO_PUNCTUATION = frozenset(["''", "'", "``", "`", "(", ")", "{", "}", ".", "?", "!", ",", ":", "-", "--", "...",
@@ -83,7 +82,6 @@ def cider_d(generated_texts: Sequence[str], reference_texts: Sequence[Sequence[s
     return (float(np.mean(scores)) if scores else 0.0), scores
 
 
-@MetricRegistry.register("cider")
 class CIDErMetric(BaseMetric):
     """CIDEr-D over the evaluated split (``lexical/cider``), per sample and corpus mean."""
 

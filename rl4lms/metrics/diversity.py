@@ -21,7 +21,6 @@ import numpy as np
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.metrics.tokenize import word_tokenize
-from rl4lms.registry import MetricRegistry
 
 PUNCTUATION = frozenset(string.punctuation)
 
@@ -81,7 +80,6 @@ def diversity_statistics(texts: Sequence[str], max_n: int = 3, window_size: int 
             **_ngram_statistics(tokenized, max_n, ""), **_ngram_statistics(without_punctuation, max_n, "-nopunct")}
 
 
-@MetricRegistry.register("diversity")
 class DiversityMetrics(BaseMetric):
     """Distinct-n, unique-n, n-gram entropy, MSTTR and length statistics, with and without punctuation
     (``diversity_metrics/...``)."""

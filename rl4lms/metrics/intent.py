@@ -8,7 +8,6 @@ import numpy as np
 from rl4lms.data_pools.dialog import EOU_TOKEN
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.models.classifier import TextClassifier
-from rl4lms.registry import MetricRegistry
 
 DEFAULT_INTENT_CLASSIFIER = "rajkumarrrk/roberta-daily-dialog-intent-classifier"
 
@@ -39,7 +38,6 @@ class IntentScorer:
         return [float(p == t) for p, t in zip(predicted, targets)]
 
 
-@MetricRegistry.register("intent_accuracy")
 class IntentAccuracyMetric(BaseMetric):
     """Share of generations whose predicted intent matches the reference turn's (``intent/accuracy``)."""
 

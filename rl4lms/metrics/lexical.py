@@ -5,7 +5,7 @@ Each metric returns per-sample scores and a corpus score under RL4LMs' names (``
 A sample without references scores 0 (TER: 1); the corpus BLEU, sacreBLEU, chrF and TER leave such
 samples out.
 NLTK (also behind ``rouge-score``) is imported when a metric that needs it is built: importing it
-costs about a second, and the registry imports this module on every start.
+costs about a second.
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from rl4lms.metrics.bleu import nmt_corpus_bleu
 from rl4lms.metrics.py_rouge import rouge_l_f, rouge_l_scorer
 from rl4lms.metrics.tokenize import word_tokenize
 from rl4lms.metrics.wordnet import load_wordnet
-from rl4lms.registry import MetricRegistry
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -63,7 +62,6 @@ class SentenceMetric(BaseMetric):
         return {self.name: (scores, self.corpus_score(generated_texts, reference_texts, scores))}
 
 
-@MetricRegistry.register("meteor")
 class MeteorMetric(SentenceMetric):
     """METEOR (NLTK, WordNet synonyms, alpha 0.9, beta 3, gamma 0.5) on NLTK word tokens; the corpus
     score is the mean."""
@@ -106,7 +104,6 @@ class RougeScorer:
         return {t: float(results[t].fmeasure) for t in self.rouge_types}
 
 
-@MetricRegistry.register("rouge")
 class RougeMetric(BaseMetric):
     """ROUGE-1/2/L/Lsum F-measures with stemming (``lexical/rouge_<type>``); corpus = mean over samples."""
 
@@ -124,7 +121,6 @@ class RougeMetric(BaseMetric):
         return result
 
 
-@MetricRegistry.register("rouge_l_max")
 class RougeLMaxMetric(SentenceMetric):
     """ROUGE-L F-score against the best-matching reference (NarrativeQA's metric), computed with
     py-rouge as RL4LMs does: each reference is scored on its own and the best F-score is kept.
@@ -164,7 +160,6 @@ class RougeLMaxMetric(SentenceMetric):
         return [self.best_f_score(gen, refs) for gen, refs in zip(generated_texts, reference_texts)]
 
 
-@MetricRegistry.register("bleu")
 class BLEUMetric(SentenceMetric):
     """BLEU-4 on whitespace tokens: corpus BLEU as RL4LMs computes it (:func:`nmt_corpus_bleu`), and
     NLTK's sentence BLEU with smoothing per sample, so that partial matches score above 0."""
@@ -219,7 +214,6 @@ class _SacreMetric(SentenceMetric):
         return self.metric.corpus_score(generated, _reference_streams(references)).score / 100
 
 
-@MetricRegistry.register("sacre_bleu")
 class SacreBLEUMetric(_SacreMetric):
     """sacreBLEU (``sacrebleu.metrics.BLEU`` options, e.g. ``tokenize: intl``); sentence scores use
     ``effective_order``, as sacrebleu advises for single sentences."""
@@ -233,7 +227,6 @@ class SacreBLEUMetric(_SacreMetric):
         super().__init__(BLEU(**options), BLEU(**options, effective_order=True))
 
 
-@MetricRegistry.register("chrf")
 class ChrFMetric(_SacreMetric):
     """chrF (``sacrebleu.metrics.CHRF``; ``word_order: 2`` gives chrF++)."""
 
@@ -245,7 +238,6 @@ class ChrFMetric(_SacreMetric):
                               whitespace=whitespace))
 
 
-@MetricRegistry.register("ter")
 class TERMetric(_SacreMetric):
     """Translation edit rate (``sacrebleu.metrics.TER``; lower is better). A sample without references
     scores 1, sacrebleu's TER of a hypothesis against an empty reference; without any reference in

@@ -9,7 +9,6 @@ from transformers import AutoTokenizer
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.models.loading import load_pretrained
-from rl4lms.registry import MetricRegistry
 
 
 def context_length(model: Any) -> int:
@@ -47,7 +46,6 @@ def strided_perplexity(model: Any, input_ids: torch.Tensor, stride: int, max_len
     return math.exp(total_nll / total_tokens) if total_tokens else float("nan")
 
 
-@MetricRegistry.register("causal_perplexity")
 class CausalPerplexity(BaseMetric):
     """Perplexity of the references joined by blank lines (``fluency_metrics/perplexity``); skipped on train.
 

@@ -8,7 +8,6 @@ import numpy as np
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.models.classifier import TextClassifier
 from rl4lms.models.loading import ModelLoadError, default_device, resolve_model_name
-from rl4lms.registry import MetricRegistry
 
 
 def classifier_inputs(prompt_texts: List[str], generated_texts: List[str], include_prompt: bool) -> List[str]:
@@ -16,7 +15,6 @@ def classifier_inputs(prompt_texts: List[str], generated_texts: List[str], inclu
     return [(prompt + gen) if include_prompt else gen for prompt, gen in zip(prompt_texts, generated_texts)]
 
 
-@MetricRegistry.register("learned_reward")
 class LearnedRewardMetric(BaseMetric):
     """Probability of label ``label_ix`` under a sequence classifier, or the score of a one-output reward
     model (``semantic/learned_automodel_metric``)."""
@@ -73,7 +71,6 @@ class BERTScorer:
         return scores
 
 
-@MetricRegistry.register("bert_score")
 class BERTScoreMetric(BaseMetric):
     """BERTScore F1 per sample and its mean (``semantic/bert_score``)."""
 

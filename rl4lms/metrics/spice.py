@@ -25,7 +25,6 @@ from typing import Any, Dict, List, Optional
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.metrics.tokenize import word_tokenize
 from rl4lms.models.tiny import cache_dir
-from rl4lms.registry import MetricRegistry
 
 SPICE_JAR = "spice-1.0.jar"
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
@@ -71,7 +70,6 @@ def tokenized(text: str) -> str:
     return " ".join(word_tokenize(text))
 
 
-@MetricRegistry.register("spice")
 class SpiceMetric(BaseMetric):
     """SPICE F-score per sample and corpus mean (``lexical/spice``); see the module docstring.
 

@@ -6,7 +6,6 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
-from rl4lms.registry import MetricRegistry
 from rl4lms.rewards.synthetic import contains_iso_date, increasing_numbers_score
 
 
@@ -25,7 +24,6 @@ class _PerTextMetric(BaseMetric):
         return {self.name: (scores, float(np.mean(scores)) if scores else 0.0)}
 
 
-@MetricRegistry.register("increasing_numbers")
 class IncreasingNumbersInText(_PerTextMetric):
     """Share of each text that is an increasing run of numbers."""
 
@@ -38,7 +36,6 @@ class IncreasingNumbersInText(_PerTextMetric):
         return increasing_numbers_score(text, self.min_tokens)
 
 
-@MetricRegistry.register("dates")
 class DateInText(_PerTextMetric):
     """Fraction of texts that contain an ISO date."""
 

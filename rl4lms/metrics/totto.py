@@ -25,7 +25,6 @@ from functools import lru_cache
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
-from rl4lms.registry import MetricRegistry
 
 NULL = "<null>"
 N_REFERENCES = 3
@@ -200,7 +199,6 @@ def _raw_tables(meta_infos: Optional[List[Dict[str, Any]]], n: int, metric: str)
     return [info["raw_table"] for info in meta_infos]
 
 
-@MetricRegistry.register("bleu_totto")
 class ToTToBLEUMetric(BaseMetric):
     """ToTTo's BLEU (RL4LMs' ``bleu_totto``): ``table_to_text/bleu_{overall,overlap,non_overlap}``.
 
@@ -226,7 +224,6 @@ class ToTToBLEUMetric(BaseMetric):
         return result
 
 
-@MetricRegistry.register("parent_totto")
 class ParentToTToMetric(BaseMetric):
     """ToTTo's PARENT (RL4LMs' ``parent_totto``): precision, recall and F-score overall and on the
     overlap subsets; per-sample F-scores for ``table_to_text/parent_overall_f_score``.

@@ -9,11 +9,12 @@ CPU. Only the modules are replaced: the model's config and saved weights are unc
 from __future__ import annotations
 
 from torch import nn
-from transformers.activations import GELUTanh, NewGELUActivation
 
 
 def use_fused_activations(model: nn.Module) -> int:
     """Replace every ``NewGELUActivation`` inside ``model`` by ``GELUTanh``; returns how many."""
+    from transformers.activations import GELUTanh, NewGELUActivation  # loaded with the model's own code
+
     replaced = 0
     for module in model.modules():
         for name, child in module.named_children():

@@ -6,10 +6,10 @@ import socket
 import urllib.parse
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Type, TypeVar
+from typing import Any, Optional, Type, TypeVar
 
 import torch
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from transformers import PreTrainedTokenizerBase
 
 from rl4lms.models.tiny import TINY_MODELS, resolve_tiny_model
 
@@ -18,6 +18,19 @@ M = TypeVar("M")
 
 class ModelLoadError(OSError):
     """A model or tokenizer could not be loaded; the message says what to try instead."""
+
+
+class TransformersClass:
+    """A class attribute naming a ``transformers`` class (``AutoModelForCausalLM``), imported on first
+    access: the auto classes take about half a second to import, which config validation need not pay."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, instance: Any, owner: Optional[type] = None) -> Any:
+        import transformers
+
+        return getattr(transformers, self.name)
 
 
 def resolve_model_name(name_or_path: str) -> str:
@@ -77,6 +90,8 @@ def load_model(model_cls: Type[M], name_or_path: str, **kwargs: Any) -> M:
 def load_tokenizer(model_name: str, padding_side: str = "left", truncation_side: str = "left",
                    pad_token_as_eos_token: bool = False) -> PreTrainedTokenizerBase:
     """Load a tokenizer as the ``tokenizer`` config section describes (RL4LMs' keys)."""
+    from transformers import AutoTokenizer
+
     tokenizer = load_pretrained(AutoTokenizer, model_name, "tokenizer")
     if tokenizer.pad_token is None:
         if not pad_token_as_eos_token:

@@ -12,13 +12,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Dict, Iterator
+from typing import TYPE_CHECKING, Callable, Dict, Iterator
 
 import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import (GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel, PreTrainedModel,
-                          PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration)
+
+if TYPE_CHECKING:  # transformers' model code is imported when a model is built: it takes seconds to import
+    from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 PAD, EOS, UNK = "<pad>", "</s>", "<unk>"
 VOCAB_SIZE = 512
@@ -44,6 +45,8 @@ def _corpus(seed: int = 0, n_lines: int = 4000) -> Iterator[str]:
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer of ``VOCAB_SIZE`` tokens with distinct pad/eos/unk tokens; like GPT-2's
     it returns no ``token_type_ids`` (older transformers would otherwise add them, and GPT-2 embeds them)."""
+    from transformers import PreTrainedTokenizerFast
+
     backend = Tokenizer(models.BPE(unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
@@ -62,6 +65,8 @@ def _seeded(build: Callable[[], PreTrainedModel]) -> PreTrainedModel:
 
 
 def build_tiny_gpt2(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=64, n_layer=2, n_head=2,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id)
@@ -69,6 +74,8 @@ def build_tiny_gpt2(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
 
 
 def build_tiny_t5(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
+    from transformers import T5Config, T5ForConditionalGeneration
+
     config = T5Config(vocab_size=len(tokenizer), d_model=64, d_kv=32, d_ff=128, num_layers=2, num_heads=2,
                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
                       decoder_start_token_id=tokenizer.pad_token_id)
@@ -77,6 +84,8 @@ def build_tiny_t5(tokenizer: PreTrainedTokenizerFast) -> PreTrainedModel:
 
 def build_tiny_classifier(tokenizer: PreTrainedTokenizerFast, num_labels: int) -> PreTrainedModel:
     """A tiny GPT-2 sequence classifier (random init): stands in for reward/intent classifiers offline."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=256, n_embd=32, n_layer=1, n_head=2,
                         num_labels=num_labels, pad_token_id=tokenizer.pad_token_id,
                         bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id)

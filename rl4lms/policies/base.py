@@ -13,20 +13,23 @@ import logging
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type
 
 import torch
 from gymnasium import spaces
 from safetensors.torch import load_file
 from stable_baselines3.common.policies import BasePolicy
 from torch import nn
-from transformers import GenerationConfig, LogitsProcessorList, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokenizerBase
 
 from rl4lms.envs.observation import ObservationLayout
 from rl4lms.models.fused_activations import use_fused_activations
 from rl4lms.models.loading import load_model, resolve_model_name
 from rl4lms.models.lora import add_lora_adapters, quantization_kwargs, save_model
 from rl4lms.policies.value_head import CRITIC_DIR, VALUE_HEAD_FILE, ValueHead, hidden_size, save_value_head
+
+if TYPE_CHECKING:  # transformers' modelling code loads with the first model, not with this module
+    from transformers import PreTrainedModel
 
 logger = logging.getLogger(__name__)
 

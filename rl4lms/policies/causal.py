@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import functools
 import inspect
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import torch
-from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from rl4lms.models.loading import TransformersClass
 from rl4lms.policies.base import DecodingState, LMActorCriticPolicy
-from rl4lms.registry import PolicyRegistry
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
@@ -26,11 +28,10 @@ def _forward_takes(model_class: type, argument: str) -> bool:
     return argument in inspect.signature(model_class.forward).parameters
 
 
-@PolicyRegistry.register("causal_lm_actor_critic_policy")
 class CausalLMActorCriticPolicy(LMActorCriticPolicy):
     """Prompt (left-padded) and response are one sequence; positions come from the attention mask."""
 
-    model_class = AutoModelForCausalLM
+    model_class = TransformersClass("AutoModelForCausalLM")
     prompt_and_response_share_positions = True
 
     def _forward(self, model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

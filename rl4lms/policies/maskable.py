@@ -15,7 +15,6 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 from rl4lms.policies.base import DecodingState, LMActorCriticPolicy, SampledActions
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
 from rl4lms.policies.seq2seq import Seq2SeqLMActorCriticPolicy
-from rl4lms.registry import PolicyRegistry
 
 MASK_TYPES = ("learned_top_k", "learned_top_p", "topk")
 
@@ -144,11 +143,9 @@ class MaskablePolicyMixin(LMActorCriticPolicy):
             self.updates_since_mask_refresh.zero_()
 
 
-@PolicyRegistry.register("maskable_causal_lm_actor_critic_policy")
 class MaskableCausalLMActorCriticPolicy(MaskablePolicyMixin, CausalLMActorCriticPolicy):
     """NLPO policy over a decoder-only LM."""
 
 
-@PolicyRegistry.register("maskable_seq2seq_lm_actor_critic_policy")
 class MaskableSeq2SeqLMActorCriticPolicy(MaskablePolicyMixin, Seq2SeqLMActorCriticPolicy):
     """NLPO policy over an encoder-decoder LM."""

@@ -1,20 +1,21 @@
 """Actor-critic policy for encoder-decoder models (``AutoModelForSeq2SeqLM``)."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Optional, Tuple
 
 import torch
-from transformers import AutoModelForSeq2SeqLM, PreTrainedModel
 
+from rl4lms.models.loading import TransformersClass
 from rl4lms.policies.base import DecodingState, LMActorCriticPolicy
-from rl4lms.registry import PolicyRegistry
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
-@PolicyRegistry.register("seq2seq_lm_actor_critic_policy")
 class Seq2SeqLMActorCriticPolicy(LMActorCriticPolicy):
     """The prompt feeds the encoder; the decoder sees the start token followed by the response."""
 
-    model_class = AutoModelForSeq2SeqLM
+    model_class = TransformersClass("AutoModelForSeq2SeqLM")
     prompt_and_response_share_positions = False
 
     def _decoder_start(self) -> int:

@@ -8,7 +8,6 @@ from rl4lms.rewards.base import BatchedRewardFunction
 from rl4lms.rewards.scored import ScoreReward
 
 
-@RewardFunctionRegistry.register("combined")
 class CombinedReward(ScoreReward):
     """Sum of ``weight`` x reward over ``rewards``, each an ``{id, args, weight}`` entry, e.g.::
 

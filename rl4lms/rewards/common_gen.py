@@ -3,11 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from rl4lms.registry import RewardFunctionRegistry
 from rl4lms.rewards.scored import ScoreReward
 
 
-@RewardFunctionRegistry.register("common_gen_repeat_penalty")
 class CommonGenRepeatPenalty(ScoreReward):
     """``penalty`` if the generation contains the prompt's concept string (the text after ``prefix``,
     without the end token), the prefix itself, or the words "generate"/"sentence"; else 0."""

@@ -7,11 +7,9 @@ from rl4lms.metrics.intent import DEFAULT_INTENT_CLASSIFIER, IntentScorer
 from rl4lms.metrics.lexical import MeteorMetric
 from rl4lms.metrics.semantic import classifier_inputs
 from rl4lms.models.classifier import TextClassifier
-from rl4lms.registry import RewardFunctionRegistry
 from rl4lms.rewards.scored import ScoreReward
 
 
-@RewardFunctionRegistry.register("learned_reward")
 class LearnedReward(ScoreReward):
     """Probability of label ``label_ix`` under any sequence-classification model, scored in batches
     (e.g. a sentiment classifier); a one-output model (a pairwise reward model) gives its raw score."""
@@ -30,7 +28,6 @@ class LearnedReward(ScoreReward):
         return self.classifier.label_scores(texts, self.label_ix)
 
 
-@RewardFunctionRegistry.register("intent_accuracy")
 class IntentAccuracyReward(ScoreReward):
     """``intent_coeff`` x (intent classifier agrees with the target act) + ``auto_coeff`` x METEOR when ``shape``."""
 

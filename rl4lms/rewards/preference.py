@@ -17,7 +17,6 @@ from rl4lms.data_pools.sources import download
 from rl4lms.metrics.lexical import MeteorMetric
 from rl4lms.models.loading import default_device, load_pretrained
 from rl4lms.models.tiny import cache_dir
-from rl4lms.registry import RewardFunctionRegistry
 from rl4lms.rewards.scored import ScoreReward
 
 PREFERENCE_MODELS = {
@@ -74,7 +73,6 @@ def published_state_dict(model_type: str) -> str:
     return str(download(url, path, "reward_fn 'common_gen_preference_model'", hint))
 
 
-@RewardFunctionRegistry.register("common_gen_preference_model")
 class CommonGenPreferenceReward(ScoreReward):
     """Preference-model reward for CommonGen (RL4LMs' ``CommonGenPrefRM``); see the module docstring.
 

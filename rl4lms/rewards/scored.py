@@ -62,7 +62,6 @@ class MetricReward(ScoreReward):
         return self.metric.sentence_scores(prompt_texts, gen_texts, ref_texts, meta_infos)
 
 
-@RewardFunctionRegistry.register("meteor")
 class MeteorReward(MetricReward):
     """METEOR of the generation against its references."""
 
@@ -71,7 +70,6 @@ class MeteorReward(MetricReward):
         self.metric = MeteorMetric()
 
 
-@RewardFunctionRegistry.register("rouge")
 class RougeReward(ScoreReward):
     """ROUGE F-measure of type ``rouge_type`` (rouge1, rouge2, rougeL, rougeLsum), stemmed."""
 
@@ -86,7 +84,6 @@ class RougeReward(ScoreReward):
         return [self.scorer.scores(gen, refs)[self.rouge_type] for gen, refs in zip(gen_texts, ref_texts)]
 
 
-@RewardFunctionRegistry.register("rouge_combined")
 class RougeCombinedReward(ScoreReward):
     """Mean of ROUGE-1, ROUGE-2 and ROUGE-L F-measures against the first reference."""
 
@@ -99,7 +96,6 @@ class RougeCombinedReward(ScoreReward):
         return [sum(self.scorer.scores(gen, refs).values()) / 3 for gen, refs in zip(gen_texts, ref_texts)]
 
 
-@RewardFunctionRegistry.register("rouge_l_max")
 class RougeLMaxReward(MetricReward):
     """ROUGE-L F-score against the best-matching reference (py-rouge, as RL4LMs computes it).
 
@@ -116,7 +112,6 @@ class RougeLMaxReward(MetricReward):
                                       alpha, weight_factor, stemming)
 
 
-@RewardFunctionRegistry.register("bleu")
 class BLEUReward(MetricReward):
     """Smoothed sentence BLEU-4 on whitespace tokens (NLTK), so that partial matches earn reward."""
 
@@ -126,7 +121,6 @@ class BLEUReward(MetricReward):
         self.metric = BLEUMetric(max_order)
 
 
-@RewardFunctionRegistry.register("sacre_bleu")
 class SacreBLEUReward(MetricReward):
     """Sentence sacreBLEU / 100 (``tokenize`` etc. as for the ``sacre_bleu`` metric)."""
 
@@ -137,7 +131,6 @@ class SacreBLEUReward(MetricReward):
         self.metric = SacreBLEUMetric(tokenize, lowercase, smooth_method, smooth_value)
 
 
-@RewardFunctionRegistry.register("chrf")
 class ChrFReward(MetricReward):
     """Sentence chrF / 100."""
 
@@ -147,7 +140,6 @@ class ChrFReward(MetricReward):
         self.metric = ChrFMetric(char_order, word_order, beta)
 
 
-@RewardFunctionRegistry.register("ter")
 class TERReward(MetricReward):
     """1 - sentence TER / 100 (higher is better; negative when the edits outnumber the reference words).
     An episode without references gets 0, since the ``ter`` metric scores it 1."""
@@ -161,7 +153,6 @@ class TERReward(MetricReward):
         return [1.0 - ter for ter in super().scores(prompt_texts, gen_texts, ref_texts, meta_infos)]
 
 
-@RewardFunctionRegistry.register("bert_score")
 class BERTScoreReward(ScoreReward):
     """BERTScore F1 against the references (any encoder: ``model_type`` + ``num_layers``)."""
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import re
 from typing import Any, Dict, List, Optional
 
-from rl4lms.registry import RewardFunctionRegistry
 from rl4lms.rewards.base import BatchedRewardFunction
 
 _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
@@ -40,7 +39,6 @@ def contains_iso_date(text: str) -> float:
     return 1.0 if _ISO_DATE.search(text) else 0.0
 
 
-@RewardFunctionRegistry.register("increasing_numbers")
 class IncreasingNumbersReward(BatchedRewardFunction):
     """Rewards generations that list numbers in increasing order."""
 
@@ -55,7 +53,6 @@ class IncreasingNumbersReward(BatchedRewardFunction):
                 for text, done in zip(gen_texts, dones)]
 
 
-@RewardFunctionRegistry.register("sentences_with_dates")
 class SentencesWithDatesReward(BatchedRewardFunction):
     """Rewards generations that contain an ISO date."""
 

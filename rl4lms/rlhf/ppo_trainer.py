@@ -23,7 +23,7 @@ from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.models.loading import default_device, load_tokenizer
 from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput, module_device, response_tokens
-from rl4lms.registry import PolicyRegistry, load_builtin_components
+from rl4lms.registry import PolicyRegistry
 
 Tokens = Union[torch.Tensor, Sequence[int]]
 
@@ -58,7 +58,6 @@ class PPOTrainer:
         if kl_penalty not in KL_ESTIMATORS:
             raise ValueError(f"kl_penalty {kl_penalty!r} is not one of {', '.join(KL_ESTIMATORS)}")
         self.kl_penalty = kl_penalty
-        load_builtin_components()
         self.tokenizer = tokenizer or load_tokenizer(model_name)
         # The env only defines the spaces here: episodes come from the caller.
         env = TextGenEnv(self.tokenizer, None, [Sample(id="caller", prompt_or_input_text="")],
