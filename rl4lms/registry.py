@@ -109,6 +109,7 @@ def load_builtin_components() -> None:
     import rl4lms.data_pools.commongen  # noqa: F401
     import rl4lms.data_pools.dialog  # noqa: F401
     import rl4lms.data_pools.files  # noqa: F401
+    import rl4lms.data_pools.gsm8k  # noqa: F401
     import rl4lms.data_pools.imdb  # noqa: F401
     import rl4lms.data_pools.narrative_qa  # noqa: F401
     import rl4lms.data_pools.summarization  # noqa: F401
@@ -117,6 +118,7 @@ def load_builtin_components() -> None:
     import rl4lms.data_pools.translation  # noqa: F401
     import rl4lms.metrics.cider  # noqa: F401
     import rl4lms.metrics.diversity  # noqa: F401
+    import rl4lms.metrics.final_answer  # noqa: F401
     import rl4lms.metrics.intent  # noqa: F401
     import rl4lms.metrics.lexical  # noqa: F401
     import rl4lms.metrics.perplexity  # noqa: F401
@@ -129,6 +131,7 @@ def load_builtin_components() -> None:
     import rl4lms.policies.seq2seq  # noqa: F401
     import rl4lms.rewards.combined  # noqa: F401
     import rl4lms.rewards.common_gen  # noqa: F401
+    import rl4lms.rewards.final_answer  # noqa: F401
     import rl4lms.rewards.learned  # noqa: F401
     import rl4lms.rewards.preference  # noqa: F401
     import rl4lms.rewards.scored  # noqa: F401
