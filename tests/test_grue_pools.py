@@ -12,7 +12,7 @@ FIXTURE_POOLS = {
     "imdb": {}, "imdb_seq2seq": {}, "commongen": {"prefix": "generate a sentence with: ", "concept_end_token": "."},
     "cnn_daily_mail": {"prompt_prefix": "Summarize: "}, "totto": {}, "narrative_qa": {}, "wmt16": {},
     "iwslt2017en_de": {"prompt_prefix": "translate English to German: "}, "daily_dialog": {"context_size": 2},
-    "crd3": {"max_context_size": 3},
+    "crd3": {"max_context_size": 3}, "gsm8k": {},
 }
 
 

@@ -32,8 +32,9 @@ def _file_pool_args(tmp_path: Path, kind: str) -> Dict[str, Any]:
 
 POOL_ARGS: Dict[str, Dict[str, Any]] = {
     "dummy_pool": {"prompt": "hello", "n_samples": 3}, "increasing_numbers": {"n_samples": 3}, "dates": {"n_samples": 3},
+    "synthetic_arithmetic": {"n_samples": 3, "eval_samples": 2},
     **{pool: {"fixture": True} for pool in ("imdb", "imdb_seq2seq", "commongen", "cnn_daily_mail", "totto",
-                                            "narrative_qa", "wmt16", "iwslt2017en_de", "daily_dialog", "crd3")},
+                                            "narrative_qa", "wmt16", "iwslt2017en_de", "daily_dialog", "crd3", "gsm8k")},
     "jsonl": {}, "csv": {},
 }
 TINY_SENTIMENT = {"model_name": "rl4lms/tiny-sentiment-classifier", "device": "cpu"}
@@ -44,6 +45,7 @@ REWARD_ARGS: Dict[str, Dict[str, Any]] = {
     "bert_score": MINILM, "learned_reward": {**TINY_SENTIMENT, "label_ix": 1}, "intent_accuracy": TINY_INTENT,
     "common_gen_repeat_penalty": {}, "combined": {"rewards": [{"id": "bleu", "weight": 0.5}, {"id": "chrf"}]},
     "common_gen_preference_model": {"model_name": "rl4lms/tiny-t5", "concept_penalty_coeff": 1.0, "device": "cpu"},
+    "exact_match_answer": {"extraction": ["marker", "last_number"], "format_reward": 0.1},
 }
 METRIC_ARGS: Dict[str, Dict[str, Any]] = {
     "increasing_numbers": {}, "dates": {}, "meteor": {}, "rouge": {}, "rouge_l_max": {}, "bleu": {},
@@ -51,6 +53,7 @@ METRIC_ARGS: Dict[str, Dict[str, Any]] = {
     "learned_reward": {**TINY_SENTIMENT, "label_ix": 0}, "intent_accuracy": TINY_INTENT,
     "causal_perplexity": {"tokenizer_id": "rl4lms/tiny-gpt2", "stride": 16},
     "parent_totto": {}, "bleu_totto": {}, "spice": {},  # spice: a stand-in Java (conftest.fake_spice_home)
+    "exact_match_answer": {"extraction": "last_number"},
 }
 PROMPTS = ["generate a sentence with: dog ball.<EOU>", "generate a sentence with: 1 2 3.<EOU>"]
 GENS = ["the dog chases a ball on 2020-01-02", "3 4 5 6"]

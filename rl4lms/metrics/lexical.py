@@ -14,17 +14,13 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 from sacrebleu.metrics import BLEU, CHRF, TER
 
-from rl4lms.metrics.base import BaseMetric, MetricResult
+from rl4lms.metrics.base import BaseMetric, MetricResult, SentenceMetric, mean_score
 from rl4lms.metrics.bleu import nmt_corpus_bleu
 from rl4lms.metrics.py_rouge import rouge_l_f, rouge_l_scorer
 from rl4lms.metrics.tokenize import word_tokenize
 from rl4lms.metrics.wordnet import load_wordnet
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
-
-
-def _mean(scores: Sequence[float]) -> float:
-    return float(np.mean(scores)) if len(scores) else 0.0
 
 
 def _with_references(generated_texts: Sequence[str], reference_texts: Sequence[Sequence[str]]
@@ -38,28 +34,6 @@ def _reference_streams(references: Sequence[Sequence[str]]) -> List[List[Optiona
     """sacrebleu's layout: one stream per reference position, ``None`` where a sample has fewer."""
     width = max((len(refs) for refs in references), default=0)
     return [[refs[k] if k < len(refs) else None for refs in references] for k in range(width)]
-
-
-class SentenceMetric(BaseMetric):
-    """A metric with one main per-sample score (``name``) and a corpus score."""
-
-    name: str
-
-    def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
-                        reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None
-                        ) -> List[float]:
-        raise NotImplementedError
-
-    def corpus_score(self, generated_texts: List[str], reference_texts: List[List[str]],
-                     sentence_scores: List[float]) -> float:
-        """Corpus-level score; the mean of the sentence scores unless the metric defines its own."""
-        return _mean(sentence_scores)
-
-    def compute(self, prompt_texts: List[str], generated_texts: List[str], reference_texts: List[List[str]],
-                meta_infos: Optional[List[Dict[str, Any]]] = None, model: Any = None,
-                split_name: Optional[str] = None) -> MetricResult:
-        scores = self.sentence_scores(prompt_texts, generated_texts, reference_texts, meta_infos)
-        return {self.name: (scores, self.corpus_score(generated_texts, reference_texts, scores))}
 
 
 class MeteorMetric(SentenceMetric):
@@ -117,7 +91,7 @@ class RougeMetric(BaseMetric):
         result: MetricResult = {}
         for rouge_type in ROUGE_TYPES:
             scores = [s[rouge_type] for s in per_sample]
-            result[f"lexical/rouge_{rouge_type}"] = (scores, _mean(scores))
+            result[f"lexical/rouge_{rouge_type}"] = (scores, mean_score(scores))
         return result
 
 

@@ -4,8 +4,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 from rl4lms.registry import RegistryError, RewardFunctionRegistry
-from rl4lms.rewards.base import BatchedRewardFunction
-from rl4lms.rewards.scored import ScoreReward
+from rl4lms.rewards.base import BatchedRewardFunction, ScoreReward
 
 
 class CombinedReward(ScoreReward):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from rl4lms.rewards.scored import ScoreReward
+from rl4lms.rewards.base import ScoreReward
 
 
 class CommonGenRepeatPenalty(ScoreReward):

@@ -7,7 +7,7 @@ from rl4lms.metrics.intent import DEFAULT_INTENT_CLASSIFIER, IntentScorer
 from rl4lms.metrics.lexical import MeteorMetric
 from rl4lms.metrics.semantic import classifier_inputs
 from rl4lms.models.classifier import TextClassifier
-from rl4lms.rewards.scored import ScoreReward
+from rl4lms.rewards.base import ScoreReward
 
 
 class LearnedReward(ScoreReward):

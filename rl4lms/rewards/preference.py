@@ -17,7 +17,7 @@ from rl4lms.data_pools.sources import download
 from rl4lms.metrics.lexical import MeteorMetric
 from rl4lms.models.loading import default_device, load_pretrained
 from rl4lms.models.tiny import cache_dir
-from rl4lms.rewards.scored import ScoreReward
+from rl4lms.rewards.base import ScoreReward
 
 PREFERENCE_MODELS = {
     "11b": ("t5-11b", "https://storage.googleapis.com/ai2-jack-public/rl4lms_preference_models/t5-11b~commongen_prefs.pt"),

@@ -1,56 +1,15 @@
-"""Episode rewards from a per-sample score of each finished generation (RL4LMs' metric rewards).
-
-Unfinished episodes get 0. ``shaping_fn`` names another registered batched reward whose value is
-added (RL4LMs' ``shaping_fn``, e.g. ``common_gen_repeat_penalty``).
-"""
+"""Episode rewards from a metric's per-sample score of each finished generation (RL4LMs' metric
+rewards), over :class:`rl4lms.rewards.base.ScoreReward`."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Dict, List, Optional
 
+from rl4lms.metrics.base import SentenceMetric
 from rl4lms.metrics.lexical import (ROUGE_TYPES, BLEUMetric, ChrFMetric, MeteorMetric, RougeLMaxMetric,
-                                    SacreBLEUMetric, SentenceMetric, TERMetric, RougeScorer)
+                                    SacreBLEUMetric, TERMetric, RougeScorer)
 from rl4lms.metrics.semantic import BERTScorer
 from rl4lms.registry import RewardFunctionRegistry
-from rl4lms.rewards.base import BatchedRewardFunction
-
-T = TypeVar("T")
-
-
-def _pick(items: Sequence[T], indices: Sequence[int]) -> List[T]:
-    return [items[ix] for ix in indices]
-
-
-class ScoreReward(BatchedRewardFunction):
-    """Scores finished episodes in one batch with :meth:`scores`; adds the shaping reward if any."""
-
-    def __init__(self, shaping_fn: Optional[str] = None, shaping_fn_args: Optional[Dict[str, Any]] = None) -> None:
-        self.shaping: Optional[BatchedRewardFunction] = None
-        if shaping_fn is not None:
-            shaping = RewardFunctionRegistry.build(shaping_fn, shaping_fn_args)
-            if not isinstance(shaping, BatchedRewardFunction):
-                raise ValueError(f"shaping_fn '{shaping_fn}' is not a batched reward function")
-            self.shaping = shaping
-
-    def scores(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
-               meta_infos: Optional[List[Dict[str, Any]]]) -> List[float]:
-        raise NotImplementedError
-
-    def __call__(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
-                 dones: List[bool], meta_infos: Optional[List[Dict[str, Any]]] = None) -> List[float]:
-        rewards = [0.0] * len(gen_texts)
-        done = [ix for ix, finished in enumerate(dones) if finished]
-        if not done:
-            return rewards
-        args = (_pick(prompt_texts, done), _pick(gen_texts, done), _pick(ref_texts, done),
-                _pick(meta_infos, done) if meta_infos is not None else None)
-        scores = [float(s) for s in self.scores(*args)]
-        if self.shaping is not None:
-            shaped = self.shaping(args[0], args[1], args[2], [True] * len(done), args[3])
-            scores = [s + float(extra) for s, extra in zip(scores, shaped)]
-        for ix, score in zip(done, scores):
-            rewards[ix] = score
-        return rewards
-
+from rl4lms.rewards.base import ScoreReward
 
 class MetricReward(ScoreReward):
     """Reward = the per-sample score of ``self.metric``."""
