@@ -93,6 +93,7 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     from rl4lms.training.artifacts import ArtifactWriteError
     from rl4lms.training.builders import ComponentBuildError
     from rl4lms.training.checkpoint import CheckpointFormatError
+    from rl4lms.training.distributed import DistributedSetupError
     from rl4lms.training.run_lock import RunLockedError
     from rl4lms.training.trainer import ConfigMismatchError, OnPolicyTrainer
 
@@ -104,7 +105,7 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     try:
         trainer = OnPolicyTrainer(config, experiment, args.base_path_to_store_results, args.log_to_wandb,
                                   args.project_name, args.entity_name, args.device)
-    except (ConfigMismatchError, ArtifactWriteError) as error:
+    except (ConfigMismatchError, ArtifactWriteError, DistributedSetupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunLockedError as error:
@@ -113,7 +114,7 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     try:
         summary = trainer.train_and_eval()
     except (ModelLoadError, DataSourceError, WordNetMissingError, EmptyDataPoolError, RegistryError,
-            ComponentBuildError, ArtifactWriteError, CheckpointFormatError) as error:
+            ComponentBuildError, ArtifactWriteError, CheckpointFormatError, DistributedSetupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, RewardOutputError, MetricOutputError) as error:

@@ -6,7 +6,7 @@ from typing import Any, Dict, Optional, Type
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DistributedType
+from accelerate import Accelerator
 from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
@@ -19,6 +19,8 @@ from rl4lms.algorithms.lr_schedule import check_schedule, lr_multiplier
 from rl4lms.algorithms.rollout import RolloutCollector, RolloutStats
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy
+from rl4lms.training.distributed import DistributedSetupError, check_launch
+from rl4lms.training.sharding import FSDPSettings, ShardedPolicy
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -40,6 +42,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
     supports_multiprocess = True
     """False when the update cannot run under DDP (TRPO's second-order actor step)."""
     accelerator: Optional[Accelerator] = None
+    sharded: Optional[ShardedPolicy] = None
+    """The FSDP2-sharded policy of an ``accelerator.sharding: fsdp`` run, else None."""
 
     def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
                  n_envs: int = 1, learning_rate: float = 1e-5, n_steps: int = 128, gamma: float = 0.99,
@@ -180,19 +184,22 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"{name} became {loss.item()} at timestep {self.num_timesteps}; lower alg.args.learning_rate, "
                 "check the reward function for NaN/inf, or raise alg.kl_div.coeff. The last checkpoint is intact.")
 
-    def attach_accelerator(self, accelerator: Accelerator) -> None:
+    def attach_accelerator(self, accelerator: Accelerator, sharding: Optional[FSDPSettings] = None) -> None:
         """Train through ``accelerator``: DDP-wrapped trainable modules when several processes
         run, its mixed precision and its ``gradient_accumulation_steps``. Each process draws its
-        own prompts (the sampler is seeded with the process index)."""
-        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            raise ValueError(f"{accelerator.distributed_type.value} is not supported yet: rollouts generate with "
-                             "the unsharded actor; use DDP (`accelerate launch --multi_gpu`)")
+        own prompts (the sampler is seeded with the process index). With ``sharding`` the policy is
+        sharded with FSDP2 instead of wrapped (:class:`~rl4lms.training.sharding.ShardedPolicy`)."""
+        check_launch(accelerator, sharded=sharding is not None)
         if accelerator.num_processes > 1 and not self.supports_multiprocess:
-            raise ValueError(f"{type(self).__name__} cannot run in {accelerator.num_processes} processes; "
-                             "launch it as a single process")
+            raise DistributedSetupError(f"{type(self).__name__} cannot run in {accelerator.num_processes} processes; "
+                                        "launch it as a single process")
         self.accelerator = accelerator
-        self.policy.wrap_trainable_modules(accelerator.prepare_model)
-        self.policy.optimizer = accelerator.prepare_optimizer(self.policy.optimizer)
+        if sharding is not None:
+            self.sharded = ShardedPolicy(self.policy, sharding, accelerator.device)
+            self.device = accelerator.device
+        else:
+            self.policy.wrap_trainable_modules(accelerator.prepare_model)
+            self.policy.optimizer = accelerator.prepare_optimizer(self.policy.optimizer)
         if accelerator.num_processes > 1:
             self.collector.rng = np.random.default_rng([self.seed or 0, accelerator.process_index])
 
@@ -237,7 +244,10 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         partial accumulation); returns the pre-clip norm, NaN when nothing was pending."""
         if self.accelerator is None or self._pending_micro_steps == 0:
             return float("nan")
-        grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        if self.sharded is not None:
+            grad_norm = self.sharded.clip_grad_norm(self.max_grad_norm)
+        else:
+            grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self.policy.optimizer.step()
         self.policy.optimizer.zero_grad()
         self._pending_micro_steps = 0
