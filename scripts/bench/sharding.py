@@ -30,7 +30,7 @@ REPO = BENCH.parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(BENCH))
 
-from throughput import best_time, build_model  # noqa: E402
+from throughput import best_time, build_model, rollout_and_epoch  # noqa: E402
 
 from rl4lms.algorithms.kl_controller import KLController  # noqa: E402
 from rl4lms.algorithms.ppo import PPO  # noqa: E402
@@ -64,16 +64,7 @@ def worker(args: argparse.Namespace) -> None:
     policy = alg.policy
     prompt_ids, prompt_mask, _ = encode_prompts(env, samples, torch.device("cpu"))
     config = policy.generation_config(max_new_tokens=args.new_tokens)
-    batches = []
-
-    def rollout() -> None:
-        batches.append(alg.collector.collect(samples, 0.01)[0])
-
-    def ppo_epoch() -> None:
-        alg.rollout_buffer.reset()
-        alg.rollout_buffer.add(batches[-1])
-        alg.rollout_buffer.finalize()
-        alg.train()
+    rollout, ppo_epoch = rollout_and_epoch(alg, samples)
 
     def timed(fn: Any) -> float:
         accelerator.wait_for_everyone()
