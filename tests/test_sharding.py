@@ -1,5 +1,5 @@
 """FSDP2 sharding (``accelerator.sharding: fsdp``): set-up and refusals in one process; generation,
-state gathering and NLPO / supervised runs in 2 CPU processes over gloo."""
+state gathering, and NLPO and supervised T5 runs in 2 CPU processes over gloo."""
 from __future__ import annotations
 
 import json
@@ -162,10 +162,10 @@ def test_sharded_policy_generates_gathers_and_scatters_under_torchrun(tmp_path: 
     # NLPO with a separate critic LM, activation checkpointing and a mask-model refresh every update.
     ("tiny_gpt2_nlpo.yml", {"shared_backbone": False, "target_update_iterations": 1, "min_tokens_to_keep": 20},
      {"sharding": "fsdp", "fsdp": {"activation_checkpointing": True}}),
-    # Supervised in bf16 (FSDP's mixed precision) with gradient accumulation.
-    ("tiny_gpt2_supervised.yml", {}, {"sharding": "fsdp", "mixed_precision": "bf16",
-                                      "gradient_accumulation_steps": 2}),
-], ids=["nlpo_critic_checkpointing", "supervised_bf16"])
+    # Supervised T5 (generation starts in the encoder) in bf16, FSDP's mixed precision, with accumulation.
+    ("tiny_t5_supervised.yml", {}, {"sharding": "fsdp", "mixed_precision": "bf16",
+                                    "gradient_accumulation_steps": 2}),
+], ids=["nlpo_critic_checkpointing", "t5_supervised_bf16"])
 def test_fsdp_runs_nlpo_and_supervised_in_two_processes(tmp_path: Path, config_name: str, policy_args: dict,
                                                        accelerator: dict) -> None:
     config = write_small_config(tmp_path, n_iters=2, eval_every=2, save_every=2, base=TASKS / config_name,

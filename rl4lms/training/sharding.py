@@ -23,7 +23,6 @@ import contextlib
 import functools
 import inspect
 import logging
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
@@ -41,7 +40,7 @@ from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
 from rl4lms.policies.base import REFERENCE_PREFIX, LMActorCriticPolicy
-from rl4lms.training.distributed import DistributedSetupError
+from rl4lms.training.distributed import DistributedSetupError, world_size
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ def fsdp_settings(accelerator: Dict[str, Any]) -> Optional[FSDPSettings]:
     trains unsharded, with a warning."""
     if accelerator.get("sharding") != "fsdp":
         return None
-    if int(os.environ.get("WORLD_SIZE", "1")) == 1:
+    if world_size() == 1:
         logger.warning("accelerator.sharding is fsdp but this run has one process: it trains unsharded "
                        "(launch several processes with `accelerate launch` or `torchrun` to shard)")
         return None
