@@ -20,7 +20,7 @@ from test_rollout import LengthReward, make_ppo
 
 from rl4lms.config import ConfigError
 from rl4lms.config.validation import validate_config
-from rl4lms.training.distributed import DistributedSetupError, check_launch
+from rl4lms.training.distributed import DistributedSetupError, check_launch, make_accelerator
 from rl4lms.training.sharding import (FSDPSettings, checkpoint_activations, fsdp_settings, tie_shared_parameters,
                                       transformer_blocks)
 
@@ -65,20 +65,24 @@ def test_tied_parameters_share_one_tensor_in_a_gathered_state(tiny_tokenizer) ->
     assert state["lm_head.weight"] is state["transformer.wte.weight"]
 
 
-@pytest.mark.parametrize("kind, env, message", [
-    (DistributedType.DEEPSPEED, {}, "DeepSpeed is not supported"),
-    (DistributedType.FSDP, {}, "set accelerator.sharding: fsdp"),
-    # On CPU `accelerate launch --use_fsdp` quietly becomes DDP; its environment still says FSDP.
-    (DistributedType.MULTI_CPU, {"ACCELERATE_USE_FSDP": "true"}, "set accelerator.sharding: fsdp"),
+@pytest.mark.parametrize("kind, message", [
+    (DistributedType.DEEPSPEED, "DeepSpeed is not supported"),
+    (DistributedType.FSDP, "set accelerator.sharding: fsdp"),
 ])
-def test_launches_that_would_not_shard_are_refused(monkeypatch, kind, env, message) -> None:
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
+def test_launches_that_would_not_shard_are_refused(kind, message) -> None:
     accelerator = SimpleNamespace(distributed_type=kind, num_processes=2)
     with pytest.raises(DistributedSetupError, match=message):
         check_launch(accelerator, sharded=False)
-    if kind != DistributedType.DEEPSPEED:
+    if kind == DistributedType.FSDP:
         check_launch(accelerator, sharded=True)  # with accelerator.sharding: fsdp the launch is fine
+
+
+def test_accelerates_fsdp_plugin_on_cpu_is_refused_before_it_starts(monkeypatch) -> None:
+    # Its plugin fails on CPU (or, configured otherwise, quietly becomes DDP).
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(DistributedSetupError, match="launch with --multi_gpu or torchrun"):
+        make_accelerator({"sharding": "fsdp"}, "cpu")
 
 
 def test_fsdp_settings_map_mixed_precision_and_a_single_process_trains_unsharded(monkeypatch, caplog) -> None:

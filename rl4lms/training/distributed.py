@@ -38,6 +38,10 @@ def make_accelerator(settings: Dict[str, Any], device: Optional[str]) -> Optiona
         return None
     if mixed_precision == "fp16" and not torch.cuda.is_available():
         raise DistributedSetupError("accelerator.mixed_precision: fp16 needs a GPU; use bf16 on CPU")
+    if device == "cpu" and str_to_bool(os.environ.get("ACCELERATE_USE_FSDP", "false")):
+        raise DistributedSetupError("accelerate's FSDP plugin (`accelerate launch --use_fsdp`) does not run CPU "
+                                    "processes: launch with --multi_gpu or torchrun and set accelerator.sharding: "
+                                    "fsdp (rl4lms shards with FSDP2 itself)")
     if settings.get("sharding") == "fsdp" and world_size() > 1:
         # FSDP's own mixed-precision policy casts the weights (rl4lms.training.sharding); no autocast.
         return Accelerator(cpu=device == "cpu", gradient_accumulation_steps=accumulation)
@@ -50,13 +54,12 @@ def make_accelerator(settings: Dict[str, Any], device: Optional[str]) -> Optiona
 
 def check_launch(accelerator: Accelerator, sharded: bool) -> None:
     """Refuse launches that would not train as configured: DeepSpeed, and accelerate's FSDP plugin
-    (``accelerate launch --use_fsdp``, which on CPU quietly becomes DDP) without ``sharded``."""
+    (``accelerate launch --use_fsdp``) without ``sharded``."""
     if accelerator.distributed_type == DistributedType.DEEPSPEED:
         raise DistributedSetupError("DeepSpeed is not supported: rollouts generate with the actor between ZeRO "
                                     "steps; shard with FSDP2 instead (accelerator.sharding: fsdp) or use DDP "
                                     "(`accelerate launch --multi_gpu`)")
-    plugin = (accelerator.distributed_type == DistributedType.FSDP
-              or str_to_bool(os.environ.get("ACCELERATE_USE_FSDP", "false")) == 1)
+    plugin = accelerator.distributed_type == DistributedType.FSDP
     if plugin and not sharded and accelerator.num_processes > 1:
         raise DistributedSetupError("launched with accelerate's FSDP plugin (--use_fsdp), but accelerator.sharding "
                                     "is not fsdp: set accelerator.sharding: fsdp (rl4lms shards with FSDP2 itself, "
