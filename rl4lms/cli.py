@@ -82,7 +82,7 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     """Train (or finish) the run of a validated config; the exit status of the command."""
     import torch
 
-    from rl4lms.algorithms.on_policy import NonFiniteLossError
+    from rl4lms.algorithms.on_policy import DistributedSetupError, NonFiniteLossError
     from rl4lms.data_pools.sources import DataSourceError
     from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError
     from rl4lms.metrics.base import MetricOutputError
@@ -104,7 +104,7 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     try:
         trainer = OnPolicyTrainer(config, experiment, args.base_path_to_store_results, args.log_to_wandb,
                                   args.project_name, args.entity_name, args.device)
-    except (ConfigMismatchError, ArtifactWriteError) as error:
+    except (ConfigMismatchError, ArtifactWriteError, DistributedSetupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except RunLockedError as error:
@@ -113,7 +113,7 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     try:
         summary = trainer.train_and_eval()
     except (ModelLoadError, DataSourceError, WordNetMissingError, EmptyDataPoolError, RegistryError,
-            ComponentBuildError, ArtifactWriteError, CheckpointFormatError) as error:
+            ComponentBuildError, ArtifactWriteError, CheckpointFormatError, DistributedSetupError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (NonFiniteLossError, RewardOutputError, MetricOutputError) as error:

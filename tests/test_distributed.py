@@ -5,11 +5,14 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 import yaml
@@ -32,28 +35,158 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
 
-@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
-def test_two_processes_end_with_identical_weights_and_one_writer(tmp_path: Path) -> None:
-    config = write_small_config(tmp_path, n_iters=2, eval_every=1, save_every=1)
-    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               str(SCRIPT), "--config_path", str(config), "--base_path_to_store_results", str(tmp_path),
-               "--experiment_name", "ddp"]
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "ddp"
-    summary = json.loads((run / "run_complete.json").read_text())
+def _launch(script: Path, *args: str) -> list:
+    """``accelerate launch`` of ``script`` in 2 CPU processes (gloo) on a free port."""
+    return [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision",
+            "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()), str(script), *args]
+
+
+def _train_command(config: Path, base: Path, name: str) -> list:
+    return _launch(SCRIPT, "--config_path", str(config), "--base_path_to_store_results", str(base),
+                   "--experiment_name", name)
+
+
+def _with_accelerator(config: Path, name: str, **settings) -> Path:
+    """A copy of ``config`` with the given ``accelerator`` section."""
+    raw = yaml.safe_load(config.read_text())
+    raw["accelerator"] = settings
+    path = config.with_name(name)
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_process_runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The same 4-iteration PPO run in 2 processes, with DDP (``ddp``) and with FSDP (``fsdp``)."""
+    if ACCELERATE is None:
+        pytest.skip("the accelerate launcher is not installed")
+    base = tmp_path_factory.mktemp("two_processes")
+    config = write_small_config(base, n_iters=4, eval_every=2, save_every=1)
+    configs = {"ddp": config, "fsdp": _with_accelerator(config, "fsdp.yml", sharding="fsdp")}
+    runs = {"base": base, "configs": configs}
+    for name, path in configs.items():
+        result = subprocess.run(_train_command(path, base, name), env=_env(), capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[name] = result
+    return runs
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "run_complete.json").read_text())
+
+
+def _jsonl(path: Path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_two_processes_end_with_identical_weights_and_one_writer(two_process_runs: dict) -> None:
+    run = two_process_runs["base"] / "ddp"
+    summary = _summary(run)
     checksums = summary["distributed"]["trainable_weight_checksums"]
     assert summary["distributed"]["num_processes"] == 2 and len(checksums) == 2
     assert checksums[0] == checksums[1]  # gradients were all-reduced: the ranks hold the same model
-    assert result.stdout.count("Results of") == 1  # only the main process reports and writes
+    assert two_process_runs["ddp"].stdout.count("Results of") == 1  # only the main process reports and writes
     assert (run / "log.txt").read_text().count("run complete;") == 1
-    assert [json.loads(line)["iteration"] for line in (run / "rollout_info.jsonl").read_text().splitlines()] == [1, 2]
+    assert [record["iteration"] for record in _jsonl(run / "rollout_info.jsonl")] == [1, 2, 3, 4]
     # Each process's prompt sampler and generators are in the checkpoint, so each resumes with its own.
-    state = torch.load(run / "checkpoints" / "checkpoint_000002" / "trainer_state.pt", weights_only=False)
+    state = torch.load(run / "checkpoints" / "checkpoint_000004" / "trainer_state.pt", weights_only=False)
     ranks = state["ranks"]
     assert len(ranks) == 2 and ranks[0]["sampler"] == state["sampler"]
     assert ranks[0]["sampler"] != ranks[1]["sampler"]
+
+
+FSDP_TOLERANCE = 1e-6
+"""Largest absolute difference allowed between FSDP's and DDP's weights after the same 4 iterations:
+both average the same gradients, summed in another order (reduce-scatter of shards against an
+all-reduce of buckets; measured: 3.3e-8)."""
+
+
+def _model_tensors(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return {**load_file(str(run / "model" / "model.safetensors")),
+            **{f"value_head.{k}": v for k, v in load_file(str(run / "model" / "value_head.safetensors")).items()}}
+
+
+def test_fsdp_holds_half_of_the_state_per_process_and_matches_ddp(two_process_runs: dict) -> None:
+    from transformers import AutoModelForCausalLM
+
+    base = two_process_runs["base"]
+    ddp, fsdp = _summary(base / "ddp")["distributed"], _summary(base / "fsdp")["distributed"]
+    assert fsdp["sharding"] == "fsdp" and ddp["sharding"] == "ddp"
+    checksums = fsdp["trainable_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]  # both processes gather the same model
+    full = ddp["memory_per_process"][0]["full_parameter_bytes"]
+    assert [m["full_parameter_bytes"] for m in fsdp["memory_per_process"]] == [full, full]
+    for key in ("parameter_bytes", "trainable_parameter_bytes", "optimizer_state_bytes"):
+        whole = ddp["memory_per_process"][0][key]
+        assert all(m[key] == whole for m in ddp["memory_per_process"])  # DDP: a full copy in each process
+        shards = [m[key] for m in fsdp["memory_per_process"]]
+        # FSDP: about half in each process (a shard is padded to a whole number of rows)
+        assert all(abs(shard - whole / 2) <= 0.01 * whole for shard in shards), (key, shards, whole)
+    assert two_process_runs["fsdp"].stdout.count("Results of") == 1
+    # Same prompts, same samples, nearly the same update.
+    ddp_rollouts, fsdp_rollouts = (_jsonl(base / name / "rollout_info.jsonl") for name in ("ddp", "fsdp"))
+    assert [r["rollout_info/ep_rew"] for r in fsdp_rollouts] == [r["rollout_info/ep_rew"] for r in ddp_rollouts]
+    ddp_weights, fsdp_weights = _model_tensors(base / "ddp"), _model_tensors(base / "fsdp")
+    assert ddp_weights.keys() == fsdp_weights.keys()
+    for name, tensor in ddp_weights.items():
+        torch.testing.assert_close(fsdp_weights[name], tensor, rtol=0, atol=FSDP_TOLERANCE)
+    # The final folder is a plain save_pretrained folder of the gathered weights.
+    model = AutoModelForCausalLM.from_pretrained(base / "fsdp" / "model")
+    assert torch.equal(model.transformer.wte.weight, fsdp_weights["transformer.wte.weight"])
+    # Checkpoints have the layout of unsharded ones: whole tensors, the optimizer state by index.
+    ddp_state, fsdp_state = (torch.load(base / name / "checkpoints" / "checkpoint_000004" / "trainer_state.pt",
+                                        weights_only=True) for name in ("ddp", "fsdp"))
+    assert fsdp_state["policy"].keys() == ddp_state["policy"].keys()
+    assert all(fsdp_state["policy"][k].shape == v.shape for k, v in ddp_state["policy"].items())
+    assert fsdp_state["optimizer"]["state"].keys() == ddp_state["optimizer"]["state"].keys()
+    assert [g["params"] for g in fsdp_state["optimizer"]["param_groups"]] == \
+        [g["params"] for g in ddp_state["optimizer"]["param_groups"]]
+
+
+def test_killed_fsdp_run_resumes_as_if_never_interrupted(two_process_runs: dict) -> None:
+    base, config = two_process_runs["base"], two_process_runs["configs"]["fsdp"]
+    run = base / "killed"
+    process = subprocess.Popen(_train_command(config, base, "killed"), env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoint = run / "checkpoints" / "checkpoint_000002"
+    deadline = time.time() + 300
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    # The launcher and both training processes (torchrun starts each in a session of its own).
+    for member in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
+        member.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (run / "run_complete.json").exists(), "the run finished before it could be killed"
+
+    resumed = subprocess.run(_train_command(config, base, "killed"), env=_env(), capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in (run / "log.txt").read_text()
+    straight = base / "fsdp"
+    ours, reference = _jsonl(run / "rollout_info.jsonl"), _jsonl(straight / "rollout_info.jsonl")
+    assert [r["iteration"] for r in ours] == [1, 2, 3, 4]
+    assert ours == reference  # weights, optimizer, KL controller and every process's RNG were restored
+    for name, tensor in _model_tensors(straight).items():
+        assert torch.equal(_model_tensors(run)[name], tensor), name
+
+
+def test_fsdp_checkpoint_resumes_in_a_single_process(two_process_runs: dict, tmp_path: Path) -> None:
+    """Checkpoints hold the whole state: another process count (here one, unsharded) continues the run."""
+    base = two_process_runs["base"]
+    run = tmp_path / "fsdp"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(base / "fsdp" / "config.json", run / "config.json")
+    shutil.copytree(base / "fsdp" / "checkpoints" / "checkpoint_000003", run / "checkpoints" / "checkpoint_000003")
+    command = [sys.executable, str(SCRIPT), "--config_path", str(two_process_runs["configs"]["fsdp"]),
+               "--base_path_to_store_results", str(tmp_path), "--experiment_name", "fsdp"]
+    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "one process: it trains unsharded" in result.stderr
+    assert "resumed from" in (run / "log.txt").read_text()
+    assert [r["iteration"] for r in _jsonl(run / "rollout_info.jsonl")] == [4]
 
 
 def test_each_process_resumes_with_its_own_random_state(tiny_tokenizer, tmp_path: Path) -> None:
@@ -135,10 +268,7 @@ print(f"RESULT {rank} {trainer.accelerator.num_processes} {hashlib.md5(weights).
 def test_trl_ppo_trainer_in_two_cpu_processes_keeps_the_weights_equal(tmp_path: Path) -> None:
     script = tmp_path / "trl_two_processes.py"
     script.write_text(TRL_SCRIPT)
-    command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-               "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
-               str(script)]
-    result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
+    result = subprocess.run(_launch(script), env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = sorted(list(found) for found in re.findall(r"RESULT (\d) (\d) ([0-9a-f]{32})", result.stdout))
     assert [line[:2] for line in lines] == [["0", "2"], ["1", "2"]]

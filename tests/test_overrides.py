@@ -62,6 +62,6 @@ def test_cli_override_changes_the_run(tmp_path: Path) -> None:
 
 def test_an_override_creates_an_optional_section_the_file_leaves_out() -> None:
     config = load_config(DEFAULT_CONFIG, ["accelerator.mixed_precision=bf16"])
-    assert config["accelerator"] == {"mixed_precision": "bf16", "gradient_accumulation_steps": 1}
+    assert config["accelerator"] == {"mixed_precision": "bf16", "gradient_accumulation_steps": 1, "sharding": None}
     with pytest.raises(ConfigError, match="no key 'acelerator' under <top level> .*accelerator, custom_modules"):
         load_config(DEFAULT_CONFIG, ["acelerator.mixed_precision=bf16"])

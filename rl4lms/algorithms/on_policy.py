@@ -19,12 +19,18 @@ from rl4lms.algorithms.rollout import RolloutCollector, RolloutStats
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy
 
-if TYPE_CHECKING:  # accelerate is imported by the runs that use it (training/distributed.py)
+if TYPE_CHECKING:  # accelerate and the sharding code are imported by the runs that use them (rl4lms.training)
     from accelerate import Accelerator
+
+    from rl4lms.training.sharding import ShardedPolicy
 
 
 class NonFiniteLossError(FloatingPointError):
     """Raised when a training loss becomes NaN or infinite."""
+
+
+class DistributedSetupError(ValueError):
+    """A launch or sharding set-up this project cannot train correctly; the message says what to change."""
 
 
 class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
@@ -42,6 +48,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
     supports_multiprocess = True
     """False when the update cannot run under DDP (TRPO's second-order actor step)."""
     accelerator: Optional[Accelerator] = None
+    sharded: Optional[ShardedPolicy] = None
+    """The FSDP2-sharded policy of an ``accelerator.sharding: fsdp`` run, else None."""
 
     def __init__(self, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,
                  n_envs: int = 1, learning_rate: float = 1e-5, n_steps: int = 128, gamma: float = 0.99,
@@ -182,21 +190,22 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
                 f"{name} became {loss.item()} at timestep {self.num_timesteps}; lower alg.args.learning_rate, "
                 "check the reward function for NaN/inf, or raise alg.kl_div.coeff. The last checkpoint is intact.")
 
-    def attach_accelerator(self, accelerator: Accelerator) -> None:
+    def attach_accelerator(self, accelerator: Accelerator, sharded: Optional[ShardedPolicy] = None) -> None:
         """Train through ``accelerator``: DDP-wrapped trainable modules when several processes
         run, its mixed precision and its ``gradient_accumulation_steps``. Each process draws its
-        own prompts (the sampler is seeded with the process index)."""
-        from accelerate import DistributedType
-
-        if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-            raise ValueError(f"{accelerator.distributed_type.value} is not supported yet: rollouts generate with "
-                             "the unsharded actor; use DDP (`accelerate launch --multi_gpu`)")
+        own prompts (the sampler is seeded with the process index). ``sharded``: the policy already
+        sharded with FSDP2 (:class:`rl4lms.training.sharding.ShardedPolicy`, built by the trainer for
+        ``accelerator.sharding: fsdp``), whose modules and optimizer are then used as they are."""
         if accelerator.num_processes > 1 and not self.supports_multiprocess:
-            raise ValueError(f"{type(self).__name__} cannot run in {accelerator.num_processes} processes; "
-                             "launch it as a single process")
+            raise DistributedSetupError(f"{type(self).__name__} cannot run in {accelerator.num_processes} processes; "
+                                        "launch it as a single process")
         self.accelerator = accelerator
-        self.policy.wrap_trainable_modules(accelerator.prepare_model)
-        self.policy.optimizer = accelerator.prepare_optimizer(self.policy.optimizer)
+        if sharded is not None:
+            self.sharded = sharded
+            self.device = accelerator.device
+        else:
+            self.policy.wrap_trainable_modules(accelerator.prepare_model)
+            self.policy.optimizer = accelerator.prepare_optimizer(self.policy.optimizer)
         if accelerator.num_processes > 1:
             self.collector.rng = np.random.default_rng([self.seed or 0, accelerator.process_index])
 
@@ -241,7 +250,10 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         partial accumulation); returns the pre-clip norm, NaN when nothing was pending."""
         if self.accelerator is None or self._pending_micro_steps == 0:
             return float("nan")
-        grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        if self.sharded is not None:
+            grad_norm = self.sharded.clip_grad_norm(self.max_grad_norm)
+        else:
+            grad_norm = self.accelerator.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
         self.policy.optimizer.step()
         self.policy.optimizer.zero_grad()
         self._pending_micro_steps = 0

@@ -92,7 +92,19 @@ CONFIG_SCHEMA = Section({
     "accelerator": Section({
         "mixed_precision": Key(STR, "no", choices=("no", "bf16", "fp16"), doc="autocast of the training forwards"),
         "gradient_accumulation_steps": Key(INT, 1, minimum=1, doc="optimizer step every N loss backward passes"),
-    }, required=False, doc="accelerate settings; multi-process runs are started with `accelerate launch`"),
+        "sharding": Key(STR + (NONE,), None, choices=(None, "ddp", "fsdp"),
+                        doc="how several processes hold the policy: ddp (default) replicates it, fsdp shards "
+                            "weights, gradients and optimizer state (FSDP2)"),
+        "fsdp": Section({
+            "reshard_after_forward": Key(BOOL, True, doc="free gathered weights after each forward"),
+            "cpu_offload": Key(BOOL, False, doc="keep shards, gradients and optimizer state in CPU memory"),
+            "param_dtype": Key(STR + (NONE,), None, choices=(None, "float32", "bfloat16"),
+                               doc="dtype of the gathered weights (default: bfloat16 under mixed_precision bf16)"),
+            "reduce_dtype": Key(STR + (NONE,), None, choices=(None, "float32", "bfloat16"),
+                                doc="dtype of the gradient reduce-scatter (default float32)"),
+            "activation_checkpointing": Key(BOOL, False, doc="recompute transformer blocks in the backward"),
+        }, required=False, doc="options of accelerator.sharding: fsdp"),
+    }, required=False, doc="accelerate settings; multi-process runs are started with `accelerate launch` or `torchrun`"),
     "seed": Key(INT, 0, doc="seeds python, numpy, torch and the prompt sampler"),
     "custom_modules": Key(LIST, [], doc="modules imported before validation so they can register components"),
 })

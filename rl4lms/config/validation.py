@@ -269,11 +269,25 @@ def _check_reward_sections(validator: _Validator, config: Dict[str, Any]) -> Non
                                   "only 'supervised' runs without it)")
 
 
+def _check_accelerator_section(validator: _Validator, config: Dict[str, Any]) -> None:
+    """``accelerator.fsdp`` only with ``sharding: fsdp``, which casts with its own mixed precision (no fp16)."""
+    accelerator = config.get("accelerator")
+    if not isinstance(accelerator, dict):
+        return
+    sharded = accelerator.get("sharding") == "fsdp"
+    if "fsdp" in accelerator and not sharded:
+        validator.error("accelerator.fsdp", "these options need accelerator.sharding: fsdp")
+    if sharded and accelerator.get("mixed_precision") == "fp16":
+        validator.error("accelerator.mixed_precision", "fp16 is not supported with accelerator.sharding: fsdp; "
+                                                       "use bf16")
+
+
 def validate_config(config: Dict[str, Any], source: Optional[str] = None) -> Dict[str, Any]:
     """Validate a config dict against the schema and component signatures; return it with defaults."""
     validator = _Validator()
     result = validator.section(CONFIG_SCHEMA, config, "")
     _check_reward_sections(validator, result)
+    _check_accelerator_section(validator, result)
     if validator.errors:
         raise ConfigError(validator.errors, source)
     return result

@@ -69,9 +69,10 @@ LORA_ADAPTER_DIR = "lora_adapter"
 """Sub-folder of a saved model holding the LoRA adapters alone (``PeftModel.from_pretrained``)."""
 
 
-def save_model(model: nn.Module, out_dir: Path) -> None:
+def save_model(model: nn.Module, out_dir: Path, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
     """``save_pretrained`` into ``out_dir``; a LoRA model is saved merged (what plain loaders read),
-    with its adapters alone in ``out_dir/lora_adapter``."""
+    with its adapters alone in ``out_dir/lora_adapter``. ``state_dict`` replaces the model's own
+    weights (not for LoRA models)."""
     from peft import PeftModel
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -79,4 +80,4 @@ def save_model(model: nn.Module, out_dir: Path) -> None:
         model.save_pretrained(out_dir / LORA_ADAPTER_DIR)
         copy.deepcopy(model).merge_and_unload().save_pretrained(out_dir)
     else:
-        model.save_pretrained(out_dir)
+        model.save_pretrained(out_dir, state_dict=state_dict)

@@ -8,12 +8,13 @@ per-token replay. RL4LMs' per-transition :meth:`evaluate_actions` is there for R
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from abc import abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Callable, ContextManager, Dict, List, Optional, Tuple, Type
 
 import torch
 from gymnasium import spaces
@@ -161,6 +162,9 @@ class LMActorCriticPolicy(BasePolicy):
     entropy_needs_grad = True
     """Whether training differentiates the entropy; the algorithm sets False when its loss has no
     entropy term (``ent_coef: 0``), and the entropy is then a statistic only."""
+    generation_context: Callable[[], ContextManager[None]] = contextlib.nullcontext
+    """The context ``generate`` runs in (and evaluation, whose metrics may run the actor): sharded
+    training (``rl4lms.training.sharding``) sets one that gathers the actor's weights."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -327,8 +331,9 @@ class LMActorCriticPolicy(BasePolicy):
         when ``terminate_on_eos`` is off); positions after it hold the pad id.
         """
         extra = {"logits_processor": logits_processor} if logits_processor is not None else {}
-        sequences = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                        generation_config=generation_config, **extra)
+        with self.generation_context():
+            sequences = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
+                                            generation_config=generation_config, synced_gpus=False, **extra)
         return self._finish_response(sequences, prompt_ids.shape[1])
 
     def _finish_response(self, sequences: torch.Tensor, prompt_len: int) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -347,8 +352,11 @@ class LMActorCriticPolicy(BasePolicy):
         forward of the actor."""
         config = copy.deepcopy(generation_config)
         config.update(return_dict_in_generate=True, output_logits=True, output_hidden_states=True)
-        out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
-                                  logits_processor=logits_processor)
+        # Each process decodes on its own: a sharded model is gathered first (``generation_context``),
+        # so the processes need not run the same number of steps (Hugging Face's ``synced_gpus``).
+        with self.generation_context():
+            out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
+                                      logits_processor=logits_processor, synced_gpus=False)
         response, mask = self._finish_response(out.sequences, prompt_ids.shape[1])
         logits, hidden = generation_step_outputs(out, self.model.config.is_encoder_decoder)
         return SampledActions(response, mask, step_logits=logits, step_hidden=hidden)
@@ -535,18 +543,24 @@ class LMActorCriticPolicy(BasePolicy):
             raise RuntimeError(f"checkpoint does not match the policy: missing {missing[:5]}, "
                                f"unexpected {unexpected[:5]}")
 
-    def save_pretrained(self, out_dir: Path) -> None:
+    def save_pretrained(self, out_dir: Path, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
         """Hugging Face folder of the actor LM + tokenizer, plus the value head's weights. With a
         separate critic LM the head belongs to that LM: both go to ``critic/``, itself a value-head
-        model folder."""
-        save_model(self.model, out_dir)
+        model folder. ``state_dict`` (keys of :meth:`trainable_state_dict`) replaces the modules' own
+        weights: a sharded run passes its gathered full weights."""
+        def part(prefix: str) -> Optional[Dict[str, torch.Tensor]]:
+            if state_dict is None:
+                return None
+            return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+
+        save_model(self.model, out_dir, part("model."))
         self.tokenizer.save_pretrained(out_dir)
         head_dir = out_dir
         if self.critic_model is not None:
             head_dir = out_dir / CRITIC_DIR
-            save_model(self.critic_model, head_dir)
+            save_model(self.critic_model, head_dir, part("critic_model."))
             self.tokenizer.save_pretrained(head_dir)
-        save_value_head(self.value_head, head_dir)
+        save_value_head(self.value_head, head_dir, part("value_head."))
 
 
 def response_mask_after_eos(response: torch.Tensor, eos_token_id: Optional[int], terminate_on_eos: bool) -> torch.Tensor:
@@ -564,4 +578,8 @@ def response_tokens(response_ids: torch.Tensor, response_mask: torch.Tensor) -> 
 
 
 def module_device(module: nn.Module) -> torch.device:
-    return next(module.parameters()).device
+    """The device ``module`` computes on: that of its parameters, or for a sharded (DTensor)
+    parameter its mesh's device, whose shard may be offloaded to the CPU."""
+    param = next(module.parameters())
+    mesh = getattr(param, "device_mesh", None)
+    return torch.device(mesh.device_type) if mesh is not None else param.device

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Dict, Optional
 
 import torch
 from safetensors.torch import save_file
@@ -38,6 +38,7 @@ class ValueHead(nn.Module):
         return self.summary(self.dropout(hidden.float())).squeeze(-1)
 
 
-def save_value_head(head: nn.Module, out_dir: Path) -> None:
-    """``head``'s weights as ``out_dir/value_head.safetensors``."""
-    save_file({k: v.contiguous() for k, v in head.state_dict().items()}, str(out_dir / VALUE_HEAD_FILE))
+def save_value_head(head: nn.Module, out_dir: Path, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """``head``'s weights (or ``state_dict``, a gathered copy of them) as ``out_dir/value_head.safetensors``."""
+    state = head.state_dict() if state_dict is None else state_dict
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / VALUE_HEAD_FILE))

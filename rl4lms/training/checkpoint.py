@@ -11,7 +11,7 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -52,17 +52,32 @@ def process_random_state(alg: LMOnPolicyAlgorithm) -> Dict[str, Any]:
     return {"sampler": alg.rng_state(), "rng": _capture_rng()}
 
 
+TrainableState = Tuple[Dict[str, torch.Tensor], Dict[str, Any]]
+
+
+def trainable_state(alg: LMOnPolicyAlgorithm) -> TrainableState:
+    """The policy's trainable weights and the optimizer state, as a checkpoint holds them. In a
+    sharded run this gathers them: every process must call it, and the main process gets the whole
+    state (the others empty dicts), in the layout of an unsharded run."""
+    if alg.sharded is not None:
+        return alg.sharded.full_state()
+    return alg.policy.trainable_state_dict(), alg.policy.optimizer.state_dict()
+
+
 def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, keep: int,
-                    rank_states: Optional[List[Dict[str, Any]]] = None) -> Path:
+                    rank_states: Optional[List[Dict[str, Any]]] = None,
+                    weights: Optional[TrainableState] = None) -> Path:
     """Write ``checkpoint_<iteration>`` atomically (staging folder + rename) and prune old ones.
 
     ``rank_states`` holds every process's :func:`process_random_state` in a multi-process run, so
-    that each process resumes with its own prompt sampler and generators.
+    that each process resumes with its own prompt sampler and generators. ``weights`` is the
+    :func:`trainable_state` gathered beforehand (default: taken here, unsharded runs only).
     """
+    policy_state, optimizer_state = weights if weights is not None else trainable_state(alg)
     state = {
         "iteration": iteration,
-        "policy": alg.policy.trainable_state_dict(),
-        "optimizer": alg.policy.optimizer.state_dict(),
+        "policy": policy_state,
+        "optimizer": optimizer_state,
         "kl_controller": alg.kl_controller.state_dict(),
         "num_timesteps": alg.num_timesteps,
         "n_updates": alg._n_updates,
@@ -112,10 +127,11 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
     return done[-1] if done else None
 
 
-def read_trainer_state(path: Path, device: Any = "cpu") -> Dict[str, Any]:
-    """``trainer_state.pt`` of checkpoint folder ``path``, read with ``weights_only=True``."""
+def read_trainer_state(path: Path, device: Any = "cpu", mmap: bool = False) -> Dict[str, Any]:
+    """``trainer_state.pt`` of checkpoint folder ``path``, read with ``weights_only=True`` (with
+    ``mmap``, tensors are read from the file when used: the processes of a node share its pages)."""
     try:
-        return torch.load(path / STATE_FILE, map_location=device, weights_only=True)
+        return torch.load(path / STATE_FILE, map_location=device, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise CheckpointFormatError(
             f"{path / STATE_FILE} is in the pickle format of an older rl4lms, which can run code when loaded, "
@@ -132,11 +148,16 @@ def load_checkpoint(path: Path, alg: LMOnPolicyAlgorithm, process_index: int = 0
 
     Process ``process_index`` of ``num_processes`` takes its own random state when the checkpoint
     was written by as many processes; otherwise the main process's (and other processes reseed
-    their prompt samplers, see :meth:`LMOnPolicyAlgorithm.load_rng_state`).
+    their prompt samplers, see :meth:`LMOnPolicyAlgorithm.load_rng_state`). Weights and optimizer
+    state are whole in every checkpoint, so a sharded or unsharded run of any size reads them.
     """
-    state = read_trainer_state(path, alg.device)
-    alg.policy.load_trainable_state_dict(state["policy"])
-    alg.policy.optimizer.load_state_dict(state["optimizer"])
+    if alg.sharded is not None:  # every process shards the whole state it reads
+        state = read_trainer_state(path, "cpu", mmap=True)
+        alg.sharded.load_full_state(state["policy"], state["optimizer"])
+    else:
+        state = read_trainer_state(path, alg.device)
+        alg.policy.load_trainable_state_dict(state["policy"])
+        alg.policy.optimizer.load_state_dict(state["optimizer"])
     alg.kl_controller.load_state_dict(state["kl_controller"])
     alg.num_timesteps = state["num_timesteps"]
     alg._n_updates = state["n_updates"]

@@ -3,18 +3,23 @@
 A run uses an ``Accelerator`` only when it needs one: launched in several processes
 (``accelerate launch`` / ``torchrun`` set ``WORLD_SIZE``), or asking for mixed precision or
 gradient accumulation in the config's ``accelerator`` section. Otherwise training runs
-exactly as a plain single process does.
+exactly as a plain single process does. With ``accelerator.sharding: fsdp`` the accelerator only
+provides the process group and its collectives; ``rl4lms.training.sharding`` shards the policy.
 """
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Dict, List, Optional
 
 import torch
-from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate import Accelerator, DistributedType
+from accelerate.utils import DistributedDataParallelKwargs, str_to_bool
 
+from rl4lms.algorithms.on_policy import DistributedSetupError
 from rl4lms.policies.base import LMActorCriticPolicy
+
+logger = logging.getLogger(__name__)
 
 
 def world_size() -> int:
@@ -29,7 +34,14 @@ def make_accelerator(settings: Dict[str, Any], device: Optional[str]) -> Optiona
     if world_size() == 1 and mixed_precision == "no" and accumulation == 1:
         return None
     if mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise ValueError("accelerator.mixed_precision: fp16 needs a GPU; use bf16 on CPU")
+        raise DistributedSetupError("accelerator.mixed_precision: fp16 needs a GPU; use bf16 on CPU")
+    if device == "cpu" and str_to_bool(os.environ.get("ACCELERATE_USE_FSDP", "false")):
+        raise DistributedSetupError("accelerate's FSDP plugin (`accelerate launch --use_fsdp`) does not run CPU "
+                                    "processes: launch with --multi_gpu or torchrun and set accelerator.sharding: "
+                                    "fsdp (rl4lms shards with FSDP2 itself)")
+    if settings.get("sharding") == "fsdp" and world_size() > 1:
+        # FSDP's own mixed-precision policy casts the weights (rl4lms.training.sharding); no autocast.
+        return Accelerator(cpu=device == "cpu", gradient_accumulation_steps=accumulation)
     # Every trainable parameter is used in each update, but the value head is idle in supervised
     # runs; buffers are not broadcast, so a forward pass is never a collective operation.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True, broadcast_buffers=False)
@@ -37,12 +49,33 @@ def make_accelerator(settings: Dict[str, Any], device: Optional[str]) -> Optiona
                        gradient_accumulation_steps=accumulation, kwargs_handlers=[ddp])
 
 
-def rank_checksums(accelerator: Accelerator, policy: LMActorCriticPolicy) -> List[float]:
-    """Every process's sum of its trainable weights (float64), gathered: equal values mean the
-    processes hold the same model, i.e. the gradients really were all-reduced."""
-    total = sum(float(t.double().sum()) for t in policy.trainable_state_dict().values() if t.is_floating_point())
-    local = torch.tensor([total], dtype=torch.float64, device=accelerator.device)
+def check_launch(accelerator: Accelerator, sharded: bool) -> None:
+    """Refuse launches that would not train as configured: DeepSpeed, and accelerate's FSDP plugin
+    (``accelerate launch --use_fsdp``) without ``sharded``."""
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        raise DistributedSetupError("DeepSpeed is not supported: rollouts generate with the actor between ZeRO "
+                                    "steps; shard with FSDP2 instead (accelerator.sharding: fsdp) or use DDP "
+                                    "(`accelerate launch --multi_gpu`)")
+    plugin = accelerator.distributed_type == DistributedType.FSDP
+    if plugin and not sharded and accelerator.num_processes > 1:
+        raise DistributedSetupError("launched with accelerate's FSDP plugin (--use_fsdp), but accelerator.sharding "
+                                    "is not fsdp: set accelerator.sharding: fsdp (rl4lms shards with FSDP2 itself, "
+                                    "options under accelerator.fsdp), or launch DDP with --multi_gpu")
+    if plugin and sharded:
+        logger.info("rl4lms shards with FSDP2 from accelerator.fsdp; the options of accelerate's FSDP plugin are "
+                    "not used")
+
+
+def gather_floats(accelerator: Accelerator, value: float) -> List[float]:
+    """Every process's ``value`` (float64), in process order."""
+    local = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
     return accelerator.gather(local).tolist()
+
+
+def weights_checksum(policy: LMActorCriticPolicy) -> float:
+    """Sum of the policy's trainable weights (float64): equal in every process when the gradients
+    really were all-reduced."""
+    return sum(float(t.double().sum()) for t in policy.trainable_state_dict().values() if t.is_floating_point())
 
 
 def gather_from_processes(accelerator: Optional[Accelerator], value: Any) -> Optional[List[Any]]:
@@ -52,3 +85,12 @@ def gather_from_processes(accelerator: Optional[Accelerator], value: Any) -> Opt
     from accelerate.utils import gather_object
 
     return gather_object([value])
+
+
+def main_process_value(accelerator: Optional[Accelerator], value: Any) -> Any:
+    """The main process's ``value`` (picklable), in every process."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([value])[0]

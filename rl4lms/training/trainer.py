@@ -14,10 +14,12 @@ from rl4lms.training.artifacts import write_folder_atomic, write_json_atomic, wr
 from rl4lms.models.loading import default_device
 from rl4lms.training.builders import RunComponents, build_components
 from rl4lms.training.checkpoint import (checkpoint_iteration, latest_checkpoint, load_checkpoint,
-                                        process_random_state, prune_checkpoints, save_checkpoint)
-from rl4lms.training.distributed import gather_from_processes, make_accelerator, rank_checksums
+                                        process_random_state, prune_checkpoints, save_checkpoint, trainable_state)
+from rl4lms.training.distributed import (check_launch, gather_floats, gather_from_processes, main_process_value,
+                                         make_accelerator, weights_checksum)
 from rl4lms.training.evaluation import evaluate_samples
 from rl4lms.training.run_lock import RunLock
+from rl4lms.training.sharding import ShardedPolicy, fsdp_settings, memory_footprint
 from rl4lms.training.tracker import Tracker
 
 RESUMABLE_CHANGES = {("train_evaluation", "n_iters")}
@@ -57,6 +59,7 @@ class OnPolicyTrainer:
         self.config = config
         self.run_dir = Path(base_path_to_store_results) / experiment_name
         self.accelerator = make_accelerator(config.get("accelerator") or {}, device or default_device())
+        self.sharding = fsdp_settings(config.get("accelerator") or {})
         # Under several processes only the main one writes files; the others train alongside.
         self.is_main = self.accelerator is None or self.accelerator.is_main_process
         self.lock: Optional[RunLock] = None
@@ -130,12 +133,14 @@ class OnPolicyTrainer:
 
     # --- phases ---------------------------------------------------------------------------------
     def _evaluate(self, split: str, epoch: int) -> None:
+        """The main process evaluates; in a sharded run every process gathers the actor for it."""
         assert self.parts is not None
-        if self.tracker is None:
-            return
-        result = evaluate_samples(self.parts.alg.policy, self.parts.env, list(self.parts.pools[split]),
-                                  self.parts.metrics, self.eval_config["eval_batch_size"], split,
-                                  self.eval_config["generation_kwargs"])
+        policy = self.parts.alg.policy
+        with policy.generation_context():
+            if self.tracker is None:
+                return
+            result = evaluate_samples(policy, self.parts.env, list(self.parts.pools[split]), self.parts.metrics,
+                                      self.eval_config["eval_batch_size"], split, self.eval_config["generation_kwargs"])
         self.tracker.log_evaluation(split, epoch, result.corpus_scores, result.predictions)
 
     def _resume(self) -> int:
@@ -157,10 +162,12 @@ class OnPolicyTrainer:
 
     def _save(self, iteration: int) -> None:
         assert self.parts is not None
+        weights = trainable_state(self.parts.alg)  # gathered on the main process in sharded runs
         rank_states = gather_from_processes(self.accelerator, process_random_state(self.parts.alg))
         if self.is_main:
             save_checkpoint(self.checkpoint_dir, iteration, self.parts.alg,
-                            keep=self.eval_config["save_checkpoints_to_keep"], rank_states=rank_states)
+                            keep=self.eval_config["save_checkpoints_to_keep"], rank_states=rank_states,
+                            weights=weights)
 
     def train_and_eval(self) -> Dict[str, Any]:
         """Run (or finish) the experiment and return its summary."""
@@ -174,11 +181,14 @@ class OnPolicyTrainer:
             if self.is_main:
                 complete.unlink()  # n_iters was raised: continue training the finished run
         seed_everything(self.config["seed"])
-        self.parts = build_components(self.config, self.device)
+        # A sharded policy is built on the CPU; sharding moves each process's shards to its device.
+        self.parts = build_components(self.config, "cpu" if self.sharding else self.device)
         alg = self.parts.alg
         alg.planned_iterations = self.n_iters
         if self.accelerator is not None:
-            alg.attach_accelerator(self.accelerator)
+            check_launch(self.accelerator, sharded=self.sharding is not None)
+            sharded = ShardedPolicy(alg.policy, self.sharding, self.accelerator.device) if self.sharding else None
+            alg.attach_accelerator(self.accelerator, sharded)
         start = self._resume()
         if start == 0:
             self._evaluate("val", 0)
@@ -198,26 +208,43 @@ class OnPolicyTrainer:
                 if iteration % self.eval_config["save_every"] == 0 or last:
                     self._save(iteration)
         distributed = self._distributed_summary()
-        if self.tracker is None:
-            return {}
-        if start >= self.n_iters:
-            self.tracker.logger.info("all %d iterations were done before; finishing the run", self.n_iters)
-        return self._finish(distributed)
+        tested = self.tracker is not None and any(r.get("epoch") == self.n_iters
+                                                  for r in self.tracker.metric_logs["test"].records())
+        if not main_process_value(self.accelerator, tested):
+            self._evaluate("test", self.n_iters)
+        # The final weights, gathered on the main process in sharded runs (None: the modules' own).
+        final_weights = trainable_state(alg)[0] if alg.sharded is not None else None
+        summary: Dict[str, Any] = {}
+        if self.tracker is not None:
+            if start >= self.n_iters:
+                self.tracker.logger.info("all %d iterations were done before; finishing the run", self.n_iters)
+            summary = self._finish(distributed, final_weights)
+        if self.accelerator is not None and self.accelerator.num_processes > 1:
+            # After the main process's writes, take the process group down while the interpreter is
+            # whole: gloo's worker threads left to interpreter shutdown can abort a process.
+            self.accelerator.wait_for_everyone()
+            self.accelerator.end_training()
+        return summary
 
     def _distributed_summary(self) -> Dict[str, Any]:
-        """Process count and each process's weight checksum (all processes take part in the gather)."""
+        """Process count, sharding, each process's checksum of the trainable weights (gathered whole
+        in sharded runs) and each process's parameter and optimizer-state bytes (all processes take
+        part in the gathers)."""
         if self.accelerator is None or self.accelerator.num_processes == 1:
             return {}
         assert self.parts is not None
+        alg = self.parts.alg
+        checksum = alg.sharded.full_weights_checksum() if alg.sharded is not None else weights_checksum(alg.policy)
         return {"distributed": {"num_processes": self.accelerator.num_processes,
-                                "trainable_weight_checksums": rank_checksums(self.accelerator, self.parts.alg.policy)}}
+                                "sharding": "fsdp" if alg.sharded is not None else "ddp",
+                                "trainable_weight_checksums": gather_floats(self.accelerator, checksum),
+                                "memory_per_process": gather_from_processes(self.accelerator,
+                                                                            memory_footprint(alg.policy))}}
 
-    def _finish(self, extra: Dict[str, Any]) -> Dict[str, Any]:
+    def _finish(self, extra: Dict[str, Any], final_weights: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         assert self.parts is not None and self.tracker is not None
-        if not any(r.get("epoch") == self.n_iters for r in self.tracker.metric_logs["test"].records()):
-            self._evaluate("test", self.n_iters)
         model_dir = self.run_dir / "model"
-        write_folder_atomic(model_dir, self.parts.alg.policy.save_pretrained)
+        write_folder_atomic(model_dir, lambda folder: self.parts.alg.policy.save_pretrained(folder, final_weights))
         summary = {**self.summary(), **extra}
         write_json_atomic(self.run_dir / COMPLETE_FILE, summary)
         self.tracker.logger.info("run complete; model saved to %s", model_dir)

@@ -54,7 +54,7 @@ from rl4lms.algorithms.advantages import token_kl
 from rl4lms.algorithms.rollout import pad_token_lists
 from rl4lms.policies.base import generation_step_outputs, masked_log_probs
 from rl4lms.rlhf.ppo_trainer import PPOTrainer as TripletPPOTrainer
-from rl4lms.training.distributed import world_size
+from rl4lms.training.distributed import check_launch, world_size
 from rl4lms.trl.core import set_seed
 from rl4lms.trl.modeling_value_head import _TRLModelWithValueHead
 from rl4lms.trl.ppo_config import PPOConfig
@@ -176,6 +176,7 @@ class PPOTrainer:
         self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(
             [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, fused=True)
         self.core.policy.optimizer = self.optimizer
+        check_launch(self.accelerator, sharded=False)
         self.core.ppo.attach_accelerator(self.accelerator)
         self.optimizer = self.core.policy.optimizer
         if lr_scheduler is not None and not isinstance(lr_scheduler, torch.optim.lr_scheduler.LRScheduler):

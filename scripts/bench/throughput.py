@@ -28,7 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Dict, List, Tuple
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
@@ -82,6 +82,22 @@ def best_time(fn: Callable[[], Any], repeats: int) -> float:
         _synchronize()
         times.append(time.perf_counter() - start)
     return min(times)
+
+
+def rollout_and_epoch(alg: PPO, samples: List[Any]) -> Tuple[Callable[[], None], Callable[[], None]]:
+    """Two callables to time: a rollout of ``samples`` (kept) and a PPO epoch on the last rollout."""
+    batches = []
+
+    def rollout() -> None:
+        batches.append(alg.collector.collect(samples, 0.01)[0])
+
+    def ppo_epoch() -> None:
+        alg.rollout_buffer.reset()
+        alg.rollout_buffer.add(batches[-1])
+        alg.rollout_buffer.finalize()
+        alg.train()
+
+    return rollout, ppo_epoch
 
 
 def module_bytes(*modules: torch.nn.Module) -> int:
@@ -159,16 +175,7 @@ def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, A
         with torch.no_grad():
             policy.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
 
-    batches = []
-
-    def rollout() -> None:
-        batches.append(alg.collector.collect(samples, 0.01)[0])
-
-    def ppo_epoch() -> None:
-        alg.rollout_buffer.reset()
-        alg.rollout_buffer.add(batches[-1])
-        alg.rollout_buffer.finalize()
-        alg.train()
+    rollout, ppo_epoch = rollout_and_epoch(alg, samples)
 
     times = {"generate": best_time(generate, args.repeats), "rollout": best_time(rollout, args.repeats),
              "per_token": best_time(lambda: reference(args.new_tokens), args.repeats),
