@@ -102,8 +102,11 @@ ALL_REGISTRIES: Dict[str, Registry] = {
 def load_builtin_components() -> None:
     """Import the package modules whose import registers the built-in components."""
     import rl4lms.algorithms.a2c  # noqa: F401
+    import rl4lms.algorithms.grpo  # noqa: F401
     import rl4lms.algorithms.nlpo  # noqa: F401
     import rl4lms.algorithms.ppo  # noqa: F401
+    import rl4lms.algorithms.reinforce_plus_plus  # noqa: F401
+    import rl4lms.algorithms.rloo  # noqa: F401
     import rl4lms.algorithms.supervised  # noqa: F401
     import rl4lms.algorithms.trpo  # noqa: F401
     import rl4lms.data_pools.commongen  # noqa: F401

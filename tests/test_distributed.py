@@ -19,6 +19,7 @@ from conftest import REPO, write_small_config
 from test_rollout import LengthReward, make_ppo
 
 SCRIPT = REPO / "scripts" / "training" / "train_text_generation.py"
+GRPO_CONFIG = REPO / "task_configs" / "synthetic_increasing_numbers" / "tiny_gpt2_grpo.yml"
 ACCELERATE = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
 
 
@@ -32,19 +33,29 @@ def _env() -> dict:
     return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
 
 
-@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
-def test_two_processes_end_with_identical_weights_and_one_writer(tmp_path: Path) -> None:
-    config = write_small_config(tmp_path, n_iters=2, eval_every=1, save_every=1)
+def _launch_two_processes(config: Path, tmp_path: Path, name: str) -> subprocess.CompletedProcess:
     command = [ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port()),
                str(SCRIPT), "--config_path", str(config), "--base_path_to_store_results", str(tmp_path),
-               "--experiment_name", "ddp"]
+               "--experiment_name", name]
     result = subprocess.run(command, env=_env(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    run = tmp_path / "ddp"
+    return result
+
+
+def _rank_checksums(run: Path) -> list:
     summary = json.loads((run / "run_complete.json").read_text())
     checksums = summary["distributed"]["trainable_weight_checksums"]
     assert summary["distributed"]["num_processes"] == 2 and len(checksums) == 2
+    return checksums
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+def test_two_processes_end_with_identical_weights_and_one_writer(tmp_path: Path) -> None:
+    config = write_small_config(tmp_path, n_iters=2, eval_every=1, save_every=1)
+    result = _launch_two_processes(config, tmp_path, "ddp")
+    run = tmp_path / "ddp"
+    checksums = _rank_checksums(run)
     assert checksums[0] == checksums[1]  # gradients were all-reduced: the ranks hold the same model
     assert result.stdout.count("Results of") == 1  # only the main process reports and writes
     assert (run / "log.txt").read_text().count("run complete;") == 1
@@ -54,6 +65,20 @@ def test_two_processes_end_with_identical_weights_and_one_writer(tmp_path: Path)
     ranks = state["ranks"]
     assert len(ranks) == 2 and ranks[0]["sampler"] == state["sampler"]
     assert ranks[0]["sampler"] != ranks[1]["sampler"]
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+def test_grpo_in_two_processes_keeps_the_weights_equal(tmp_path: Path) -> None:
+    # Batch-wide reward scaling, dapo's all-process token count and dynamic sampling (the processes
+    # keep different numbers of groups, then agree on the smallest) all talk across processes.
+    config = write_small_config(tmp_path, n_iters=2, eval_every=2, save_every=2, base=GRPO_CONFIG,
+                                alg_args={"num_generations": 4, "scale_rewards": "batch", "loss_type": "dapo",
+                                          "dynamic_sampling": True, "n_steps": 36, "beta": 0.01})
+    _launch_two_processes(config, tmp_path, "grpo")
+    checksums = _rank_checksums(tmp_path / "grpo")
+    assert checksums[0] == checksums[1]
+    records = [json.loads(line) for line in (tmp_path / "grpo" / "training_info.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and all(r["kl"] >= 0 for r in records)
 
 
 def test_each_process_resumes_with_its_own_random_state(tiny_tokenizer, tmp_path: Path) -> None:
