@@ -196,12 +196,13 @@ class EvenPromptsFlat(BatchedRewardFunction):
 
 
 def make_alg(tokenizer: Any, cls: type = GRPO, reward: Optional[BatchedRewardFunction] = None, kl_coeff: float = 0.0,
-             policy_args: Optional[Dict[str, Any]] = None, terminate_on_eos: bool = True, **kwargs: Any) -> Any:
+             policy_args: Optional[Dict[str, Any]] = None, terminate_on_eos: bool = True,
+             policy_class: type = CausalLMActorCriticPolicy, **kwargs: Any) -> Any:
     env = TextGenEnv(tokenizer, reward or EvenPromptsFlat(), SAMPLES, max_episode_length=6, max_prompt_length=8,
                      terminate_on_eos=terminate_on_eos)
     settings = dict(n_envs=2, n_steps=4, batch_size=4, num_generations=4, learning_rate=1e-3, seed=0, device="cpu")
     settings.update(kwargs)
-    return cls(CausalLMActorCriticPolicy, env, KLController(kl_coeff), **settings,
+    return cls(policy_class, env, KLController(kl_coeff), **settings,
                policy_kwargs=dict(model_name="rl4lms/tiny-gpt2", tokenizer=tokenizer, terminate_on_eos=terminate_on_eos,
                                   generation_kwargs={"do_sample": True, "top_k": 0}, **(policy_args or {})))
 
@@ -304,6 +305,20 @@ def test_grpo_with_lora_uses_the_adapter_free_model_as_reference(tiny_tokenizer)
     after = policy.model.state_dict()
     assert all(torch.equal(after[k], v) for k, v in base.items())  # only the adapters moved
     assert any(v.abs().sum() > 0 for k, v in after.items() if "lora_B" in k)  # LoRA's B starts at zero
+
+
+def test_grpo_on_a_maskable_policy_samples_from_the_mask_and_refreshes_it(tiny_tokenizer) -> None:
+    from rl4lms.policies.maskable import MaskableCausalLMActorCriticPolicy
+
+    alg = make_alg(tiny_tokenizer, beta=0.05, policy_class=MaskableCausalLMActorCriticPolicy,
+                   policy_args={"mask_type": "learned_top_k", "top_mask": 20, "min_tokens_to_keep": 20,
+                                "target_update_iterations": 2})
+    assert alg.policy.value_head is None
+    data = _rollout(alg)
+    allowed = data.action_masks.gather(-1, data.response_ids.unsqueeze(-1)).squeeze(-1)
+    assert bool(allowed[data.response_mask > 0].all())  # every sampled token was inside its step's mask
+    alg.train()
+    assert int(alg.policy.updates_since_mask_refresh) == 1 and math.isfinite(alg.train_stats["kl"])
 
 
 @pytest.mark.parametrize("cls, loss_key", [(GRPO, "grpo/loss/total"), (RLOO, "rloo/loss/total"),
