@@ -60,11 +60,7 @@ def per_token(advantages: torch.Tensor, data: RolloutBatch) -> torch.Tensor:
     return advantages[:, None] * data.token_mask()
 
 
-class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
-    """Group sampling, the clipped surrogate without a critic, KL in the loss or the reward,
-    DAPO's dynamic sampling; subclasses give the advantage estimator (:meth:`estimate_advantages`).
-
-    Args (``alg.args``, shared by ``grpo``, ``rloo`` and ``reinforce_plus_plus``):
+SHARED_ARGS = """\
         n_steps: generated tokens per rollout, per prompt of a generation batch (the rollout holds
             at least ``n_steps * env.n_envs`` tokens).
         num_generations: completions sampled per prompt (a group).
@@ -88,7 +84,16 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
             budget to replace dropped groups; if none was kept by then, the last batch is kept.
         max_grad_norm: gradient clipping.
         seed, device, verbose, policy_kwargs: as in stable-baselines3.
-    """
+"""
+"""The arguments every critic-free algorithm takes (``alg.args``), for the classes' docstrings."""
+
+
+class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
+    __doc__ = """Group sampling, the clipped surrogate without a critic, KL in the loss or the reward,
+    DAPO's dynamic sampling; subclasses give the advantage estimator (:meth:`estimate_advantages`).
+
+    Args (``alg.args``, shared by ``grpo``, ``rloo`` and ``reinforce_plus_plus``):
+""" + SHARED_ARGS
 
     needs_kl_div = False
     min_generations = 2

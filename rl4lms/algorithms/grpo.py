@@ -7,13 +7,13 @@ import torch
 
 from rl4lms.algorithms.advantages import SCALE_REWARDS, group_relative_advantages
 from rl4lms.algorithms.buffer import RolloutBatch
-from rl4lms.algorithms.critic_free import CriticFreeAlgorithm, per_token
+from rl4lms.algorithms.critic_free import SHARED_ARGS, CriticFreeAlgorithm, per_token
 from rl4lms.registry import AlgorithmRegistry
 
 
 @AlgorithmRegistry.register("grpo")
 class GRPO(CriticFreeAlgorithm):
-    """Each completion's advantage is its reward minus the mean reward of its prompt's group,
+    __doc__ = """Each completion's advantage is its reward minus the mean reward of its prompt's group,
     divided by the group's (or the batch's) standard deviation; no critic.
 
     The reward of a completion is its task reward plus the summed KL penalty of ``alg.kl_div`` (if
@@ -21,14 +21,10 @@ class GRPO(CriticFreeAlgorithm):
     (``loss_type: dapo``, ``epsilon_high: 0.28``, ``dynamic_sampling: true``,
     ``mask_truncated_completions: true``), GSPO (``importance_sampling_level: sequence``).
 
-    Args (``alg.args``): those of :class:`~rl4lms.algorithms.critic_free.CriticFreeAlgorithm`
-    (``n_steps``, ``num_generations`` (default 8), ``batch_size``, ``num_iterations``, ``learning_rate``,
-    ``lr_scheduler_type``, ``loss_type`` (default "dapo"), ``epsilon``, ``epsilon_high``,
-    ``importance_sampling_level``, ``beta``, ``ent_coef``, ``mask_truncated_completions``,
-    ``dynamic_sampling``, ``max_dynamic_sampling_rounds``, ``max_grad_norm``), plus:
+    Args (``alg.args``; ``num_generations`` defaults to 8, ``loss_type`` to "dapo"):
         scale_rewards: "group" (divide by the group's standard deviation), "batch" (by the whole
             rollout's, over all processes) or "none".
-    """
+""" + SHARED_ARGS
 
     short_name = "grpo"
 

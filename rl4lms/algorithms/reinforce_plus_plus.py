@@ -7,13 +7,13 @@ import torch
 
 from rl4lms.algorithms.advantages import discounted_returns, group_relative_advantages, whiten
 from rl4lms.algorithms.buffer import RolloutBatch
-from rl4lms.algorithms.critic_free import CriticFreeAlgorithm
+from rl4lms.algorithms.critic_free import SHARED_ARGS, CriticFreeAlgorithm
 from rl4lms.registry import AlgorithmRegistry
 
 
 @AlgorithmRegistry.register("reinforce_plus_plus")
 class ReinforcePlusPlus(CriticFreeAlgorithm):
-    """Per-token returns of the KL-penalised rewards, without a critic, normalised over the global
+    __doc__ = """Per-token returns of the KL-penalised rewards, without a critic, normalised over the global
     batch (every valid token of the rollout of all processes), then PPO's clipped surrogate.
 
     The per-token rewards are RL4LMs': ``-kl_div.coeff * (log pi - log pi_ref)`` on every token plus
@@ -21,14 +21,10 @@ class ReinforcePlusPlus(CriticFreeAlgorithm):
     default) rather than in the loss (``beta``). With ``group_baseline`` each task reward first loses
     the mean task reward of its prompt's group (REINFORCE++-baseline).
 
-    Args (``alg.args``): those of :class:`~rl4lms.algorithms.critic_free.CriticFreeAlgorithm`
-    (``n_steps``, ``num_generations`` (default 1), ``batch_size``, ``num_iterations``, ``learning_rate``,
-    ``lr_scheduler_type``, ``loss_type`` (default "dapo"), ``epsilon``, ``epsilon_high``,
-    ``importance_sampling_level``, ``beta``, ``ent_coef``, ``mask_truncated_completions``,
-    ``dynamic_sampling``, ``max_dynamic_sampling_rounds``, ``max_grad_norm``), plus:
+    Args (``alg.args``; ``num_generations`` defaults to 1, ``loss_type`` to "dapo"):
         gamma: the returns' discount (1: every token's return is the rest of the episode's reward).
         group_baseline: subtract the group's mean task reward (needs ``num_generations >= 2``).
-    """
+""" + SHARED_ARGS
 
     short_name = "reinforce_plus_plus"
     min_generations = 1

@@ -7,13 +7,13 @@ import torch
 
 from rl4lms.algorithms.advantages import leave_one_out_advantages, whiten
 from rl4lms.algorithms.buffer import RolloutBatch
-from rl4lms.algorithms.critic_free import CriticFreeAlgorithm, per_token
+from rl4lms.algorithms.critic_free import SHARED_ARGS, CriticFreeAlgorithm, per_token
 from rl4lms.registry import AlgorithmRegistry
 
 
 @AlgorithmRegistry.register("rloo")
 class RLOO(CriticFreeAlgorithm):
-    """Each completion's advantage is its reward minus the mean reward of the other completions of
+    __doc__ = """Each completion's advantage is its reward minus the mean reward of the other completions of
     its prompt; no critic.
 
     The reward of a completion is its task reward plus the summed KL penalty of ``alg.kl_div`` (TRL's
@@ -21,13 +21,9 @@ class RLOO(CriticFreeAlgorithm):
     TRL's RLOO takes one ratio per sequence (``exp`` of the summed token log-ratios) and averages over
     sequences; here the ratio and the averaging follow ``importance_sampling_level`` and ``loss_type``.
 
-    Args (``alg.args``): those of :class:`~rl4lms.algorithms.critic_free.CriticFreeAlgorithm`
-    (``n_steps``, ``num_generations`` (default 2), ``batch_size``, ``num_iterations``, ``learning_rate``,
-    ``lr_scheduler_type``, ``loss_type`` (default "dapo"), ``epsilon``, ``epsilon_high``,
-    ``importance_sampling_level``, ``beta``, ``ent_coef``, ``mask_truncated_completions``,
-    ``dynamic_sampling``, ``max_dynamic_sampling_rounds``, ``max_grad_norm``), plus:
+    Args (``alg.args``; ``num_generations`` defaults to 2, ``loss_type`` to "dapo"):
         normalize_advantages: whiten the advantages over the rollout of all processes (TRL's option).
-    """
+""" + SHARED_ARGS
 
     short_name = "rloo"
 
