@@ -210,8 +210,11 @@ MetricRegistry: Registry = Registry("metric", {
 })
 AlgorithmRegistry: Registry = Registry("alg", {
     "a2c": "rl4lms.algorithms.a2c:A2C",
+    "grpo": "rl4lms.algorithms.grpo:GRPO",
     "nlpo": "rl4lms.algorithms.nlpo:NLPO",
     "ppo": "rl4lms.algorithms.ppo:PPO",
+    "reinforce_plus_plus": "rl4lms.algorithms.reinforce_plus_plus:ReinforcePlusPlus",
+    "rloo": "rl4lms.algorithms.rloo:RLOO",
     "supervised": "rl4lms.algorithms.supervised:Supervised",
     "trpo": "rl4lms.algorithms.trpo:TRPO",
 })

@@ -47,16 +47,18 @@ def training_configs() -> list:
 
 def write_small_config(folder: Path, n_iters: int = 4, eval_every: int = 2, save_every: int = 2,
                        base: Path = DEFAULT_CONFIG, policy_args: Optional[Dict[str, Any]] = None,
-                       name: str = "small.yml") -> Path:
-    """A copy of a shipped config shrunk to a few quick iterations (``policy_args`` override the policy's)."""
+                       name: str = "small.yml", alg_args: Optional[Dict[str, Any]] = None) -> Path:
+    """A copy of a shipped config shrunk to a few quick iterations (``policy_args`` and ``alg_args``
+    then override the policy's and the algorithm's arguments)."""
     import yaml
 
     config = yaml.safe_load(base.read_text())
     config["train_evaluation"].update(n_iters=n_iters, eval_every=eval_every, save_every=save_every)
     config["datapool"]["args"]["n_samples"] = 8
-    alg_args = config["alg"]["args"]
-    alg_args.update({k: v for k, v in {"n_steps": 4, "batch_size": 8, "n_epochs": 1, "n_critic_updates": 1}.items()
-                     if k in alg_args})
+    shrunk = config["alg"]["args"]
+    shrunk.update({k: v for k, v in {"n_steps": 4, "batch_size": 8, "n_epochs": 1, "n_critic_updates": 1}.items()
+                   if k in shrunk})
+    shrunk.update(alg_args or {})
     config["alg"]["policy"]["args"].update(policy_args or {})
     config["env"]["n_envs"] = 8
     path = folder / name

@@ -17,7 +17,7 @@ TASK = REPO / "task_configs" / "synthetic_increasing_numbers"
 
 
 @pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_t5"])
-@pytest.mark.parametrize("alg", ["ppo", "a2c", "trpo", "nlpo", "supervised"])
+@pytest.mark.parametrize("alg", ["ppo", "a2c", "trpo", "nlpo", "supervised", "grpo", "rloo", "reinforce_plus_plus"])
 def test_shipped_config_trains_and_evaluates(tmp_path: Path, alg: str, model: str) -> None:
     config = write_small_config(tmp_path, n_iters=2, eval_every=1, save_every=1, base=TASK / f"{model}_{alg}.yml")
     assert main(["--config_path", str(config), "--base_path_to_store_results", str(tmp_path),
@@ -27,7 +27,7 @@ def test_shipped_config_trains_and_evaluates(tmp_path: Path, alg: str, model: st
     stats = [yaml.safe_load(line) for line in (run / "training_info.jsonl").read_text().splitlines()]
     assert [s["iteration"] for s in stats] == [1, 2]
     loss_key = {"ppo": "ppo/loss/total", "a2c": "a2c/loss/total", "trpo": "trpo/kl", "nlpo": "ppo/loss/total",
-                "supervised": "supervised/loss"}[alg]
+                "supervised": "supervised/loss"}.get(alg, f"{alg}/loss/total")
     assert all(torch.isfinite(torch.tensor(s[loss_key])) for s in stats)
 
 

@@ -120,8 +120,11 @@ def test_missing_required_key(config: Dict[str, Any]) -> None:
 def test_missing_required_section(config: Dict[str, Any]) -> None:
     del config["alg"]["kl_div"]
     error = _errors_of(config)
-    assert error.errors == ["alg.kl_div: required key is missing (alg 'ppo' learns from rewards; "
-                            "only 'supervised' runs without it)"]
+    assert error.errors == ["alg.kl_div: required key is missing (alg 'ppo' penalises the KL in the reward; "
+                            "only 'supervised' and the critic-free algorithms run without it)"]
+    config["alg"]["id"] = "grpo"  # critic-free: the KL may be beta's term in the loss instead
+    config["alg"]["args"] = {"num_generations": 4, "batch_size": 16}
+    validate_config(config)
 
 
 def test_unknown_registry_id_lists_choices(config: Dict[str, Any]) -> None:

@@ -22,6 +22,7 @@ from conftest import REPO, write_small_config
 from test_rollout import LengthReward, make_ppo
 
 SCRIPT = REPO / "scripts" / "training" / "train_text_generation.py"
+GRPO_CONFIG = REPO / "task_configs" / "synthetic_increasing_numbers" / "tiny_gpt2_grpo.yml"
 ACCELERATE = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
 
 
@@ -187,6 +188,28 @@ def test_fsdp_checkpoint_resumes_in_a_single_process(two_process_runs: dict, tmp
     assert "one process: it trains unsharded" in result.stderr
     assert "resumed from" in (run / "log.txt").read_text()
     assert [r["iteration"] for r in _jsonl(run / "rollout_info.jsonl")] == [4]
+
+
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_grpo_in_two_processes_keeps_the_weights_equal(tmp_path: Path, sharding: str) -> None:
+    # Batch-wide reward scaling, dapo's all-process token count and dynamic sampling (the processes
+    # keep different numbers of groups, then agree on the smallest) all talk across processes; under
+    # FSDP the policy has no value head and a sharded reference (beta > 0).
+    config = write_small_config(tmp_path, n_iters=2, eval_every=2, save_every=2, base=GRPO_CONFIG,
+                                alg_args={"num_generations": 4, "scale_rewards": "batch", "loss_type": "dapo",
+                                          "dynamic_sampling": True, "n_steps": 36, "beta": 0.01})
+    config = _with_accelerator(config, f"grpo_{sharding}.yml", sharding=sharding)
+    result = subprocess.run(_train_command(config, tmp_path, "grpo"), env=_env(), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    distributed = _summary(tmp_path / "grpo")["distributed"]
+    assert distributed["sharding"] == sharding
+    checksums = distributed["trainable_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    records = _jsonl(tmp_path / "grpo" / "training_info.jsonl")
+    assert len(records) == 2 and all(r["kl"] >= 0 for r in records)
+    assert not (tmp_path / "grpo" / "model" / "value_head.safetensors").exists()
 
 
 def test_each_process_resumes_with_its_own_random_state(tiny_tokenizer, tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ def test_every_algorithm_and_policy_is_trained_by_test_algorithms() -> None:
     # test_algorithms.test_shipped_config_trains_and_evaluates trains each of these configs.
     task = REPO / "task_configs" / "synthetic_increasing_numbers"
     trained = [task / f"tiny_{model}_{alg}.yml" for model in ("gpt2", "t5")
-               for alg in ("a2c", "trpo", "nlpo", "supervised", "ppo")]
+               for alg in ("a2c", "trpo", "nlpo", "supervised", "ppo", "grpo", "rloo", "reinforce_plus_plus")]
     configs = [yaml.safe_load(path.read_text()) for path in trained]
     assert {c["alg"]["id"] for c in configs} == set(builtin_ids("alg"))
     assert {c["alg"]["policy"]["id"] for c in configs} == set(builtin_ids("policy"))

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, training_configs, wordnet_marked
 from rl4lms.cli import main
@@ -53,3 +54,13 @@ def test_smoke_keeps_overrides_last(tmp_path: Path) -> None:
     assert config["train_evaluation"]["n_iters"] == 3 and config["env"]["n_envs"] == 2
     assert config["env"]["args"]["max_episode_length"] <= 12
     assert config["reward_fn"] == load_config(path, smoke=True)["reward_fn"]
+
+
+def test_smoke_keeps_minibatches_of_whole_groups(tmp_path: Path) -> None:
+    config = yaml.safe_load((REPO / "task_configs" / "synthetic_increasing_numbers" / "tiny_gpt2_grpo.yml").read_text())
+    # smoke caps batch_size at 8: 8 // 3 = 2 groups of 3; groups of 16 need a minibatch of 16
+    for num_generations, batch_size in ((3, 6), (16, 16), (8, 8)):
+        config["alg"]["args"].update(num_generations=num_generations, batch_size=48)
+        path = tmp_path / f"grpo_{num_generations}.yml"
+        path.write_text(yaml.safe_dump(config))
+        assert load_config(path, smoke=True)["alg"]["args"]["batch_size"] == batch_size

@@ -31,16 +31,22 @@ def _jsonl(path: Path) -> list:
 
 
 NLPO_CONFIG = REPO / "task_configs" / "synthetic_increasing_numbers" / "tiny_gpt2_nlpo.yml"
+GRPO_CONFIG = REPO / "task_configs" / "synthetic_increasing_numbers" / "tiny_gpt2_grpo.yml"
 
 
-@pytest.mark.parametrize("base, policy_args", [
-    (DEFAULT_CONFIG, {}),
+@pytest.mark.parametrize("base, policy_args, alg_args", [
+    (DEFAULT_CONFIG, {}, {}),
     # NLPO: the mask model refreshes every 3 updates, so the kill lands between refreshes and the
     # resumed run must restore both the mask model and its refresh counter.
-    (NLPO_CONFIG, {"target_update_iterations": 3, "min_tokens_to_keep": 20}),
-], ids=["ppo", "nlpo"])
-def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path: Path, base: Path, policy_args: dict) -> None:
-    config = write_small_config(tmp_path, n_iters=30, eval_every=5, save_every=5, base=base, policy_args=policy_args)
+    (NLPO_CONFIG, {"target_update_iterations": 3, "min_tokens_to_keep": 20}, {}),
+    # GRPO without a value head or reference; dynamic sampling drops flat groups and draws more
+    # prompts (a generation batch holds about n_steps * n_envs tokens, so most rollouts refill).
+    (GRPO_CONFIG, {}, {"num_generations": 4, "dynamic_sampling": True, "num_iterations": 2, "n_steps": 36}),
+], ids=["ppo", "nlpo", "grpo"])
+def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path: Path, base: Path, policy_args: dict,
+                                                          alg_args: dict) -> None:
+    config = write_small_config(tmp_path, n_iters=30, eval_every=5, save_every=5, base=base, policy_args=policy_args,
+                                alg_args=alg_args)
     subprocess.run(_command(config, tmp_path, "straight"), env=_env(), check=True, capture_output=True)
 
     process = subprocess.Popen(_command(config, tmp_path, "killed"), env=_env(), stdout=subprocess.DEVNULL,
@@ -76,6 +82,11 @@ def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path: Path, base: 
     for ours, reference in zip(rollouts, straight):
         assert ours["rollout_info/ep_rew"] == reference["rollout_info/ep_rew"]
         assert ours["rollout_info/kl_div_mean"] == reference["rollout_info/kl_div_mean"]
+    # ... so the two runs are bit-identical: every record and the final weights.
+    assert rollouts == straight
+    assert _jsonl(run / "training_info.jsonl") == _jsonl(tmp_path / "straight" / "training_info.jsonl")
+    weights = "model/model.safetensors"
+    assert (run / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
 
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path: Path) -> None:

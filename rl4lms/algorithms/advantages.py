@@ -1,4 +1,5 @@
-"""Per-token rewards with the KL penalty, GAE and masked statistics over padded token tensors."""
+"""Per-token rewards with the KL penalty, GAE, the critic-free advantage estimators and masked
+statistics over padded token tensors."""
 from __future__ import annotations
 
 from typing import Optional, Tuple
@@ -36,9 +37,10 @@ def normalize_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     return (rewards - mean) / (std + 1e-8) * mask
 
 
-KL_ESTIMATORS = ("kl", "abs", "mse", "full")
+KL_ESTIMATORS = ("kl", "abs", "mse", "full", "k3")
 """Per-token KL penalties (TRL's ``kl_penalty``): the log-ratio, its absolute value, half its square,
-or the exact KL of the whole next-token distributions."""
+the exact KL of the whole next-token distributions, or Schulman's non-negative ``k3`` estimator
+``exp(-d) + d - 1`` of the log-ratio ``d`` (GRPO's KL term)."""
 
 
 def token_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: str = "kl",
@@ -55,6 +57,8 @@ def token_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: st
         return log_ratio.abs()
     if estimator == "mse":
         return 0.5 * log_ratio.square()
+    if estimator == "k3":
+        return torch.exp(-log_ratio) + log_ratio - 1.0
     if estimator == "full":
         if logits is None or ref_logits is None:
             raise ValueError("the 'full' KL penalty needs the logits of the policy and of the reference")
@@ -91,3 +95,49 @@ def compute_gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor,
         next_advantage = torch.where(valid > 0, current, next_advantage)
     returns = (advantages + values) * mask
     return advantages, returns
+
+
+def discounted_returns(rewards: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """``G_t = sum_k gamma^k r_{t+k}`` over each right-padded episode ``[B, T]`` (0 on padding): GAE
+    with no values and ``lambda = 1``."""
+    return compute_gae(rewards, torch.zeros_like(rewards), mask, gamma, 1.0)[0]
+
+
+SCALE_REWARDS = ("group", "batch", "none")
+
+
+def group_relative_advantages(rewards: torch.Tensor, group_size: int, scale_rewards: str = "group",
+                              epsilon: float = 1e-4) -> torch.Tensor:
+    """GRPO's advantages ``[N]`` of episode rewards ``[N]`` that come in consecutive groups of
+    ``group_size`` completions of one prompt: each reward minus its group's mean, divided by
+    ``std + epsilon``, where ``std`` (unbiased) is the group's (``scale_rewards: group``), the whole
+    batch's (``batch``), or no division at all (``none``, Dr. GRPO)."""
+    if scale_rewards not in SCALE_REWARDS:
+        raise ValueError(f"scale_rewards {scale_rewards!r} is not one of {', '.join(SCALE_REWARDS)}")
+    grouped = rewards.view(-1, group_size)
+    centred = (grouped - grouped.mean(1, keepdim=True)).reshape(-1)
+    if scale_rewards == "none":
+        return centred
+    if scale_rewards == "group":
+        std = grouped.std(1, keepdim=True).expand_as(grouped).reshape(-1) if group_size > 1 \
+            else torch.zeros_like(rewards)
+    else:
+        std = rewards.std() if rewards.numel() > 1 else torch.zeros((), dtype=rewards.dtype, device=rewards.device)
+    return centred / (std + epsilon)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """RLOO's advantages ``[N]``: each episode's reward minus the mean reward of the other
+    ``group_size - 1`` completions of its prompt (groups are consecutive rows)."""
+    if group_size < 2:
+        raise ValueError("the leave-one-out baseline needs groups of at least 2 completions")
+    grouped = rewards.view(-1, group_size)
+    baseline = (grouped.sum(1, keepdim=True) - grouped) / (group_size - 1)
+    return (grouped - baseline).reshape(-1)
+
+
+def flat_groups(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Which groups of ``group_size`` consecutive rewards ``[N]`` hold one value only ``[N / group_size]``:
+    their group-relative advantages are all zero (DAPO's dynamic sampling drops them)."""
+    grouped = rewards.view(-1, group_size)
+    return grouped.max(1).values == grouped.min(1).values

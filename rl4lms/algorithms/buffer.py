@@ -190,3 +190,48 @@ class TextRolloutBuffer:
     @property
     def full(self) -> bool:
         return self.data is not None
+
+
+class GroupRolloutBuffer(TextRolloutBuffer):
+    """The rollout of a group-sampled algorithm: each prompt's ``group_size`` completions are
+    consecutive rows, whole groups are added and served together, and the advantages come from the
+    algorithm's estimator (no values, no GAE)."""
+
+    def __init__(self, pad_token_id: int, group_size: int, estimate_advantages: Callable[[RolloutBatch], torch.Tensor],
+                 observation_layout: Optional[ObservationLayout] = None) -> None:
+        super().__init__(pad_token_id, gamma=1.0, gae_lambda=1.0, normalize_advantage=False,
+                         observation_layout=observation_layout)
+        self.group_size = group_size
+        self.estimate_advantages = estimate_advantages
+        """``RolloutBatch -> [B, T]`` per-token advantages of the joined rollout."""
+        self.n_groups = 0
+
+    def reset(self) -> None:
+        super().reset()
+        self.n_groups = 0
+
+    def add(self, batch: RolloutBatch) -> None:
+        if len(batch) % self.group_size:
+            raise ValueError(f"a batch of {len(batch)} episodes is not whole groups of {self.group_size}")
+        super().add(batch)
+        self.n_groups += len(batch) // self.group_size
+
+    def finalize(self, n_groups: Optional[int] = None) -> RolloutBatch:
+        """Join the chunks, keep the first ``n_groups`` groups (all by default) and attach the
+        estimator's advantages."""
+        if not self._chunks:
+            raise RuntimeError("finalize() called on an empty rollout buffer")
+        data = concat_batches(self._chunks, self.pad_token_id)
+        if n_groups is not None and n_groups < self.n_groups:
+            data = data.select(torch.arange(n_groups * self.group_size, device=data.prompt_ids.device))
+        self.data = replace(data, advantages=self.estimate_advantages(data))
+        return self.data
+
+    def minibatches(self, batch_size: int) -> Iterator[RolloutBatch]:
+        """Whole groups in random order (:attr:`permutation` of the groups), ``batch_size`` episodes
+        at a time (a multiple of the group size; the last minibatch may be smaller)."""
+        data = self._finalized()
+        groups = self.permutation(len(data) // self.group_size)
+        order = (groups[:, None] * self.group_size + torch.arange(self.group_size)).reshape(-1)
+        for start in range(0, len(order), batch_size):
+            yield data.select(order[start:start + batch_size].to(data.prompt_ids.device))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any, Dict, Optional, Type
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Type
 
 import numpy as np
 import torch
@@ -12,10 +12,11 @@ from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from rl4lms.algorithms.advantages import masked_mean, masked_var
-from rl4lms.algorithms.buffer import TextRolloutBuffer
+from rl4lms.algorithms.buffer import RolloutBatch, TextRolloutBuffer
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.lr_schedule import check_schedule, lr_multiplier
 from rl4lms.algorithms.rollout import RolloutCollector, RolloutStats
+from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy
 
@@ -47,6 +48,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
     """False for algorithms that learn without rollouts (``supervised``)."""
     supports_multiprocess = True
     """False when the update cannot run under DDP (TRPO's second-order actor step)."""
+    needs_kl_div = True
+    """Whether a config must give ``alg.kl_div`` (critic-free algorithms may carry their KL in the loss instead)."""
     accelerator: Optional[Accelerator] = None
     sharded: Optional[ShardedPolicy] = None
     """The FSDP2-sharded policy of an ``accelerator.sharding: fsdp`` run, else None."""
@@ -90,10 +93,14 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
                                         **self.policy_kwargs).to(self.device)
         self.policy.observation_layout = self.text_env.observation_layout
         self.policy.entropy_needs_grad = bool(self.ent_coef)
-        self.rollout_buffer = TextRolloutBuffer(self.text_env.tokenizer.pad_token_id, self.gamma, self.gae_lambda,
-                                                self.whiten_advantages_in_buffer, self.kl_controller.norm_reward,
-                                                self.text_env.observation_layout)
+        self.rollout_buffer = self.make_rollout_buffer()
         self.collector = RolloutCollector(self.policy, self.text_env, self.seed)
+
+    def make_rollout_buffer(self) -> TextRolloutBuffer:
+        """The buffer rollouts go to: episodes with GAE advantages (whitened with ``normalize_advantage``)."""
+        return TextRolloutBuffer(self.text_env.tokenizer.pad_token_id, self.gamma, self.gae_lambda,
+                                 self.whiten_advantages_in_buffer, self.kl_controller.norm_reward,
+                                 self.text_env.observation_layout)
 
     @property
     def whiten_advantages_in_buffer(self) -> bool:
@@ -111,12 +118,12 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         callback.on_rollout_start()
         kl_coeff = self.kl_controller.kl_coeff
         stats = RolloutStats(kl_coeff)
+        target_tokens = n_rollout_steps * self.n_generation_envs
         # Under DDP every process must collect the same number of batches (each update runs the
         # same number of synchronised backward passes), so a process goes on while any needs more.
-        while self.any_process(rollout_buffer.n_tokens < n_rollout_steps * self.n_generation_envs):
-            samples = self.collector.draw_samples(self.n_generation_envs)
-            batch, truncated = self.collector.collect(samples, kl_coeff)
-            rollout_buffer.add(batch)
+        while self.any_process(self.rollout_needs_more(rollout_buffer, target_tokens)):
+            batch, truncated = self.collector.collect(self.draw_prompts(), kl_coeff)
+            self.store_batch(rollout_buffer, batch, target_tokens)
             stats.add(batch, truncated)
             self.num_timesteps += int(batch.response_mask.sum().item())
             callback.update_locals(locals())
@@ -126,13 +133,29 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         callback.on_rollout_end()
         return True
 
+    def rollout_needs_more(self, buffer: TextRolloutBuffer, target_tokens: int) -> bool:
+        """Whether this process's rollout needs another generation batch."""
+        return buffer.n_tokens < target_tokens
+
+    def draw_prompts(self) -> List[Sample]:
+        """The prompts of one generation batch: ``n_envs`` drawn from the env's samples."""
+        return self.collector.draw_samples(self.n_generation_envs)
+
+    def store_batch(self, buffer: TextRolloutBuffer, batch: RolloutBatch, target_tokens: int) -> None:
+        """Put a generated batch into the rollout buffer."""
+        buffer.add(batch)
+
     def finish_rollout(self, stats: RolloutStats) -> None:
         """Advantages of the buffered episodes, the rollout statistics and the KL controller's step."""
-        self.rollout_buffer.finalize()
+        self.finalize_buffer()
         summary = self.mean_across_processes(stats.summary())
         processes = self.accelerator.num_processes if self.accelerator is not None else 1
         self.kl_controller.step(summary["rollout_info/kl_div_mean"], round(summary["rollout_info/n_episodes"] * processes))
         self.rollout_stats = summary
+
+    def finalize_buffer(self) -> None:
+        """Join the rollout's episodes and compute their advantages."""
+        self.rollout_buffer.finalize()
 
     def progress_stats(self) -> Dict[str, float]:
         """The few numbers shown on the progress bar after each iteration."""

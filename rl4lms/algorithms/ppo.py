@@ -12,6 +12,7 @@ import torch
 from rl4lms.algorithms.advantages import masked_mean
 from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.algorithms.kl_controller import KLController
+from rl4lms.algorithms.losses import clipped_surrogate
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput
@@ -52,9 +53,8 @@ def ppo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: t
     """
     log_ratio = (log_probs - old_log_probs) * mask
     ratio = torch.exp(log_ratio)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    policy_loss = masked_mean(torch.max(unclipped, clipped), mask)
+    per_token = clipped_surrogate(ratio, advantages, clip_range, clip_range)
+    policy_loss = masked_mean(per_token, mask)
     if clip_range_vf is None:
         values_for_loss = values
     else:
@@ -62,7 +62,7 @@ def ppo_loss(log_probs: torch.Tensor, old_log_probs: torch.Tensor, advantages: t
     value_errors = torch.max((values - returns) ** 2, (values_for_loss - returns) ** 2)
     value_loss = masked_mean(value_errors, mask)
     with torch.no_grad():
-        clipfrac = masked_mean((clipped > unclipped).float(), mask).item()
+        clipfrac = masked_mean((per_token > -advantages * ratio).float(), mask).item()
         approx_kl = masked_mean((ratio - 1.0) - log_ratio, mask).item()
         policy_kl = masked_mean(-log_ratio, mask).item()
         kl_k2 = masked_mean(0.5 * log_ratio ** 2, mask).item()

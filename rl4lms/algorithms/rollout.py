@@ -111,7 +111,9 @@ class RolloutCollector:
         sampled = policy.sample_actions(prompt_ids, prompt_mask, config)
         response_ids, response_mask = sampled.response_ids, sampled.response_mask
         out = policy.rollout_outputs(prompt_ids, prompt_mask, sampled)
-        ref_log_probs = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask)
+        # A policy built without a reference (no KL term needs one) is its own: the KL is zero.
+        ref_log_probs = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask) \
+            if policy.has_reference else out.unmasked_log_probs
         task_rewards = self.task_rewards(samples, response_ids, response_mask).to(device)
         return scored_batch(prompt_ids, prompt_mask, response_ids, response_mask, out, ref_log_probs, task_rewards,
                             kl_coeff, sampled.action_masks), truncated

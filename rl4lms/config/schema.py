@@ -77,7 +77,8 @@ CONFIG_SCHEMA = Section({
             "coeff": Key(FLOAT, minimum=0.0),
             "target_kl": Key(FLOAT + (NONE,), None),
             "norm_reward": Key(BOOL, False, doc="standardize the per-token rewards of each rollout before GAE"),
-        }, required=False, doc="required by every algorithm but supervised"),
+        }, required=False, doc="required by the algorithms with a critic (not by supervised, grpo, rloo, "
+                                "reinforce_plus_plus)"),
         "policy": Component("policy"),
     }),
     "train_evaluation": Section({
@@ -113,7 +114,8 @@ CONFIG_SCHEMA = Section({
 INJECTED_ARGS = {
     "alg": {"policy", "env", "kl_controller", "n_envs", "policy_kwargs", "seed", "device", "_init_setup_model",
             "tracker"},
-    "policy": {"observation_space", "action_space", "lr_schedule", "tokenizer", "terminate_on_eos"},
+    "policy": {"observation_space", "action_space", "lr_schedule", "tokenizer", "terminate_on_eos", "with_value_head",
+               "with_reference"},
     "datapool": {"split"},
     "reward_fn": set(),
     "metric": set(),

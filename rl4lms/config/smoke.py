@@ -119,6 +119,9 @@ def smoke_config(raw: Dict[str, Any]) -> Dict[str, Any]:
     for key, value in (("n_steps", episode), ("batch_size", 8), ("n_epochs", 1), ("n_critic_updates", 1)):
         if key in alg_args:
             alg_args[key] = min(int(alg_args[key]), value)
+    if "batch_size" in alg_args and "num_generations" in alg_args:  # group-sampled: minibatches of whole groups
+        group = int(alg_args["num_generations"])
+        alg_args["batch_size"] = group * max(1, int(alg_args["batch_size"]) // group)
     policy["args"]["generation_kwargs"] = _cap_generation(policy["args"].get("generation_kwargs"), episode)
 
     if "reward_fn" in config:

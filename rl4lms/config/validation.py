@@ -255,7 +255,8 @@ class _Validator:
 
 
 def _check_reward_sections(validator: _Validator, config: Dict[str, Any]) -> None:
-    """``reward_fn`` and ``alg.kl_div`` are optional only for algorithms that learn without rewards."""
+    """``reward_fn`` is optional only for algorithms that learn without rewards; ``alg.kl_div`` also
+    for the critic-free ones, whose KL may sit in the loss (``alg.args.beta``) instead."""
     alg = config.get("alg")
     try:
         alg_class = ALL_REGISTRIES["alg"].get(alg["id"]) if isinstance(alg, dict) and "id" in alg else None
@@ -263,10 +264,12 @@ def _check_reward_sections(validator: _Validator, config: Dict[str, Any]) -> Non
         return  # already reported
     if alg_class is None or not getattr(alg_class, "needs_reward_function", True):
         return
-    for path, present in (("reward_fn", "reward_fn" in config), ("alg.kl_div", "kl_div" in alg)):
-        if not present:
-            validator.error(path, f"required key is missing (alg '{alg['id']}' learns from rewards; "
-                                  "only 'supervised' runs without it)")
+    if "reward_fn" not in config:
+        validator.error("reward_fn", f"required key is missing (alg '{alg['id']}' learns from rewards; "
+                                     "only 'supervised' runs without it)")
+    if "kl_div" not in alg and getattr(alg_class, "needs_kl_div", True):
+        validator.error("alg.kl_div", f"required key is missing (alg '{alg['id']}' penalises the KL in the reward; "
+                                      "only 'supervised' and the critic-free algorithms run without it)")
 
 
 def _check_accelerator_section(validator: _Validator, config: Dict[str, Any]) -> None:

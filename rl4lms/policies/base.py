@@ -87,12 +87,14 @@ class DecodingState:
     """Seq2seq: the encoded prompt."""
 
 
-def generation_step_outputs(out: Any, is_encoder_decoder: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+def generation_step_outputs(out: Any, is_encoder_decoder: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """The raw logits ``[B, T, V]`` and last-layer hidden states ``[B, T, H]`` at each generated
     position of a ``generate(return_dict_in_generate=True, output_logits=True,
-    output_hidden_states=True)`` result: what the actor computed while sampling."""
+    output_hidden_states=...)`` result: what the actor computed while sampling (no hidden states
+    when they were not asked for)."""
     steps = out.decoder_hidden_states if is_encoder_decoder else out.hidden_states
-    return torch.stack(out.logits, dim=1), torch.stack([layers[-1][:, -1] for layers in steps], dim=1)
+    hidden = None if steps is None else torch.stack([layers[-1][:, -1] for layers in steps], dim=1)
+    return torch.stack(out.logits, dim=1), hidden
 
 
 def masked_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -149,6 +151,10 @@ class LMActorCriticPolicy(BasePolicy):
             used as they are instead of loading ``model_name``: the actor (a ``peft`` model counts as
             LoRA: its reference is the model with the adapters off), its value head (shared backbone
             only) and the frozen reference (default: a copy of the actor).
+        with_value_head, with_reference: set by the algorithm, not in configs (critic-free algorithms
+            build no value head or critic, and no reference when no KL term needs one). Without a
+            value head the policy's values are zeros; without a reference :meth:`reference_log_probs`
+            refuses to run.
     """
 
     model_class: Type[PreTrainedModel]
@@ -178,7 +184,8 @@ class LMActorCriticPolicy(BasePolicy):
                  apply_model_parallel: bool = False, prompt_truncation_side: str = "left",
                  terminate_on_eos: bool = True, peft_config: Optional[Dict[str, Any]] = None,
                  quantization: Optional[str] = None, model: Optional[PreTrainedModel] = None,
-                 value_head: Optional[nn.Module] = None, ref_model: Optional[PreTrainedModel] = None) -> None:
+                 value_head: Optional[nn.Module] = None, ref_model: Optional[PreTrainedModel] = None,
+                 with_value_head: bool = True, with_reference: bool = True) -> None:
         super().__init__(observation_space, action_space, optimizer_class=torch.optim.AdamW,
                          optimizer_kwargs=optimizer_kwargs or {})
         if apply_model_parallel:
@@ -203,14 +210,15 @@ class LMActorCriticPolicy(BasePolicy):
         if peft_config is not None:
             self.model = add_lora_adapters(self.model, peft_config)
         is_lora = peft_config is not None or getattr(self.model, "peft_config", None) is not None
+        self.has_reference = with_reference or ref_model is not None
         # With LoRA the reference is the base model itself, with the adapters switched off.
         if ref_model is not None:
             self.ref_model = ref_model.requires_grad_(False)
         else:
-            self.ref_model = None if is_lora else copy.deepcopy(self.model).requires_grad_(False)
-        if value_head is not None:
-            self.critic_model, self.value_head = None, value_head
-        else:
+            self.ref_model = None if is_lora or not with_reference else copy.deepcopy(self.model).requires_grad_(False)
+        self.critic_model: Optional[PreTrainedModel] = None
+        self.value_head: Optional[nn.Module] = value_head
+        if value_head is None and with_value_head:
             self.critic_model, self.value_head = self._saved_or_new_critic(model_name, shared_backbone)
         for module in (self.model, self.ref_model, self.critic_model):
             if module is not None:
@@ -218,7 +226,9 @@ class LMActorCriticPolicy(BasePolicy):
         # The modules the training forward passes go through: the modules themselves, or their
         # distributed wrappers after `wrap_trainable_modules`. A plain dict, so the wrappers are
         # not registered as submodules (the state dict keeps its keys).
-        self.training_modules: Dict[str, nn.Module] = {"model": self.model, "value_head": self.value_head}
+        self.training_modules: Dict[str, nn.Module] = {"model": self.model}
+        if self.value_head is not None:
+            self.training_modules["value_head"] = self.value_head
         if self.critic_model is not None:
             self.training_modules["critic_model"] = self.critic_model
         self.temperature = float(self.generation_kwargs.get("temperature", 1.0))
@@ -351,7 +361,8 @@ class LMActorCriticPolicy(BasePolicy):
         each generated position, returned by ``generate`` itself so the rollout needs no second
         forward of the actor."""
         config = copy.deepcopy(generation_config)
-        config.update(return_dict_in_generate=True, output_logits=True, output_hidden_states=True)
+        config.update(return_dict_in_generate=True, output_logits=True,
+                      output_hidden_states=self.value_head is not None)
         # Each process decodes on its own: a sharded model is gathered first (``generation_context``),
         # so the processes need not run the same number of steps (Hugging Face's ``synced_gpus``).
         with self.generation_context():
@@ -367,13 +378,14 @@ class LMActorCriticPolicy(BasePolicy):
         """Log-probs, entropy and values of sampled responses. With a shared backbone they come from
         the logits and hidden states ``generate`` already computed; a separate critic LM or an
         :meth:`evaluate_actions` override needs :meth:`evaluate_episodes`."""
-        if (self.critic_model is not None or sampled.step_logits is None or sampled.step_hidden is None
-                or type(self).overrides_evaluate_actions):
+        needs_hidden = self.value_head is not None
+        if (self.critic_model is not None or sampled.step_logits is None
+                or (needs_hidden and sampled.step_hidden is None) or type(self).overrides_evaluate_actions):
             return self.evaluate_episodes(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask,
                                           sampled.action_masks)
-        return self._outputs_from_logits(sampled.step_logits / self.temperature, self.value_head(sampled.step_hidden),
-                                         sampled.response_ids, sampled.response_mask, sampled.action_masks,
-                                         self.entropy_needs_grad)
+        values = self.value_head(sampled.step_hidden) if self.value_head is not None else None
+        return self._outputs_from_logits(sampled.step_logits / self.temperature, values, sampled.response_ids,
+                                         sampled.response_mask, sampled.action_masks, self.entropy_needs_grad)
 
     def response_logits(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                         response_mask: torch.Tensor) -> torch.Tensor:
@@ -399,15 +411,19 @@ class LMActorCriticPolicy(BasePolicy):
                          response_mask: torch.Tensor, action_masks: Optional[torch.Tensor] = None) -> PolicyOutput:
         """The batched forward behind :meth:`evaluate_episodes` (never routed through an override)."""
         modules = self.training_modules
+        has_values = "value_head" in modules
         logits, hidden = self._forward(modules["model"], prompt_ids, prompt_mask, response_ids, response_mask,
-                                       want_hidden=self.shared_backbone)
+                                       want_hidden=self.shared_backbone and has_values)
         logits = logits / self.temperature
         if "critic_model" in modules:
             _, hidden = self._forward(modules["critic_model"], prompt_ids, prompt_mask, response_ids, response_mask,
                                       want_hidden=True)
-        assert hidden is not None
-        return self._outputs_from_logits(logits, modules["value_head"](hidden), response_ids, response_mask,
-                                         action_masks, self.entropy_needs_grad)
+        values = None
+        if has_values:
+            assert hidden is not None
+            values = modules["value_head"](hidden)
+        return self._outputs_from_logits(logits, values, response_ids, response_mask, action_masks,
+                                         self.entropy_needs_grad)
 
     # --- RL4LMs' per-transition API ---------------------------------------------------------------
     def evaluate_actions(self, obs: Dict[str, torch.Tensor], actions: torch.Tensor,
@@ -466,9 +482,13 @@ class LMActorCriticPolicy(BasePolicy):
                             unmasked_log_probs=unmasked)
 
     @staticmethod
-    def _outputs_from_logits(logits: torch.Tensor, values: torch.Tensor, response_ids: torch.Tensor,
+    def _outputs_from_logits(logits: torch.Tensor, values: Optional[torch.Tensor], response_ids: torch.Tensor,
                              response_mask: torch.Tensor, action_masks: Optional[torch.Tensor],
                              entropy_grad: bool = True) -> PolicyOutput:
+        """Log-probs and entropy of the response tokens under ``logits``; ``values`` None (a policy
+        without a value head) become zeros."""
+        if values is None:
+            values = torch.zeros(response_ids.shape, dtype=torch.float32, device=logits.device)
         if action_masks is None:
             log_probs, entropy = log_probs_and_entropy(logits, response_ids, entropy_grad)
             return PolicyOutput(log_probs=log_probs, entropy=entropy, values=values, unmasked_log_probs=log_probs)
@@ -487,6 +507,8 @@ class LMActorCriticPolicy(BasePolicy):
                        response_mask: torch.Tensor) -> torch.Tensor:
         """Values of the response positions where only the critic learns: with a shared backbone
         the backbone's features are detached, so the gradient reaches the value head alone."""
+        if self.value_head is None:
+            raise RuntimeError("this policy was built without a value head (a critic-free algorithm's policy)")
         if self.critic_model is not None:
             _, hidden = self._forward(self.critic_model, prompt_ids, prompt_mask, response_ids, response_mask,
                                       want_hidden=True)
@@ -502,6 +524,9 @@ class LMActorCriticPolicy(BasePolicy):
                          response_mask: torch.Tensor) -> torch.Tensor:
         """Temperature-scaled logits ``[B, T, V]`` of the frozen reference model at each response
         position (with LoRA: the base model, adapters disabled)."""
+        if not self.has_reference:
+            raise RuntimeError("this policy was built without a reference model (no KL term needs one: "
+                               "alg.args.beta is 0 and alg.kl_div.coeff is 0 or absent)")
         if self.ref_model is None:
             with self.model.disable_adapter():
                 logits, _ = self._forward(self.model, prompt_ids, prompt_mask, response_ids, response_mask,
@@ -555,6 +580,8 @@ class LMActorCriticPolicy(BasePolicy):
 
         save_model(self.model, out_dir, part("model."))
         self.tokenizer.save_pretrained(out_dir)
+        if self.value_head is None:
+            return
         head_dir = out_dir
         if self.critic_model is not None:
             head_dir = out_dir / CRITIC_DIR
@@ -570,6 +597,22 @@ def response_mask_after_eos(response: torch.Tensor, eos_token_id: Optional[int],
     is_eos = (response == eos_token_id).long()
     eos_before = torch.cumsum(is_eos, dim=1) - is_eos
     return (eos_before == 0).long()
+
+
+def ended_with_eos(response_ids: torch.Tensor, response_mask: torch.Tensor, eos_token_id: Optional[int]) -> torch.Tensor:
+    """Whether each episode's last token ``[B]`` is EOS, i.e. the completion was not cut at the
+    length limit (all False without an EOS token)."""
+    if eos_token_id is None:
+        return torch.zeros(response_ids.shape[0], dtype=torch.bool, device=response_ids.device)
+    last = (response_mask.sum(1) - 1).clamp(min=0)
+    return (response_mask.sum(1) > 0) & (response_ids.gather(1, last[:, None]).squeeze(1) == eos_token_id)
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of the parameters and buffers ``module`` holds (a tensor shared by two submodules, such
+    as tied embeddings, counted once): ``weight_bytes(policy) / weight_bytes(policy.model)`` is the
+    memory a policy holds relative to its actor's weights."""
+    return sum(t.numel() * t.element_size() for t in [*module.parameters(), *module.buffers()])
 
 
 def response_tokens(response_ids: torch.Tensor, response_mask: torch.Tensor) -> List[List[int]]:
