@@ -1,7 +1,7 @@
 """Whole PPO iterations (rollout + ``n_epochs`` update epochs): this project, RL4LMs' scheme and a floor.
 
     python scripts/bench/iteration.py [--sizes tiny gpt2-small] [--n_epochs 4] [--repeats 3]
-                                      [--reference_minibatches 1 | --full_reference] [--quick]
+                                      [--reference_minibatches 1 | --full_reference] [--threads N] [--quick]
 
 Every column works on the same settings: ``batch_size`` prompts, ``new_tokens`` generated tokens each
 (no EOS stop), prompts of at most ``prompt_length`` tokens, ``n_epochs`` passes over the rollout.
@@ -44,8 +44,8 @@ import torch
 from stable_baselines3.common.type_aliases import DictRolloutBufferSamples
 from torch.distributions import Categorical
 
-from throughput import (PerTokenReference, _synchronize, add_workload_arguments, bench_env,  # noqa: E402
-                        machine_description)
+from throughput import (PerTokenReference, _synchronize, add_workload_arguments, apply_threads,  # noqa: E402
+                        bench_env, machine_description)
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
@@ -297,12 +297,9 @@ def main() -> int:
     parser.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=COLUMNS)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (after a warm-up round)")
     parser.add_argument("--quick", action="store_true", help="tiny model, 16 tokens, 1 epoch, 1 round")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch threads (default: torch's); 1 keeps a shared machine's stalls out of small ops")
     parser.add_argument("--json", default="bench_iteration.json")
     args = parser.parse_args()
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     if args.quick:
         args.sizes, args.new_tokens, args.n_epochs, args.repeats = ["tiny"], 16, 1, 1
     args.minibatch_episodes = args.minibatch_episodes or args.batch_size

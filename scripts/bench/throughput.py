@@ -1,6 +1,6 @@
 """Rollout and update throughput on one model, batch and length, with an RL4LMs-style reference.
 
-    python scripts/bench/throughput.py [--sizes tiny gpt2-small] [--batch_size 8] [--new_tokens 64] [--quick]
+    python scripts/bench/throughput.py [--sizes tiny gpt2-small] [--batch_size 8] [--new_tokens 64] [--threads N] [--quick]
 
 For each model size (random init, built here) it times, on the same prompts and lengths:
   1. ``generate``       pure ``model.generate`` of ``new_tokens`` tokens: the floor;
@@ -231,6 +231,14 @@ def add_workload_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prompt_length", type=int, default=16)
     parser.add_argument("--prompt_numbers", type=int, default=4, help="numbers in each prompt (its length)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); 1 keeps a shared machine's stalls out of small ops")
+
+
+def apply_threads(args: argparse.Namespace) -> None:
+    """Set torch's thread count from ``--threads`` when given."""
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
 
 
 def machine_description(device: str) -> str:
@@ -248,6 +256,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="tiny model, 16 tokens, 1 repeat")
     parser.add_argument("--json", default="bench_throughput.json")
     args = parser.parse_args()
+    apply_threads(args)
     if args.quick:
         args.sizes, args.new_tokens, args.repeats = ["tiny"], 16, 1
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
