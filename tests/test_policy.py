@@ -14,7 +14,9 @@ from transformers import (AutoModelForCausalLM, AutoModelForSeq2SeqLM, Generatio
 
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
-from rl4lms.policies.base import REFERENCE_PREFIX, LMActorCriticPolicy, response_mask_after_eos
+from rl4lms.policies import causal
+from rl4lms.policies.base import (REFERENCE_PREFIX, LMActorCriticPolicy, entropy_from_logits, log_probs_and_entropy,
+                                   masked_log_probs, response_mask_after_eos, with_fused_default)
 from rl4lms.policies.value_head import VALUE_HEAD_FILE
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
 from rl4lms.policies.seq2seq import Seq2SeqLMActorCriticPolicy
@@ -205,6 +207,118 @@ def test_rollout_outputs_from_generate_equal_a_batched_forward(policy: LMActorCr
     valid = sampled.response_mask.bool()
     for name in ("log_probs", "entropy", "values", "unmasked_log_probs"):
         torch.testing.assert_close(getattr(fast, name)[valid], getattr(slow, name)[valid], atol=1e-4, rtol=1e-4)
+
+
+def _whole_sequence_forward(model: Any, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
+                            response_ids: torch.Tensor, response_mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The causal policy's former computation: the whole prompt + response through the model, all
+    positions' logits, then the positions that predict the response tokens."""
+    ids = torch.cat([prompt_ids, response_ids], 1)
+    mask = torch.cat([prompt_mask, response_mask], 1)
+    out = model(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                output_hidden_states=True)
+    start, stop = prompt_ids.shape[1] - 1, ids.shape[1] - 1
+    return out.logits[:, start:stop], out.hidden_states[-1][:, start:stop]
+
+
+@pytest.mark.parametrize("with_logits_to_keep", [True, False])
+@pytest.mark.parametrize("response_len", [1, 4])
+def test_causal_forward_equals_the_whole_sequence_forward(env: TextGenEnv, tiny_tokenizer: Any,
+                                                         monkeypatch: pytest.MonkeyPatch, with_logits_to_keep: bool,
+                                                         response_len: int) -> None:
+    """The causal forward leaves the last response token out of the input and computes the LM head at
+    the response positions only; logits, hidden states and gradients equal those of the whole
+    sequence's forward (left-padded prompts, a right-padded response), with or without the model's
+    ``logits_to_keep``."""
+    policy = _build("causal", env, tiny_tokenizer)
+    monkeypatch.setattr(causal, "accepts_logits_to_keep", lambda model: with_logits_to_keep)
+    prompt_ids, prompt_mask, _ = _prompt_batch(tiny_tokenizer)
+    torch.manual_seed(2)
+    response = torch.randint(3, len(tiny_tokenizer), (len(PROMPTS), response_len))
+    response_mask = torch.ones_like(response)
+    response_mask[0, response_len // 2 + 1:] = 0
+    results = []
+    for forward in (policy._forward, None):
+        policy.model.zero_grad(set_to_none=True)
+        if forward is None:
+            logits, hidden = _whole_sequence_forward(policy.model, prompt_ids, prompt_mask, response, response_mask)
+        else:
+            logits, hidden = forward(policy.model, prompt_ids, prompt_mask, response, response_mask, want_hidden=True)
+        assert logits.shape[:2] == hidden.shape[:2] == response.shape
+        (logits.logsumexp(-1).mean() + hidden.square().mean()).backward()
+        results.append((logits.detach(), hidden.detach(), [p.grad.clone() for p in policy.model.parameters()]))
+    (logits, hidden, grads), (expected_logits, expected_hidden, expected_grads) = results
+    torch.testing.assert_close(logits, expected_logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(hidden, expected_hidden, atol=1e-5, rtol=1e-5)
+    for grad, expected in zip(grads, expected_grads):
+        torch.testing.assert_close(grad, expected, atol=1e-5, rtol=1e-4)
+
+
+def test_temperature_scales_the_update_s_logits(kind: str, env: TextGenEnv, tiny_tokenizer: Any) -> None:
+    """At temperature 1 the logits are used as they are (no copy); at another temperature log-probs
+    and entropy are those of ``logits / temperature``, from generate's logits as from a forward."""
+    policy = _build(kind, env, tiny_tokenizer)
+    logits = torch.randn(2, 3, 5)
+    assert policy.temperature == 1.0 and policy.temperature_scaled(logits) is logits
+    policy.temperature = 2.0
+    assert torch.equal(policy.temperature_scaled(logits), logits / 2.0)
+    prompt_ids, prompt_mask, _ = _prompt_batch(tiny_tokenizer)
+    torch.manual_seed(0)
+    sampled = policy.sample_actions(prompt_ids, prompt_mask, policy.generation_config(max_new_tokens=4))
+    with torch.no_grad():
+        raw, _ = policy._forward(policy.model, prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask,
+                                 want_hidden=False)
+        out = policy.evaluate_episodes(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask)
+    log_p = torch.log_softmax(raw / 2.0, -1)
+    valid = sampled.response_mask.bool()
+    expected = log_p.gather(-1, sampled.response_ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(out.log_probs[valid], expected[valid], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.entropy[valid], -(log_p.exp() * log_p).sum(-1)[valid], atol=1e-5, rtol=0)
+    fast = policy.rollout_outputs(prompt_ids, prompt_mask, sampled)
+    torch.testing.assert_close(fast.log_probs[valid], out.log_probs[valid], atol=1e-4, rtol=1e-4)
+
+
+def test_log_probs_and_entropy_equal_the_separate_functions_with_and_without_entropy_grad() -> None:
+    """One log-softmax gives both: the same values as ``masked_log_probs`` and ``entropy_from_logits``,
+    bit for bit whether the entropy is differentiated or a statistic (computed in place)."""
+    logits = torch.randn(2, 3, 11, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    tokens = torch.tensor([[1, 5, 10], [0, 2, 7]])
+    differentiable = log_probs_and_entropy(logits, tokens, entropy_grad=True)
+    statistic = log_probs_and_entropy(logits, tokens, entropy_grad=False)
+    assert differentiable[1].requires_grad and not statistic[1].requires_grad and statistic[0].requires_grad
+    for log_probs, entropy in (differentiable, statistic):
+        assert torch.equal(log_probs, masked_log_probs(logits, tokens))
+        assert torch.equal(entropy, entropy_from_logits(logits))
+    uniform = log_probs_and_entropy(torch.zeros(1, 1, 4), torch.tensor([[2]]), entropy_grad=False)
+    torch.testing.assert_close(uniform[1], torch.tensor([[torch.log(torch.tensor(4.0)).item()]]))
+    torch.testing.assert_close(uniform[0], torch.tensor([[-torch.log(torch.tensor(4.0)).item()]]))
+
+
+def test_fused_adamw_is_the_default_and_steps_like_the_loop(env: TextGenEnv, tiny_tokenizer: Any) -> None:
+    """The policy's AdamW is torch's fused one unless ``optimizer_kwargs`` choose; a step with it equals
+    a step of the per-parameter loop up to float rounding."""
+    weight = torch.zeros(2, requires_grad=True)
+    assert with_fused_default([weight], {"eps": 1e-6}) == {"eps": 1e-6, "fused": True}
+    assert with_fused_default([weight], {"fused": False}) == {"fused": False}
+    assert with_fused_default([weight], {"foreach": True}) == {"foreach": True}
+    assert with_fused_default([torch.zeros(2, dtype=torch.long)], {}) == {}
+    fused = _build("causal", env, tiny_tokenizer)
+    loop = _build("causal", env, tiny_tokenizer, optimizer_kwargs={"fused": False})
+    assert fused.optimizer.param_groups[0]["fused"] is True and not loop.optimizer.param_groups[0]["fused"]
+    prompt_ids, prompt_mask, _ = _prompt_batch(tiny_tokenizer)
+    response = torch.randint(3, len(tiny_tokenizer), (len(PROMPTS), 4), generator=torch.Generator().manual_seed(3))
+    start = [p.detach().clone() for p in loop.model.parameters()]
+    for policy in (fused, loop):
+        out = policy.evaluate_episodes(prompt_ids, prompt_mask, response, torch.ones_like(response))
+        policy.optimizer.zero_grad()
+        (-out.log_probs.mean() + out.values.square().mean()).backward()
+        policy.optimizer.step()
+    moved = 0.0
+    for (name, a), b, before in zip(fused.model.named_parameters(), loop.model.parameters(), start):
+        # Adam's first step is lr * g / (|g| + eps): equal up to the rounding of the last bits.
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6, msg=name)
+        moved = max(moved, (a - before).abs().max().item())
+    assert moved > 5e-4  # the step at lr 1e-3 did move the weights
 
 
 def test_evaluate_episodes_batch_equals_single(policy: LMActorCriticPolicy, tiny_tokenizer: Any) -> None:

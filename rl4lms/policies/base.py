@@ -97,6 +97,22 @@ def generation_step_outputs(out: Any, is_encoder_decoder: bool) -> Tuple[torch.T
     return torch.stack(out.logits, dim=1), hidden
 
 
+FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
+"""Device types whose parameters get torch's fused AdamW by default."""
+
+
+def with_fused_default(parameters: List[torch.Tensor], optimizer_kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """``optimizer_kwargs`` with ``fused=True`` added (torch's fused AdamW: the same update rule in one
+    pass over each parameter instead of several, the update equal up to float rounding) unless they
+    choose an implementation (``fused`` or ``foreach``) or a parameter is not a floating-point tensor
+    on a CPU or CUDA device."""
+    if "fused" in optimizer_kwargs or "foreach" in optimizer_kwargs or not parameters:
+        return dict(optimizer_kwargs)
+    if not all(p.is_floating_point() and p.device.type in FUSED_OPTIMIZER_DEVICES for p in parameters):
+        return dict(optimizer_kwargs)
+    return {**optimizer_kwargs, "fused": True}
+
+
 def masked_log_probs(logits: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Log-probability of ``tokens`` under ``logits`` (``[B, T, V]`` and ``[B, T]``)."""
     return torch.log_softmax(logits.float(), dim=-1).gather(-1, tokens.unsqueeze(-1)).squeeze(-1)
@@ -125,10 +141,14 @@ def log_probs_and_entropy(logits: torch.Tensor, tokens: torch.Tensor,
                           entropy_grad: bool = True) -> Tuple[torch.Tensor, torch.Tensor]:
     """:func:`masked_log_probs` and :func:`entropy_from_logits` from one log-softmax (one ``[B, T, V]``
     float32 tensor kept for the backward pass instead of two). Without ``entropy_grad`` the entropy
-    is a detached statistic, which spares its ``[B, T, V]`` backward."""
+    is a detached statistic, which spares its ``[B, T, V]`` backward (and, computed in place, one
+    ``[B, T, V]`` temporary)."""
     log_p = torch.log_softmax(logits.float(), dim=-1)
-    with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+    if entropy_grad and torch.is_grad_enabled():
         entropy = -(log_p.exp() * log_p).sum(-1)
+    else:
+        with torch.no_grad():
+            entropy = -log_p.exp().mul_(log_p).sum(-1)
     return log_p.gather(-1, tokens.unsqueeze(-1)).squeeze(-1), entropy
 
 
@@ -141,7 +161,8 @@ class LMActorCriticPolicy(BasePolicy):
             ``do_sample``, ``top_k``, ...); evaluation replaces them with ``train_evaluation.generation_kwargs``.
         shared_backbone: the value head sits on the actor's hidden states (True) or on a separate critic LM.
         weight_decay: AdamW weight decay.
-        optimizer_kwargs: further AdamW arguments (``betas``, ``eps``).
+        optimizer_kwargs: further AdamW arguments (``betas``, ``eps``; torch's fused AdamW unless they set
+            ``fused`` or ``foreach``, e.g. ``fused: false`` for torch's loop over the parameters).
         apply_model_parallel: RL4LMs' flag; accepted and ignored (multi-device runs use ``accelerate launch``).
         prompt_truncation_side: where evaluation cuts an over-long prompt text ("left" or "right"), as
             RL4LMs' policy ``generate`` does; rollouts cut with ``env.args.prompt_truncation_side``.
@@ -238,7 +259,7 @@ class LMActorCriticPolicy(BasePolicy):
         self._set_eval_mode()
         trainable = [p for p in self.parameters() if p.requires_grad]
         self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1.0), weight_decay=weight_decay,
-                                              **self.optimizer_kwargs)
+                                              **with_fused_default(trainable, self.optimizer_kwargs))
 
     # --- model plumbing -------------------------------------------------------------------------
     def _saved_or_new_critic(self, model_name: str, shared_backbone: bool) -> Tuple[Optional[PreTrainedModel], nn.Module]:
@@ -384,14 +405,19 @@ class LMActorCriticPolicy(BasePolicy):
             return self.evaluate_episodes(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask,
                                           sampled.action_masks)
         values = self.value_head(sampled.step_hidden) if self.value_head is not None else None
-        return self._outputs_from_logits(sampled.step_logits / self.temperature, values, sampled.response_ids,
+        return self._outputs_from_logits(self.temperature_scaled(sampled.step_logits), values, sampled.response_ids,
                                          sampled.response_mask, sampled.action_masks, self.entropy_needs_grad)
+
+    def temperature_scaled(self, logits: torch.Tensor) -> torch.Tensor:
+        """``logits / temperature``; at temperature 1 the logits themselves (the same values without
+        a copy of the ``[B, T, V]`` tensor and its backward step)."""
+        return logits if self.temperature == 1.0 else logits / self.temperature
 
     def response_logits(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                         response_mask: torch.Tensor) -> torch.Tensor:
         """Temperature-scaled logits ``[B, T, V]`` of the actor at each response position."""
         logits, _ = self._forward(self.model, prompt_ids, prompt_mask, response_ids, response_mask, want_hidden=False)
-        return logits / self.temperature
+        return self.temperature_scaled(logits)
 
     def evaluate_episodes(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                           response_mask: torch.Tensor, action_masks: Optional[torch.Tensor] = None) -> PolicyOutput:
@@ -414,7 +440,7 @@ class LMActorCriticPolicy(BasePolicy):
         has_values = "value_head" in modules
         logits, hidden = self._forward(modules["model"], prompt_ids, prompt_mask, response_ids, response_mask,
                                        want_hidden=self.shared_backbone and has_values)
-        logits = logits / self.temperature
+        logits = self.temperature_scaled(logits)
         if "critic_model" in modules:
             _, hidden = self._forward(modules["critic_model"], prompt_ids, prompt_mask, response_ids, response_mask,
                                       want_hidden=True)
@@ -534,7 +560,7 @@ class LMActorCriticPolicy(BasePolicy):
         else:
             logits, _ = self._forward(self.ref_model, prompt_ids, prompt_mask, response_ids, response_mask,
                                       want_hidden=False)
-        return logits / self.temperature
+        return self.temperature_scaled(logits)
 
     @torch.no_grad()
     def reference_log_probs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
@@ -551,7 +577,7 @@ class LMActorCriticPolicy(BasePolicy):
     @torch.no_grad()
     def _predict(self, observation: Dict[str, torch.Tensor], deterministic: bool = False) -> torch.Tensor:
         """Next token for SB3-style ``predict`` on env observations (one token per call)."""
-        logits = self.next_token_logits(observation) / self.temperature
+        logits = self.temperature_scaled(self.next_token_logits(observation))
         if deterministic:
             return logits.argmax(-1)
         return torch.distributions.Categorical(logits=logits.float()).sample()

@@ -37,17 +37,21 @@ class CausalLMActorCriticPolicy(LMActorCriticPolicy):
     def _forward(self, model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                  response_ids: torch.Tensor, response_mask: torch.Tensor,
                  want_hidden: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        input_ids = torch.cat([prompt_ids, response_ids], dim=1)
-        attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+        # The last response token predicts nothing, so the input stops before it: its last T
+        # positions are exactly those that predict the T response tokens, and only they need the
+        # LM head (contiguous logits, no slice to copy or to back-propagate through).
+        input_ids = torch.cat([prompt_ids, response_ids[:, :-1]], dim=1)
+        attention_mask = torch.cat([prompt_mask, response_mask[:, :-1]], dim=1)
         position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
-        # Only the positions that predict response tokens (the last T + 1 but one) need the LM head.
-        width = response_ids.shape[1] + 1
+        width = response_ids.shape[1]
         extra = {"logits_to_keep": width} if accepts_logits_to_keep(model) else {}
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     output_hidden_states=want_hidden, **extra)
-        start, stop = prompt_ids.shape[1] - 1, input_ids.shape[1] - 1
-        hidden = out.hidden_states[-1][:, start:stop] if want_hidden else None
-        return out.logits[:, -width:-1], hidden
+        hidden = out.hidden_states[-1][:, -width:] if want_hidden else None
+        # Sliced only when the model returned more positions (a slice of the whole would still cost
+        # a [B, T, V] copy in the backward pass).
+        logits = out.logits if out.logits.shape[1] == width else out.logits[:, -width:]
+        return logits, hidden
 
     def start_decoding(self, model: PreTrainedModel, prompt_ids: torch.Tensor,
                        prompt_mask: torch.Tensor) -> Tuple[torch.Tensor, DecodingState]:

@@ -64,7 +64,7 @@ class _ActionMaskProcessor(LogitsProcessor):
                 logits, self.decoding = policy.start_decoding(policy.mask_model, self.prompt_ids, self.prompt_mask)
             else:
                 logits = policy.continue_decoding(policy.mask_model, self.decoding, input_ids[:, -1:])
-            return logits / policy.temperature
+            return policy.temperature_scaled(logits)
         # Beam search runs num_beams rows per prompt, beams of one prompt next to each other.
         beams = input_ids.shape[0] // self.prompt_ids.shape[0]
         generated = policy._response_from_sequences(input_ids, self.prompt_ids.shape[1])
@@ -109,13 +109,13 @@ class MaskablePolicyMixin(LMActorCriticPolicy):
     def mask_model_next_logits(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                                generated: torch.Tensor) -> torch.Tensor:
         """The mask model's logits ``[B, V]`` for the token after ``generated`` (one forward over
-        prompt + generated tokens, with a placeholder in the position being predicted)."""
+        prompt + generated tokens; a placeholder stands for the token being predicted)."""
         placeholder = torch.full((generated.shape[0], 1), self.tokenizer.pad_token_id, dtype=generated.dtype,
                                  device=generated.device)
         response = torch.cat([generated, placeholder], dim=1)
         logits, _ = self._forward(self.mask_model, prompt_ids, prompt_mask, response, torch.ones_like(response),
                                   want_hidden=False)
-        return logits[:, -1] / self.temperature
+        return self.temperature_scaled(logits[:, -1])
 
     @torch.no_grad()
     def sample_actions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
