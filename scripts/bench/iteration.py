@@ -1,7 +1,8 @@
 """Whole PPO iterations (rollout + ``n_epochs`` update epochs): this project, RL4LMs' scheme and a floor.
 
     python scripts/bench/iteration.py [--sizes tiny gpt2-small] [--n_epochs 4] [--repeats 3]
-                                      [--reference_minibatches 1 | --full_reference] [--threads N] [--quick]
+                                      [--reference_minibatches 1 | --full_reference] [--threads N]
+                                      [--profile_top 12] [--quick]
 
 Every column works on the same settings: ``batch_size`` prompts, ``new_tokens`` generated tokens each
 (no EOS stop), prompts of at most ``prompt_length`` tokens, ``n_epochs`` passes over the rollout.
@@ -26,7 +27,10 @@ number of minibatches: all of them have the same padded width, so each costs the
 keeps every timed minibatch to check the spread). ``--full_reference`` runs every minibatch.
 
 The columns take turns, ``repeats`` rounds after one warm-up round, and the table reports the
-medians. It prints a Markdown table and writes everything, with ``ratios`` and ``targets``, as JSON.
+medians. Then one more update of this project and one of the floor run under ``torch.profiler``,
+and a second table lists the operators whose self time differs most (where the update spends what
+the floor does not). It prints the tables and writes everything, with ``ratios`` and ``targets``,
+as JSON.
 """
 from __future__ import annotations
 
@@ -168,14 +172,21 @@ def rl4lms_iteration(rollout: PerTokenReference, update: RL4LMsUpdate, buffer: T
 
 def floor_iteration(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, config: Any,
                     n_epochs: int) -> Dict[str, float]:
-    """One ``generate``, then per epoch one forward and backward of prompt + response with the
-    response tokens' cross-entropy (the output layer at the response positions only)."""
+    """One ``generate``, then :func:`floor_update`."""
     start = clock()
     with torch.no_grad():
         sequences = model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config)
     generate_s = clock() - start
     start = clock()
-    response = sequences[:, prompt_ids.shape[1]:]
+    floor_update(model, sequences, prompt_mask, n_epochs)
+    update_s = clock() - start
+    return {"total": generate_s + update_s, "rollout": generate_s, "update": update_s}
+
+
+def floor_update(model: torch.nn.Module, sequences: torch.Tensor, prompt_mask: torch.Tensor, n_epochs: int) -> None:
+    """Per epoch one forward and backward of prompt + response with the response tokens'
+    cross-entropy (the output layer at the response positions only), no optimizer step."""
+    response = sequences[:, prompt_mask.shape[1]:]
     # The last token predicts nothing: the input stops before it, and its last T positions predict
     # the T response tokens.
     inputs = sequences[:, :-1]
@@ -188,8 +199,43 @@ def floor_iteration(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mas
         model.zero_grad(set_to_none=True)
         loss.backward()
     model.zero_grad(set_to_none=True)
-    update_s = clock() - start
-    return {"total": generate_s + update_s, "rollout": generate_s, "update": update_s}
+
+
+def operator_seconds(fn: Callable[[], Any]) -> Dict[str, float]:
+    """Self time in seconds per torch operator of one call of ``fn`` (``torch.profiler``; on a GPU the
+    device time, else the CPU time)."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if torch.cuda.is_available():
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as profile:
+        fn()
+        _synchronize()
+    device = torch.cuda.is_available()
+    return {e.key: (e.self_device_time_total if device else e.self_cpu_time_total) / 1e6
+            for e in profile.key_averages()}
+
+
+def profile_updates(alg: PPO, top: int) -> Dict[str, Any]:
+    """``PPO.train`` on the last rollout against :func:`floor_update` on the same tokens and epochs,
+    operator by operator: the ``top`` operators with the most extra time, and the totals."""
+    batch, model = alg.rollout_buffer.data, alg.policy.model
+    sequences = torch.cat([batch.prompt_ids, batch.response_ids], dim=1)
+    ours = operator_seconds(alg.train)
+    floor = operator_seconds(lambda: floor_update(model, sequences, batch.prompt_mask, alg.n_epochs))
+    extra = sorted(set(ours) | set(floor), key=lambda op: floor.get(op, 0.0) - ours.get(op, 0.0))
+    return {"update_s": sum(ours.values()), "floor_s": sum(floor.values()),
+            "operators": [{"operator": op, "update_s": ours.get(op, 0.0), "floor_s": floor.get(op, 0.0)}
+                          for op in extra[:top]]}
+
+
+def profile_table(profile: Dict[str, Any]) -> str:
+    lines = ["| operator | update s | floor s | extra s |", "|---|---|---|---|"]
+    for row in profile["operators"]:
+        lines.append(f"| `{row['operator']}` | {row['update_s']:.3f} | {row['floor_s']:.3f} | "
+                     f"{row['update_s'] - row['floor_s']:+.3f} |")
+    lines.append(f"| all operators | {profile['update_s']:.3f} | {profile['floor_s']:.3f} | "
+                 f"{profile['update_s'] - profile['floor_s']:+.3f} |")
+    return "\n".join(lines)
 
 
 def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, Any]:
@@ -233,6 +279,7 @@ def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, A
             print(f"  {size} round {round_ix + 1}/{args.repeats} {name}: {rounds[name][-1]['total']:.2f} s", flush=True)
     if rollout is not None:
         rollout.close()
+    profile = profile_updates(alg, args.profile_top) if args.profile_top else None
     seconds = {name: {part: statistics.median(r[part] for r in runs) for part in ("total", "rollout", "update")}
                for name, runs in rounds.items()}
     tokens = args.batch_size * args.new_tokens
@@ -242,6 +289,8 @@ def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, A
         "ratios": {},
         "rounds": {name: [{k: v for k, v in r.items() if k != "minibatch_s"} for r in runs] for name, runs in rounds.items()},
     }
+    if profile is not None:
+        result["update_profile"] = profile
     for slow, fast in (ratio.split(" / ") for ratio in TARGETS):
         if slow in seconds and fast in seconds:
             result["ratios"][f"{slow} / {fast}"] = seconds[slow]["total"] / seconds[fast]["total"]
@@ -297,6 +346,9 @@ def main() -> int:
     parser.add_argument("--columns", nargs="+", default=list(COLUMNS), choices=COLUMNS)
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds (after a warm-up round)")
     parser.add_argument("--quick", action="store_true", help="tiny model, 16 tokens, 1 epoch, 1 round")
+    parser.add_argument("--profile_top", type=int, default=12,
+                        help="after the rounds, profile one update against the floor's and list the operators with "
+                             "the most extra time (0: no profile)")
     parser.add_argument("--json", default="bench_iteration.json")
     args = parser.parse_args()
     apply_threads(args)
@@ -329,6 +381,10 @@ def main() -> int:
         for name, value in r["ratios"].items():
             if name.endswith("median of the rounds"):
                 print(f"{r['size']}: {name}: {value:.2f}")
+        if "update_profile" in r:
+            print(f"\n{r['size']}: where the update's time goes beyond the floor's (self time per operator, "
+                  f"{args.n_epochs} epochs, one profiled call each):\n")
+            print(profile_table(r["update_profile"]))
     return 0
 
 
