@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import List
+from typing import Any, List
 
 import pytest
 
@@ -137,11 +137,14 @@ def test_reward_gives_format_credit_only_below_a_right_answer() -> None:
         ExactMatchAnswerReward(extraction=["marker", "final"])
 
 
-def test_reward_and_metric_are_registered() -> None:
-    assert RewardFunctionRegistry.get("exact_match_answer") is ExactMatchAnswerReward
-    assert MetricRegistry.get("exact_match_answer") is ExactMatchAnswerMetric
-    assert DataPoolRegistry.get("synthetic_arithmetic") is SyntheticArithmeticPool
-    assert DataPoolRegistry.get("gsm8k") is GSM8K
+@pytest.mark.parametrize("registry, component_id, cls", [
+    (RewardFunctionRegistry, "exact_match_answer", ExactMatchAnswerReward),
+    (MetricRegistry, "exact_match_answer", ExactMatchAnswerMetric),
+    (DataPoolRegistry, "synthetic_arithmetic", SyntheticArithmeticPool),
+    (DataPoolRegistry, "gsm8k", GSM8K),
+])
+def test_the_verifiable_components_are_registered(registry: Any, component_id: str, cls: type) -> None:
+    assert registry.get(component_id) is cls
 
 
 # --- gsm8k -----------------------------------------------------------------------------------------------
