@@ -52,7 +52,7 @@ from rl4lms.data_pools.text_gen_pool import Sample  # noqa: E402
 from rl4lms.data_pools.synthetic import IncreasingNumbersPool  # noqa: E402
 from rl4lms.envs.text_gen_env import TextGenEnv  # noqa: E402
 from rl4lms.models.loading import load_tokenizer, resolve_model_name  # noqa: E402
-from rl4lms.policies.base import PolicyOutput, masked_log_probs, module_device  # noqa: E402
+from rl4lms.policies.base import PolicyOutput, masked_log_probs, module_device, weight_bytes  # noqa: E402
 from rl4lms.policies.causal import CausalLMActorCriticPolicy  # noqa: E402
 from rl4lms.policies.maskable import MaskableCausalLMActorCriticPolicy  # noqa: E402
 from rl4lms.policies.value_head import hidden_size  # noqa: E402
@@ -108,11 +108,6 @@ def rollout_and_epoch(alg: PPO, samples: List[Any]) -> Tuple[Callable[[], None],
         alg.train()
 
     return rollout, ppo_epoch
-
-
-def module_bytes(*modules: torch.nn.Module) -> int:
-    """Bytes of the modules' parameters and buffers (a tensor shared by two modules counted twice)."""
-    return sum(t.numel() * t.element_size() for m in modules for t in list(m.parameters()) + list(m.buffers()))
 
 
 class PerTokenReference:
@@ -220,15 +215,15 @@ def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, A
     tokens = args.batch_size * args.new_tokens
     counts = {name: tokens for name in times}
     counts["grpo_rollout"] = tokens * GRPO_GENERATIONS
-    weights = module_bytes(policy.model)
+    weights = weight_bytes(policy.model)
     return {
         "size": size, "parameters": sum(p.numel() for p in policy.model.parameters()), "tokens": counts,
         "seconds": times, "tokens_per_second": {k: counts[k] / v for k, v in times.items()},
         "ratios": {"rollout / generate": times["rollout"] / times["generate"],
                    "per_token / rollout": times["per_token"] / times["rollout"],
                    "nlpo_rollout / rollout": times["nlpo_rollout"] / times["rollout"],
-                   "memory / policy weights": module_bytes(policy) / weights,
-                   "grpo_memory / policy weights": module_bytes(grpo.policy) / module_bytes(grpo.policy.model)},
+                   "memory / policy weights": weight_bytes(policy) / weights,
+                   "grpo_memory / policy weights": weight_bytes(grpo.policy) / weight_bytes(grpo.policy.model)},
         "policy_weight_bytes": weights,
     }
 
