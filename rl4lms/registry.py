@@ -42,11 +42,17 @@ class RegistryError(KeyError):
         return str(self.args[0])
 
 
+def _entry_point_name(target: Any) -> str:
+    """The ``"module:Class"`` entry point of a class (an entry point string as it is)."""
+    if isinstance(target, str):
+        return target
+    return f"{getattr(target, '__module__', '')}:{getattr(target, '__qualname__', repr(target))}"
+
+
 def _qualified_name(target: Any) -> str:
     """``module.Class`` of a class, or of a ``"module:Class"`` entry point."""
-    if isinstance(target, str):
-        return target.replace(":", ".")
-    return f"{getattr(target, '__module__', '')}.{getattr(target, '__qualname__', repr(target))}"
+    module, _, attribute = _entry_point_name(target).partition(":")
+    return f"{module}.{attribute}"
 
 
 def load_entry_point(entry_point: str) -> Any:
@@ -121,8 +127,7 @@ class Registry(Generic[T]):
         """The ``"module:Class"`` behind ``id``, without importing it."""
         if id not in self:
             raise RegistryError(self.unknown_message(id))
-        entry = self._entries[id]
-        return entry if isinstance(entry, str) else f"{entry.__module__}:{entry.__qualname__}"
+        return _entry_point_name(self._entries[id])
 
     def unknown_message(self, id: Any) -> str:
         close = difflib.get_close_matches(str(id), self.ids(), n=1)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-import numpy as np
 from sacrebleu.metrics import BLEU, CHRF, TER
 
 from rl4lms.metrics.base import BaseMetric, MetricResult, SentenceMetric, mean_score

@@ -8,8 +8,8 @@ from rl4lms.metrics.base import SentenceMetric
 from rl4lms.metrics.lexical import (ROUGE_TYPES, BLEUMetric, ChrFMetric, MeteorMetric, RougeLMaxMetric,
                                     SacreBLEUMetric, TERMetric, RougeScorer)
 from rl4lms.metrics.semantic import BERTScorer
-from rl4lms.registry import RewardFunctionRegistry
 from rl4lms.rewards.base import ScoreReward
+
 
 class MetricReward(ScoreReward):
     """Reward = the per-sample score of ``self.metric``."""
