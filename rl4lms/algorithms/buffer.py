@@ -129,9 +129,7 @@ class TextRolloutBuffer:
         """Join the chunks (standardizing the per-token rewards with ``norm_reward``, RL4LMs, or
         scaling them to unit variance with ``whiten_rewards``, TRL) and compute (optionally whitened)
         GAE advantages and returns."""
-        if not self._chunks:
-            raise RuntimeError("finalize() called on an empty rollout buffer")
-        data = concat_batches(self._chunks, self.pad_token_id)
+        data = self._joined()
         mask = data.token_mask()
         if self.norm_reward:
             data = replace(data, rewards=normalize_rewards(data.rewards, mask))
@@ -143,10 +141,20 @@ class TextRolloutBuffer:
         self.data = replace(data, advantages=advantages, returns=returns)
         return self.data
 
+    def _joined(self) -> RolloutBatch:
+        """The added chunks as one batch."""
+        if not self._chunks:
+            raise RuntimeError("finalize() called on an empty rollout buffer")
+        return concat_batches(self._chunks, self.pad_token_id)
+
+    def episode_order(self, n_episodes: int) -> torch.Tensor:
+        """The order in which :meth:`minibatches` serves the episodes: a random :attr:`permutation`."""
+        return self.permutation(n_episodes)
+
     def minibatches(self, batch_size: int) -> Iterator[RolloutBatch]:
-        """Episodes in random order (:attr:`permutation`), ``batch_size`` at a time (the last one may be smaller)."""
+        """Episodes in :meth:`episode_order`, ``batch_size`` at a time (the last one may be smaller)."""
         data = self._finalized()
-        order = self.permutation(len(data))
+        order = self.episode_order(len(data))
         for start in range(0, len(order), batch_size):
             yield data.select(order[start:start + batch_size].to(data.prompt_ids.device))
 
@@ -204,34 +212,28 @@ class GroupRolloutBuffer(TextRolloutBuffer):
         self.group_size = group_size
         self.estimate_advantages = estimate_advantages
         """``RolloutBatch -> [B, T]`` per-token advantages of the joined rollout."""
-        self.n_groups = 0
 
-    def reset(self) -> None:
-        super().reset()
-        self.n_groups = 0
+    @property
+    def n_groups(self) -> int:
+        """Groups added since the last :meth:`reset` (:meth:`add` takes whole groups only)."""
+        return sum(len(chunk) for chunk in self._chunks) // self.group_size
 
     def add(self, batch: RolloutBatch) -> None:
         if len(batch) % self.group_size:
             raise ValueError(f"a batch of {len(batch)} episodes is not whole groups of {self.group_size}")
         super().add(batch)
-        self.n_groups += len(batch) // self.group_size
 
     def finalize(self, n_groups: Optional[int] = None) -> RolloutBatch:
         """Join the chunks, keep the first ``n_groups`` groups (all by default) and attach the
         estimator's advantages."""
-        if not self._chunks:
-            raise RuntimeError("finalize() called on an empty rollout buffer")
-        data = concat_batches(self._chunks, self.pad_token_id)
+        data = self._joined()
         if n_groups is not None and n_groups < self.n_groups:
             data = data.select(torch.arange(n_groups * self.group_size, device=data.prompt_ids.device))
         self.data = replace(data, advantages=self.estimate_advantages(data))
         return self.data
 
-    def minibatches(self, batch_size: int) -> Iterator[RolloutBatch]:
-        """Whole groups in random order (:attr:`permutation` of the groups), ``batch_size`` episodes
-        at a time (a multiple of the group size; the last minibatch may be smaller)."""
-        data = self._finalized()
-        groups = self.permutation(len(data) // self.group_size)
-        order = (groups[:, None] * self.group_size + torch.arange(self.group_size)).reshape(-1)
-        for start in range(0, len(order), batch_size):
-            yield data.select(order[start:start + batch_size].to(data.prompt_ids.device))
+    def episode_order(self, n_episodes: int) -> torch.Tensor:
+        """Whole groups in random order (:attr:`permutation` of the groups), so a minibatch of a
+        multiple of the group size holds whole groups (the last minibatch may be smaller)."""
+        groups = self.permutation(n_episodes // self.group_size)
+        return (groups[:, None] * self.group_size + torch.arange(self.group_size)).reshape(-1)

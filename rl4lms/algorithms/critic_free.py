@@ -239,10 +239,6 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
             }))
 
     # --- several processes ------------------------------------------------------------------------
-    @property
-    def num_processes(self) -> int:
-        return 1 if self.accelerator is None else self.accelerator.num_processes
-
     def min_across_processes(self, value: int) -> int:
         if self.num_processes == 1:
             return value

@@ -149,8 +149,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         """Advantages of the buffered episodes, the rollout statistics and the KL controller's step."""
         self.finalize_buffer()
         summary = self.mean_across_processes(stats.summary())
-        processes = self.accelerator.num_processes if self.accelerator is not None else 1
-        self.kl_controller.step(summary["rollout_info/kl_div_mean"], round(summary["rollout_info/n_episodes"] * processes))
+        self.kl_controller.step(summary["rollout_info/kl_div_mean"],
+                                round(summary["rollout_info/n_episodes"] * self.num_processes))
         self.rollout_stats = summary
 
     def finalize_buffer(self) -> None:
@@ -232,17 +232,24 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         if accelerator.num_processes > 1:
             self.collector.rng = np.random.default_rng([self.seed or 0, accelerator.process_index])
 
+    @property
+    def num_processes(self) -> int:
+        """How many processes train together (1 without an accelerator)."""
+        return 1 if self.accelerator is None else self.accelerator.num_processes
+
     def any_process(self, flag: bool) -> bool:
         """``flag`` or-ed over all processes (just ``flag`` in a single process)."""
-        if self.accelerator is None or self.accelerator.num_processes == 1:
+        if self.num_processes == 1:
             return flag
+        assert self.accelerator is not None
         votes = self.accelerator.gather(torch.tensor([float(flag)], device=self.accelerator.device))
         return bool(votes.max().item() > 0)
 
     def mean_across_processes(self, values: Dict[str, float]) -> Dict[str, float]:
         """Each value averaged over the processes, so every process logs and acts on the same numbers."""
-        if self.accelerator is None or self.accelerator.num_processes == 1:
+        if self.num_processes == 1:
             return values
+        assert self.accelerator is not None
         stacked = torch.tensor(list(values.values()), dtype=torch.float64, device=self.accelerator.device)
         means = self.accelerator.reduce(stacked, reduction="mean")
         return dict(zip(values, means.tolist()))
