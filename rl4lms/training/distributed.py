@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional
 import torch
 from accelerate import Accelerator, DistributedType
 from accelerate.utils import DistributedDataParallelKwargs, str_to_bool
+from torch.distributed.tensor import DTensor
 
 from rl4lms.algorithms.on_policy import DistributedSetupError
 from rl4lms.policies.base import LMActorCriticPolicy
@@ -66,16 +67,16 @@ def check_launch(accelerator: Accelerator, sharded: bool) -> None:
                     "not used")
 
 
-def gather_floats(accelerator: Accelerator, value: float) -> List[float]:
-    """Every process's ``value`` (float64), in process order."""
-    local = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
-    return accelerator.gather(local).tolist()
+def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The whole tensor (a DTensor is all-gathered: every process must call this)."""
+    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def weights_checksum(policy: LMActorCriticPolicy) -> float:
-    """Sum of the policy's trainable weights (float64): equal in every process when the gradients
-    really were all-reduced."""
-    return sum(float(t.double().sum()) for t in policy.trainable_state_dict().values() if t.is_floating_point())
+    """Sum of the policy's whole trainable weights (float64; sharded ones gathered, so every process
+    must call it): equal in every process when the gradients really were all-reduced."""
+    return sum(float(full_tensor(t).double().sum()) for t in policy.trainable_state_dict().values()
+               if t.is_floating_point())
 
 
 def gather_from_processes(accelerator: Optional[Accelerator], value: Any) -> Optional[List[Any]]:

@@ -41,7 +41,7 @@ from transformers.cache_utils import Cache
 
 from rl4lms.policies.base import REFERENCE_PREFIX, LMActorCriticPolicy
 from rl4lms.algorithms.on_policy import DistributedSetupError
-from rl4lms.training.distributed import world_size
+from rl4lms.training.distributed import full_tensor, world_size
 
 logger = logging.getLogger(__name__)
 
@@ -174,11 +174,6 @@ def tie_shared_parameters(module: nn.Module, state: Dict[str, torch.Tensor]) -> 
             state[key] = state[first[id(param)]]
 
 
-def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The whole tensor (a DTensor is all-gathered: every process must call this)."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
-
-
 class ShardedPolicy:
     """A policy sharded in place across all processes, with its optimizer rebuilt over the shards.
 
@@ -281,10 +276,9 @@ class ShardedPolicy:
         names = {id(p): name for name, p in self.policy.named_parameters()}
         return [names[id(p)] for group in self.policy.optimizer.param_groups for p in group["params"]]
 
-    def full_state(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-        """The trainable weights (the keys of ``trainable_state_dict``) and the optimizer state in
-        the layout of ``optimizer.state_dict()``, whole and on the CPU of the main process; the other
-        processes get empty dicts. A collective: every process calls it."""
+    def full_weights(self) -> Dict[str, torch.Tensor]:
+        """The trainable weights (the keys of ``trainable_state_dict``), whole and on the CPU of the
+        main process; the other processes get an empty dict. A collective: every process calls it."""
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         main = dist.get_rank() == 0
         weights: Dict[str, torch.Tensor] = {}
@@ -295,8 +289,16 @@ class ShardedPolicy:
             weights.update({f"{name}.{key}": value for key, value in state.items()})
         if main:
             weights.update({name: buffer.cpu() for name, buffer in self.policy.named_buffers(recurse=False)})
+        return weights
+
+    def full_state(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+        """The trainable weights (the keys of ``trainable_state_dict``) and the optimizer state in
+        the layout of ``optimizer.state_dict()``, whole and on the CPU of the main process; the other
+        processes get empty dicts. A collective: every process calls it."""
+        weights = self.full_weights()
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         by_name = get_optimizer_state_dict(self.policy, self.policy.optimizer, options=options)
-        if not main:
+        if dist.get_rank() != 0:
             return {}, {}
         index = {name: i for i, name in enumerate(self._parameter_names())}
         groups, start = [], 0
@@ -328,7 +330,3 @@ class ShardedPolicy:
         set_optimizer_state_dict(self.policy, self.policy.optimizer, by_name,
                                  options=StateDictOptions(full_state_dict=True))
 
-    def full_weights_checksum(self) -> float:
-        """Sum of the whole trainable weights (float64), as each process sees them gathered."""
-        return sum(float(full_tensor(t).double().sum()) for t in self.policy.trainable_state_dict().values()
-                   if t.is_floating_point())

@@ -15,8 +15,8 @@ from rl4lms.models.loading import default_device
 from rl4lms.training.builders import RunComponents, build_components
 from rl4lms.training.checkpoint import (checkpoint_iteration, latest_checkpoint, load_checkpoint,
                                         process_random_state, prune_checkpoints, save_checkpoint, trainable_state)
-from rl4lms.training.distributed import (check_launch, gather_floats, gather_from_processes, main_process_value,
-                                         make_accelerator, weights_checksum)
+from rl4lms.training.distributed import (check_launch, gather_from_processes, main_process_value, make_accelerator,
+                                         weights_checksum)
 from rl4lms.training.evaluation import evaluate_samples
 from rl4lms.training.run_lock import RunLock
 from rl4lms.training.sharding import ShardedPolicy, fsdp_settings, memory_footprint
@@ -213,7 +213,7 @@ class OnPolicyTrainer:
         if not main_process_value(self.accelerator, tested):
             self._evaluate("test", self.n_iters)
         # The final weights, gathered on the main process in sharded runs (None: the modules' own).
-        final_weights = trainable_state(alg)[0] if alg.sharded is not None else None
+        final_weights = alg.sharded.full_weights() if alg.sharded is not None else None
         summary: Dict[str, Any] = {}
         if self.tracker is not None:
             if start >= self.n_iters:
@@ -234,10 +234,10 @@ class OnPolicyTrainer:
             return {}
         assert self.parts is not None
         alg = self.parts.alg
-        checksum = alg.sharded.full_weights_checksum() if alg.sharded is not None else weights_checksum(alg.policy)
         return {"distributed": {"num_processes": self.accelerator.num_processes,
                                 "sharding": "fsdp" if alg.sharded is not None else "ddp",
-                                "trainable_weight_checksums": gather_floats(self.accelerator, checksum),
+                                "trainable_weight_checksums": gather_from_processes(self.accelerator,
+                                                                                    weights_checksum(alg.policy)),
                                 "memory_per_process": gather_from_processes(self.accelerator,
                                                                             memory_footprint(alg.policy))}}
 
