@@ -170,8 +170,9 @@ def test_killed_fsdp_run_resumes_as_if_never_interrupted(two_process_runs: dict)
     ours, reference = _jsonl(run / "rollout_info.jsonl"), _jsonl(straight / "rollout_info.jsonl")
     assert [r["iteration"] for r in ours] == [1, 2, 3, 4]
     assert ours == reference  # weights, optimizer, KL controller and every process's RNG were restored
+    resumed_tensors = _model_tensors(run)
     for name, tensor in _model_tensors(straight).items():
-        assert torch.equal(_model_tensors(run)[name], tensor), name
+        assert torch.equal(resumed_tensors[name], tensor), name
 
 
 def test_fsdp_checkpoint_resumes_in_a_single_process(two_process_runs: dict, tmp_path: Path) -> None:
@@ -255,10 +256,8 @@ def test_gradient_accumulation_steps_every_n_calls_with_the_mean_gradient(tiny_t
 
 
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path: Path) -> None:
-    config = write_small_config(tmp_path, n_iters=2, eval_every=2, save_every=2)
-    raw = yaml.safe_load(config.read_text())
-    raw["accelerator"] = {"mixed_precision": "bf16", "gradient_accumulation_steps": 2}
-    config.write_text(yaml.safe_dump(raw))
+    config = _with_accelerator(write_small_config(tmp_path, n_iters=2, eval_every=2, save_every=2), "bf16.yml",
+                               mixed_precision="bf16", gradient_accumulation_steps=2)
     result = subprocess.run([sys.executable, str(SCRIPT), "--config_path", str(config), "--base_path_to_store_results",
                              str(tmp_path), "--experiment_name", "bf16"], env=_env(), capture_output=True, text=True,
                             timeout=600)

@@ -15,7 +15,7 @@ from accelerate import DistributedType
 from torch import nn
 
 from conftest import REPO, write_small_config
-from test_distributed import ACCELERATE, _env, _free_port, _summary, _train_command
+from test_distributed import ACCELERATE, _env, _free_port, _summary, _train_command, _with_accelerator
 from test_rollout import LengthReward, make_ppo
 
 from rl4lms.algorithms.on_policy import DistributedSetupError
@@ -175,9 +175,7 @@ def test_fsdp_runs_nlpo_and_supervised_in_two_processes(tmp_path: Path, config_n
                                                        accelerator: dict) -> None:
     config = write_small_config(tmp_path, n_iters=2, eval_every=2, save_every=2, base=TASKS / config_name,
                                 policy_args=policy_args)
-    raw = yaml.safe_load(config.read_text())
-    raw["accelerator"] = accelerator
-    config.write_text(yaml.safe_dump(raw))
+    config = _with_accelerator(config, "run.yml", **accelerator)
     result = subprocess.run(_train_command(config, tmp_path, "run"), env=_env(), capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
