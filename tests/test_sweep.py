@@ -1,4 +1,5 @@
-"""Sweeps: grid expansion, kill + rerun completes every run exactly once, one trainer per run folder."""
+"""Sweeps: grid expansion, kill + rerun completes every run exactly once, one trainer per run folder,
+the local executor's GPUs and threads."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,8 @@ import yaml
 from conftest import REPO, write_small_config
 from rl4lms.cli import EXIT_RUN_LOCKED, main
 from rl4lms.config import ConfigError
-from rl4lms.sweep.grid import load_sweep
+from rl4lms.sweep.executors import ExecutorError, LocalExecutor
+from rl4lms.sweep.grid import RunResources, load_sweep
 from rl4lms.training.run_lock import RunLock
 
 SWEEP_SCRIPT = REPO / "scripts" / "sweep.py"
@@ -105,3 +107,60 @@ def test_shipped_sweep_expands_to_tasks_x_algorithms_x_seeds() -> None:
         for alg in ("ppo", "nlpo", "a2c"):
             for seed in (0, 1):
                 assert f"{task}__tiny_gpt2_{alg}__seed={seed}" in names
+
+
+def test_local_workers_get_their_own_gpus_and_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    four = LocalExecutor(num_workers=2, device_count=4)
+    assert [four.worker_env(s)["CUDA_VISIBLE_DEVICES"] for s in (0, 1)] == ["0,1", "2,3"]
+    assert four.worker_env(0)["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))
+    three_on_two = LocalExecutor(num_workers=3, device_count=2)  # fewer GPUs than workers: they take turns
+    assert [three_on_two.worker_env(s)["CUDA_VISIBLE_DEVICES"] for s in range(3)] == ["0", "1", "0"]
+    one_each = LocalExecutor(num_workers=2, resources=RunResources(num_cpus=3, num_gpus=1), device_count=8)
+    assert [one_each.worker_env(s)["CUDA_VISIBLE_DEVICES"] for s in (0, 1)] == ["0", "1"]
+    assert one_each.worker_env(1)["OMP_NUM_THREADS"] == "3"
+    assert "CUDA_VISIBLE_DEVICES" not in LocalExecutor(num_workers=2, device_count=0).worker_env(0)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")  # only these may be handed out
+    assert [LocalExecutor(num_workers=2).worker_env(s)["CUDA_VISIBLE_DEVICES"] for s in (0, 1)] == ["4", "6"]
+    with pytest.raises(ExecutorError, match="resources.num_gpus: 2 workers x 2 GPUs need 4 GPUs, 2 visible"):
+        LocalExecutor(num_workers=2, resources=RunResources(num_gpus=2))
+
+
+def test_sweep_resources_variants_and_smoke_are_validated(tmp_path: Path) -> None:
+    config = write_small_config(tmp_path)
+    path = _write_sweep(tmp_path, [config], {"seed": [0]}, {})
+    raw = yaml.safe_load(path.read_text())
+    raw.update(smoke=True, resources={"num_cpus": 2, "num_gpus": 0.5},
+               variants={"low_lr": {"alg.args.learning_rate": 1e-6}, "high_lr": {"alg.args.learning_rate": 1e-3}})
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    sweep = load_sweep(path)
+    assert sweep.resources == RunResources(num_cpus=2, num_gpus=0.5)
+    assert [r.name for r in sweep.runs] == [f"{tmp_path.name}__small__{v}__seed=0" for v in ("low_lr", "high_lr")]
+    assert sweep.runs[0].smoke and sweep.runs[0].grid_point == {"variant": "low_lr", "seed": 0}
+    assert sweep.runs[0].overrides == ("alg.args.learning_rate=1.0e-06", "seed=0")
+    raw.update(resources={"num_cpu": 1, "num_gpus": -1}, variants={"bad": {"alg.args.n_step": 1}})
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError) as excinfo:
+        load_sweep(path)
+    assert "resources.num_cpu: unknown key" in str(excinfo.value) and "resources.num_gpus: expected a number" in str(
+        excinfo.value)
+    raw["resources"] = {}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"small.yml \(variant bad\): alg.args.n_step: unknown key"):
+        load_sweep(path)
+
+
+def test_local_path_needs_no_ray_and_dry_run_lists_runs(tmp_path: Path) -> None:
+    config = write_small_config(tmp_path)
+    sweep_file = _write_sweep(tmp_path, [config], {"seed": [0, 1]}, {})
+    code = ("import runpy, sys; sys.argv = ['sweep.py', '--sweep_config', %r, '--dry_run']; "
+            "exit_code = None\ntry: runpy.run_path(%r, run_name='__main__')\n"
+            "except SystemExit as done: exit_code = done.code\n"
+            "assert exit_code == 0, exit_code; assert 'ray' not in sys.modules, 'the local path imported ray'"
+            % (str(sweep_file), str(SWEEP_SCRIPT)))
+    result = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [f"{tmp_path.name}__small__seed=0", f"{tmp_path.name}__small__seed=1",
+                                          f"sweep 't': 2 valid runs under {tmp_path / 'runs'}"]
+    assert not (tmp_path / "runs").exists()

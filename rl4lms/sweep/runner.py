@@ -1,21 +1,25 @@
-"""Running a sweep: worker threads each drive one training subprocess at a time.
+"""Running a sweep: an executor trains each pending run in a subprocess; the runner keeps the score.
 
-A finished run (``run_complete.json``) is skipped, an interrupted one resumes from its
-checkpoints (the trainer does that by itself), and the trainer's run lock keeps a run from
-being trained twice at once, even by two sweeps started side by side.
+The run folder is the contract between the sweep and its executors: a finished run
+(``run_complete.json``) is skipped, an interrupted one resumes from its checkpoints (the trainer
+does that by itself), and the trainer's run lock keeps a run from being trained twice at once,
+even by two sweeps started side by side or by a retry on another node.
 """
 from __future__ import annotations
 
+import ctypes
 import json
-import os
+import signal
+import socket
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+import uuid
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from threading import Lock
-from typing import Callable, Dict, List, Optional
+from abc import ABC, abstractmethod
+from typing import Any, Callable, Dict, List, Optional
 
 from rl4lms.cli import EXIT_RUN_LOCKED
 from rl4lms.sweep.grid import RunSpec, Sweep
@@ -23,17 +27,41 @@ from rl4lms.training.artifacts import write_json_atomic
 from rl4lms.training.trainer import COMPLETE_FILE
 
 SUMMARY_FILE = "sweep_summary.json"
+RUN_MARKER = "sweep_run.json"
+FINISHED = ("completed", "already_complete")
+PR_SET_PDEATHSIG = 1
 
 
 @dataclass
 class RunOutcome:
-    """What happened to one run in this invocation of the sweep."""
+    """What happened to one run in this invocation of the sweep.
+
+    :param status: completed | already_complete | running_elsewhere | failed
+    :param node: where the run was trained (hostname, and the Ray node's address and id on Ray)
+    """
 
     name: str
-    status: str  # completed | already_complete | running_elsewhere | failed
+    status: str
     returncode: Optional[int] = None
     seconds: float = 0.0
     error_tail: str = ""
+    node: Dict[str, str] = field(default_factory=dict)
+
+
+def local_node() -> Dict[str, str]:
+    """This machine, as recorded in ``sweep_run.json`` and ``sweep_summary.json``."""
+    return {"hostname": socket.gethostname()}
+
+
+def node_label(node: Dict[str, str]) -> str:
+    """A short name for progress lines: the Ray node's address and id, else the hostname."""
+    if "node_id" in node:
+        return f"{node.get('ip', '?')} ({node['node_id'][:8]})"
+    return node.get("hostname", "?")
+
+
+def is_complete(run_dir: Path) -> bool:
+    return (run_dir / COMPLETE_FILE).exists()
 
 
 def train_command(spec: RunSpec, base_path: Path) -> List[str]:
@@ -41,60 +69,88 @@ def train_command(spec: RunSpec, base_path: Path) -> List[str]:
                "--base_path_to_store_results", str(base_path), "--experiment_name", spec.name]
     for override in spec.overrides:
         command += ["--override", override]
-    return command
+    return command + (["--smoke"] if spec.smoke else [])
 
 
-class SweepRunner:
-    """Executes a :class:`Sweep` with ``num_workers`` runs in parallel and records the outcomes."""
+def _die_with_parent() -> None:
+    """In the training subprocess (Linux): get SIGKILL when the process that started it dies, so a
+    run never outlives its worker (a lost Ray node, a killed sweep) and keeps holding the run lock."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
-    def __init__(self, sweep: Sweep, num_workers: int = 1, log: Callable[..., None] = print) -> None:
-        if num_workers < 1:
-            raise ValueError(f"--num_workers must be >= 1, got {num_workers}")
+
+def _record_attempt(run_dir: Path, spec: RunSpec, sweep_name: str, invocation: str, node: Dict[str, str]) -> None:
+    """Append this attempt (which sweep invocation, which node, when) to the run's ``sweep_run.json``."""
+    marker = run_dir / RUN_MARKER
+    attempts = json.loads(marker.read_text()).get("attempts", []) if marker.exists() else []
+    attempts.append({"invocation": invocation, "node": node, "started": time.time()})
+    write_json_atomic(marker, {"sweep": sweep_name, "name": spec.name, "config_path": str(spec.config_path),
+                               "grid_point": spec.grid_point, "overrides": list(spec.overrides),
+                               "smoke": spec.smoke, "attempts": attempts})
+
+
+def last_attempt(run_dir: Path) -> Dict[str, Any]:
+    """The latest attempt recorded in the run's ``sweep_run.json`` ({} when there is none yet)."""
+    try:
+        return (json.loads((run_dir / RUN_MARKER).read_text()).get("attempts") or [{}])[-1]
+    except (OSError, ValueError):
+        return {}
+
+
+def train_run(spec: RunSpec, sweep_name: str, base_path: Path, env: Dict[str, str], node: Dict[str, str],
+              invocation: str) -> RunOutcome:
+    """Train one run in a subprocess of the training CLI, on whichever machine calls this (a worker
+    thread here, a Ray task on a cluster node). ``base_path`` must be the same folder for every node."""
+    run_dir = base_path / spec.name
+    if is_complete(run_dir):
+        return RunOutcome(spec.name, "already_complete", node=node)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _record_attempt(run_dir, spec, sweep_name, invocation, node)
+    start = time.perf_counter()
+    with open(run_dir / "sweep_stdout.txt", "ab") as out:
+        process = subprocess.run(train_command(spec, base_path), stdout=out, stderr=subprocess.PIPE, env=env,
+                                 preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    seconds = time.perf_counter() - start
+    tail = process.stderr.decode(errors="replace")[-2000:]
+    if process.returncode == 0:
+        return RunOutcome(spec.name, "completed", 0, seconds, node=node)
+    status = "running_elsewhere" if process.returncode == EXIT_RUN_LOCKED else "failed"
+    return RunOutcome(spec.name, status, process.returncode, seconds, tail, node)
+
+
+class SweepProgress:
+    """Counts runs done, failed, running (and where) and pending; prints a line on every change and
+    keeps ``sweep_summary.json`` up to date."""
+
+    def __init__(self, sweep: Sweep, log: Callable[..., None] = print) -> None:
         self.sweep = sweep
-        self.num_workers = num_workers
         self.log = log
         self.outcomes: Dict[str, RunOutcome] = {}
+        self.running: Dict[str, Dict[str, str]] = {}
         self._lock = Lock()
 
-    def run_one(self, spec: RunSpec) -> RunOutcome:
-        run_dir = self.sweep.base_path / spec.name
-        if (run_dir / COMPLETE_FILE).exists():
-            return self._record(RunOutcome(spec.name, "already_complete"))
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "sweep_run.json").write_text(json.dumps({"sweep": self.sweep.name, "name": spec.name,
-                                                           "config_path": str(spec.config_path),
-                                                           "grid_point": spec.grid_point,
-                                                           "overrides": list(spec.overrides)}))
-        start = time.perf_counter()
-        with open(run_dir / "sweep_stdout.txt", "ab") as out:
-            process = subprocess.run(train_command(spec, self.sweep.base_path), stdout=out, stderr=subprocess.PIPE,
-                                     env=self.worker_env())
-        seconds = time.perf_counter() - start
-        tail = process.stderr.decode(errors="replace")[-2000:]
-        if process.returncode == 0:
-            return self._record(RunOutcome(spec.name, "completed", 0, seconds))
-        if process.returncode == EXIT_RUN_LOCKED:
-            return self._record(RunOutcome(spec.name, "running_elsewhere", process.returncode, seconds, tail))
-        return self._record(RunOutcome(spec.name, "failed", process.returncode, seconds, tail))
+    def counts(self) -> str:
+        done = sum(o.status in FINISHED for o in self.outcomes.values())
+        failed = len(self.outcomes) - done
+        pending = len(self.sweep.runs) - len(self.outcomes) - len(self.running)
+        return f"[done {done}, failed {failed}, running {len(self.running)}, pending {pending}]"
 
-    def worker_env(self) -> Dict[str, str]:
-        """The environment of a training subprocess: the CPU cores are shared out between the
-        workers (oversubscribed OpenMP threads slow every run down many times over), unless
-        ``OMP_NUM_THREADS`` is already set."""
-        env = dict(os.environ)
-        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // self.num_workers)))
-        return env
-
-    def _record(self, outcome: RunOutcome) -> RunOutcome:
+    def started(self, name: str, node: Dict[str, str]) -> None:
         with self._lock:
+            if self.running.get(name) == node or name in self.outcomes:
+                return
+            self.running[name] = node
+            self.log(f"{self.counts()} {name}: running on {node_label(node)}", flush=True)
+
+    def finished(self, outcome: RunOutcome) -> None:
+        with self._lock:
+            self.running.pop(outcome.name, None)
             self.outcomes[outcome.name] = outcome
-            done = len(self.outcomes)
-            self.log(f"[{done}/{len(self.sweep.runs)}] {outcome.name}: {outcome.status}"
+            where = f" on {node_label(outcome.node)}" if outcome.node and outcome.status != "already_complete" else ""
+            self.log(f"{self.counts()} {outcome.name}: {outcome.status}{where}"
                      + (f" in {outcome.seconds:.1f} s" if outcome.seconds else ""), flush=True)
             if outcome.status == "failed":
                 self.log(f"    exit code {outcome.returncode}; stderr tail:\n{outcome.error_tail}")
             self._write_summary()
-        return outcome
 
     def _write_summary(self) -> None:
         write_json_atomic(self.sweep.base_path / SUMMARY_FILE, {
@@ -102,9 +158,47 @@ class SweepRunner:
             "runs": [asdict(self.outcomes[r.name]) for r in self.sweep.runs if r.name in self.outcomes],
         })
 
+
+class SweepExecutor(ABC):
+    """Where the runs of a sweep are trained. An executor calls :func:`train_run` once per run
+    (retrying it after a lost worker) and tells ``progress`` when a run starts and ends."""
+
+    @abstractmethod
+    def execute(self, sweep: Sweep, runs: List[RunSpec], invocation: str, progress: SweepProgress) -> None:
+        """Train ``runs`` (the sweep's unfinished ones) and return when every one has an outcome."""
+
+    def describe(self) -> str:
+        """One line for the sweep's banner."""
+        return type(self).__name__
+
+
+class SweepRunner:
+    """Executes a :class:`Sweep` on an executor and records the outcomes.
+
+    :param sweep: the parsed sweep file
+    :param executor: where the runs are trained (``rl4lms.sweep.executors.LocalExecutor`` or ``RayExecutor``)
+    :param log: where progress lines go
+    """
+
+    def __init__(self, sweep: Sweep, executor: SweepExecutor, log: Callable[..., None] = print) -> None:
+        self.sweep = sweep
+        self.executor = executor
+        self.progress = SweepProgress(sweep, log)
+        self.invocation = uuid.uuid4().hex
+
+    @property
+    def outcomes(self) -> Dict[str, RunOutcome]:
+        return self.progress.outcomes
+
     def run(self) -> bool:
         """Run every pending run; True when all of them are complete now."""
         self.sweep.base_path.mkdir(parents=True, exist_ok=True)
-        with ThreadPoolExecutor(max_workers=self.num_workers) as pool:
-            list(pool.map(self.run_one, self.sweep.runs))
-        return all(o.status in ("completed", "already_complete") for o in self.outcomes.values())
+        pending = []
+        for spec in self.sweep.runs:
+            if is_complete(self.sweep.base_path / spec.name):
+                self.progress.finished(RunOutcome(spec.name, "already_complete"))
+            else:
+                pending.append(spec)
+        if pending:
+            self.executor.execute(self.sweep, pending, self.invocation, self.progress)
+        return all(o.status in FINISHED for o in self.outcomes.values())
