@@ -1,13 +1,18 @@
-"""Report aggregation on made-up run folders: exact means/stds, Markdown, CSV and plots."""
+"""Report aggregation on made-up run folders: exact means/stds, Markdown, CSV and plots; the statistics
+across tasks against rliable itself."""
 from __future__ import annotations
 
 import csv
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
+
+import numpy as np
+import pytest
 
 from conftest import REPO
 from rl4lms.sweep.report import aggregate, find_runs, markdown_table, write_report
@@ -75,3 +80,91 @@ def test_no_finished_runs_is_a_clear_error(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "report.py"), "--runs_dir", str(tmp_path)],
                             capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert result.returncode == 2 and "no finished runs" in result.stderr
+
+
+RLIABLE_PYTHON = os.environ.get("RL4LMS_RLIABLE_PYTHON")
+REPS = 500  # resamples (rliable runs them one by one, slowly); equality holds for any number
+
+
+def _make_benchmark(root: Path) -> dict:
+    """3 algorithms x 3 tasks x 4 seeds, plus an algorithm with 2 seeds; returns the raw scores by
+    (algorithm, task) -> per-seed values of each task's first metric."""
+    rng = random.Random(7)
+    raw = {}
+    for task, metric in (("imdb", "semantic/score"), ("cnn", "lexical/rouge2"), ("common_gen", "lexical/bleu")):
+        for alg, seeds, shift in (("ppo", 4, 0.1), ("nlpo", 4, 0.15), ("grpo", 4, 0.0), ("a2c", 2, -0.1)):
+            raw[(alg, task)] = [round(rng.random() * 0.5 + shift, 3) for _ in range(seeds)]
+            for seed, value in enumerate(raw[(alg, task)]):
+                curve = [round(rng.random() + 0.1 * i, 3) for i in range(5)]
+                _fake_run(root / f"{task}_{alg}_{seed}", task, alg, seed, {metric: value, "diversity/len": 1.0 + seed},
+                          {metric: value}, curve)
+    return raw
+
+
+def _normalized(raw: dict, alg: str, tasks: list) -> list:
+    columns = []
+    for task in tasks:
+        task_values = [v for (a, t), values in raw.items() if t == task for v in values]
+        low, high = min(task_values), max(task_values)
+        columns.append([(v - low) / (high - low) for v in raw[(alg, task)]])
+    return [list(row) for row in zip(*columns)]
+
+
+def test_aggregate_statistics_equal_rliable_on_hand_made_runs(tmp_path: Path) -> None:
+    if not RLIABLE_PYTHON:
+        pytest.skip("RL4LMS_RLIABLE_PYTHON (a Python with rliable 1.2, arch 7.2, pandas<3) is not set; .ci/run sets it")
+    raw = _make_benchmark(tmp_path / "runs")
+    report = write_report(tmp_path / "runs", tmp_path / "out", reps=REPS)
+    result = json.loads((tmp_path / "out" / "aggregate.json").read_text())
+    tasks = ["cnn", "common_gen", "imdb"]
+    assert result["tasks"] == tasks and result["metrics"]["imdb"] == "semantic/score"
+    for alg in ("ppo", "nlpo", "grpo", "a2c"):  # min-max over every run of the task
+        assert np.allclose(result["scores"][alg], _normalized(raw, alg, tasks), rtol=1e-12, atol=0)
+
+    labels = sorted(result["scores"])
+    eligible = [label for label in labels if label != "a2c"]
+    request = {"scores": result["scores"], "eligible": eligible, "seed": 0, "reps": REPS, "profile_reps": REPS,
+               "pairs": [[p["x"], p["y"]] for p in result["probability_of_improvement"] if p["interval"] is not None],
+               "thresholds": result["profile_thresholds"]}
+    reference = subprocess.run([RLIABLE_PYTHON, str(Path(__file__).with_name("rliable_reference.py"))],
+                               input=json.dumps(request), capture_output=True, text=True, timeout=300)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+    expected = json.loads(reference.stdout)
+    for name in ("IQM", "mean"):
+        for label in eligible:
+            ours = result["aggregates"][label][name]
+            assert [ours["point"], *ours["interval"]] == pytest.approx(expected[name][label], rel=1e-9, abs=1e-12)
+        assert result["aggregates"]["a2c"][name]["interval"] is None  # 2 seeds: no interval
+    for pair in result["probability_of_improvement"]:
+        key = f"{pair['x']},{pair['y']}"
+        if "a2c" in key:
+            assert pair["interval"] is None
+        else:
+            assert [pair["point"], *pair["interval"]] == pytest.approx(expected["probability_of_improvement"][key],
+                                                                       rel=1e-9, abs=1e-12)
+    for label in eligible:
+        assert result["profiles"][label]["fraction"] == expected["profiles"][label]["fraction"]
+        assert np.allclose(result["profiles"][label]["interval"], expected["profiles"][label]["interval"], rtol=1e-9)
+
+    text = (tmp_path / "out" / "results.md").read_text()
+    ppo = result["aggregates"]["ppo"]["IQM"]
+    assert f"| ppo | 4 x 3 | {ppo['point']:.3f} [{ppo['interval'][0]:.3f}, {ppo['interval'][1]:.3f}] |" in text
+    assert "| a2c | 2 x 3 | " in text and "(too few seeds for an interval)" in text
+    assert "| nlpo | ppo | " in text or "| grpo | nlpo | " in text
+    for name in ("performance_profiles.png", "curves_imdb.png"):
+        assert (tmp_path / "out" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert report["stats"].table.tasks == tasks
+
+
+def test_too_few_seeds_or_tasks_are_said_instead_of_intervals(tmp_path: Path) -> None:
+    _fake_run(tmp_path / "a", "imdb", "ppo", 0, {"m/score": 0.2}, {}, [0.1, 0.2])
+    _fake_run(tmp_path / "b", "imdb", "ppo", 1, {"m/score": 0.4}, {}, [0.2, 0.3])
+    _fake_run(tmp_path / "c", "imdb", "a2c", 0, {"m/score": 0.5}, {}, [0.4])
+    _fake_run(tmp_path / "d", "cnn", "ppo", 0, {"rouge": 0.25}, {}, [0.0, 0.5])
+    text = write_report(tmp_path, tmp_path / "out", reps=REPS)["markdown"]
+    assert "- cnn: not run by every algorithm (a2c missing); left out of the aggregate" in text
+    assert "| imdb | m/score |" in text
+    assert "| a2c | 1 x 1 | 1.000 (too few seeds for an interval) | 1.000 (too few seeds for an interval) |" in text
+    assert "| ppo | 2 x 1 | 0.333 (too few seeds for an interval) |" in text
+    assert "| a2c | ppo | 1.000 (too few seeds for an interval) |" in text
+    assert "Only 1 task: the aggregate is that task's score" in text

@@ -1,28 +1,22 @@
-"""GRUE-style results from run folders: task x algorithm tables (mean ± std over seeds) and plots."""
+"""GRUE-style results from run folders: task x algorithm tables (mean ± std over seeds), statistics
+across tasks (IQM, probability of improvement, with bootstrap intervals) and plots."""
 from __future__ import annotations
 
 import csv
 import json
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
-SPLITS = ("test", "val")
+import numpy as np
 
+from rl4lms.sweep import aggregate as across_tasks
+from rl4lms.sweep.run_records import SPLITS, RunRecord, find_runs
+from rl4lms.sweep.statistics import PROFILE_REPS, REPS, interval_estimates
 
-@dataclass
-class RunRecord:
-    """The numbers of one finished run, read from its artifact files."""
-
-    path: Path
-    task: str
-    algorithm: str
-    variant: str
-    seed: int
-    final: Dict[str, Dict[str, float]]  # split -> metric -> value after training
-    curves: List[Dict[str, Any]] = field(default_factory=list)  # rollout_info.jsonl records
+CURVES = (("rollout_info/ep_rew", "episode reward"), ("rollout_info/kl_div_mean", "KL to the reference"))
 
 
 @dataclass
@@ -34,31 +28,6 @@ class ResultRow:
     variant: str
     seeds: List[int]
     scores: Dict[Tuple[str, str], Tuple[float, float]]  # (split, metric) -> (mean, std)
-
-
-def _variant(run_dir: Path) -> str:
-    """The grid point of a sweep run, seeds left out (they are what the table averages over)."""
-    marker = run_dir / "sweep_run.json"
-    if not marker.exists():
-        return ""
-    point = json.loads(marker.read_text()).get("grid_point", {})
-    return ", ".join(f"{key}={value}" for key, value in point.items() if key.split(".")[-1] != "seed")
-
-
-def read_run(run_dir: Path) -> RunRecord:
-    """Read a finished run folder (``config.json``, ``run_complete.json``, ``rollout_info.jsonl``)."""
-    config = json.loads((run_dir / "config.json").read_text())
-    summary = json.loads((run_dir / "run_complete.json").read_text())
-    rollout_file = run_dir / "rollout_info.jsonl"
-    curves = [json.loads(line) for line in rollout_file.read_text().splitlines()] if rollout_file.exists() else []
-    final = {split: dict((summary.get(split) or {}).get("after") or {}) for split in SPLITS}
-    return RunRecord(run_dir, config["datapool"]["id"], config["alg"]["id"], _variant(run_dir), int(config["seed"]),
-                     final, curves)
-
-
-def find_runs(root: Path) -> List[RunRecord]:
-    """Every finished run under ``root`` (unfinished folders have no ``run_complete.json`` and are skipped)."""
-    return [read_run(marker.parent) for marker in sorted(root.rglob("run_complete.json"))]
 
 
 def aggregate(runs: List[RunRecord]) -> List[ResultRow]:
@@ -121,22 +90,64 @@ def _save(plt: Any, figure: Any, path: Path) -> Path:
     return path
 
 
+def curve_band(runs: List[RunRecord], key: str, reps: int = PROFILE_REPS
+                ) -> Optional[Tuple[np.ndarray, np.ndarray, Optional[np.ndarray]]]:
+    """Iterations, mean over seeds and its 95% stratified bootstrap band (None with too few seeds) of
+    ``key`` at the iterations every run logged; None when they share none."""
+    logged = [{c["iteration"]: c[key] for c in run.curves if c.get(key) is not None} for run in runs]
+    iterations = sorted(set.intersection(*(set(points) for points in logged))) if logged else []
+    if not iterations:
+        return None
+    values = np.array([[points[i] for i in iterations] for points in logged], dtype=float)  # (seeds, iterations)
+
+    def seed_mean(scores: np.ndarray) -> np.ndarray:
+        return scores.mean(axis=-2)
+
+    band = None
+    if len(runs) >= across_tasks.MIN_SEEDS:
+        band = interval_estimates({"curve": values}, seed_mean, reps)[1]["curve"]
+    return np.array(iterations), seed_mean(values), band
+
+
 def plot_curves(runs: List[RunRecord], out_dir: Path) -> List[Path]:
-    """Per task: reward and KL over iterations, one line per run."""
+    """Per task: reward and KL over iterations, per algorithm the mean over seeds with a 95% bootstrap
+    band (drawn from 3 seeds on)."""
     plt = _pyplot()
     paths = []
     for task in sorted({r.task for r in runs}):
-        figure, (reward_ax, kl_ax) = plt.subplots(1, 2, figsize=(11, 4))
-        for run in (r for r in runs if r.task == task and r.curves):
-            iterations = [c["iteration"] for c in run.curves]
-            label = f"{run.algorithm}{' ' + run.variant if run.variant else ''} seed {run.seed}"
-            reward_ax.plot(iterations, [c.get("rollout_info/ep_rew") for c in run.curves], label=label)
-            kl_ax.plot(iterations, [c.get("rollout_info/kl_div_mean") for c in run.curves], label=label)
-        reward_ax.set(title=f"{task}: episode reward", xlabel="iteration", ylabel="rollout_info/ep_rew")
-        kl_ax.set(title=f"{task}: KL to the reference", xlabel="iteration", ylabel="rollout_info/kl_div_mean")
-        reward_ax.legend(fontsize="x-small")
+        figure, axes = plt.subplots(1, len(CURVES), figsize=(11, 4))
+        members = [r for r in runs if r.task == task and r.curves]
+        for label in sorted({r.label for r in members}):
+            seeds = [r for r in members if r.label == label]
+            for axis, (key, _) in zip(axes, CURVES):
+                curve = curve_band(seeds, key)
+                if curve is None:
+                    continue
+                iterations, means, band = curve
+                line, = axis.plot(iterations, means, label=f"{label} ({len(seeds)} seeds)")
+                if band is not None:
+                    axis.fill_between(iterations, band[0], band[1], color=line.get_color(), alpha=0.25)
+        for axis, (key, title) in zip(axes, CURVES):
+            axis.set(title=f"{task}: {title}", xlabel="iteration", ylabel=key)
+        axes[0].legend(fontsize="x-small")
         paths.append(_save(plt, figure, out_dir / f"curves_{task}.png"))
     return paths
+
+
+def plot_performance_profiles(stats: across_tasks.AggregateStats, out_dir: Path) -> List[Path]:
+    """The fraction of runs whose normalized score exceeds each threshold, with 95% bootstrap bands."""
+    if not stats.table.scores:
+        return []
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for label, (fractions, band) in stats.profiles.items():
+        line, = axis.plot(stats.thresholds, fractions, label=label)
+        if band is not None:
+            axis.fill_between(stats.thresholds, band[0], band[1], color=line.get_color(), alpha=0.25)
+    axis.set(title=f"Performance profiles over {len(stats.table.tasks)} tasks ({stats.table.split})",
+             xlabel="normalized score τ", ylabel="fraction of runs with score > τ", ylim=(0, 1.02))
+    axis.legend(fontsize="small")
+    return [_save(plt, figure, out_dir / "performance_profiles.png")]
 
 
 def plot_metric_bars(rows: List[ResultRow], out_dir: Path, split: str = "test") -> List[Path]:
@@ -163,15 +174,20 @@ def plot_metric_bars(rows: List[ResultRow], out_dir: Path, split: str = "test") 
     return paths
 
 
-def write_report(runs_dir: Path, out_dir: Path) -> Dict[str, Any]:
-    """Tables (Markdown + CSV) and plots for every finished run under ``runs_dir``."""
+def write_report(runs_dir: Path, out_dir: Path, score_metrics: Optional[Dict[str, str]] = None,
+                 reps: int = REPS) -> Dict[str, Any]:
+    """Tables (Markdown + CSV), aggregate statistics (Markdown + ``aggregate.json``) and plots for every
+    finished run under ``runs_dir``; ``score_metrics`` picks a task's score metric (default: its first)."""
     runs = find_runs(runs_dir)
     if not runs:
         raise FileNotFoundError(f"no finished runs (folders with run_complete.json) under {runs_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = aggregate(runs)
-    markdown = "\n\n".join(f"## {split} split\n\n{markdown_table(rows, split)}" for split in SPLITS)
+    stats = across_tasks.compare(across_tasks.score_table(runs, "test", score_metrics), reps, min(reps, PROFILE_REPS))
+    markdown = "\n\n".join([*(f"## {split} split\n\n{markdown_table(rows, split)}" for split in SPLITS),
+                             across_tasks.markdown(stats)])
     (out_dir / "results.md").write_text(f"# Results of {len(runs)} runs under {runs_dir}\n\n{markdown}\n")
     write_csv(rows, out_dir / "results.csv")
-    plots = plot_curves(runs, out_dir) + plot_metric_bars(rows, out_dir)
-    return {"runs": len(runs), "rows": rows, "markdown": markdown, "plots": plots}
+    (out_dir / "aggregate.json").write_text(json.dumps(across_tasks.as_json(stats), indent=2))
+    plots = plot_curves(runs, out_dir) + plot_metric_bars(rows, out_dir) + plot_performance_profiles(stats, out_dir)
+    return {"runs": len(runs), "rows": rows, "stats": stats, "markdown": markdown, "plots": plots}
