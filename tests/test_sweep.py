@@ -151,16 +151,62 @@ def test_sweep_resources_variants_and_smoke_are_validated(tmp_path: Path) -> Non
         load_sweep(path)
 
 
-def test_local_path_needs_no_ray_and_dry_run_lists_runs(tmp_path: Path) -> None:
-    config = write_small_config(tmp_path)
-    sweep_file = _write_sweep(tmp_path, [config], {"seed": [0, 1]}, {})
-    code = ("import runpy, sys; sys.argv = ['sweep.py', '--sweep_config', %r, '--dry_run']; "
-            "exit_code = None\ntry: runpy.run_path(%r, run_name='__main__')\n"
-            "except SystemExit as done: exit_code = done.code\n"
-            "assert exit_code == 0, exit_code; assert 'ray' not in sys.modules, 'the local path imported ray'"
-            % (str(sweep_file), str(SWEEP_SCRIPT)))
-    result = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines() == [f"{tmp_path.name}__small__seed=0", f"{tmp_path.name}__small__seed=1",
+def test_the_local_executor_never_imports_ray(tmp_path: Path) -> None:
+    # A `ray` package first on the path that leaves a mark when anything imports it, in this process or
+    # in a training subprocess (a plain absence could be hidden by a caught ImportError).
+    blocker, mark = tmp_path / "blocker" / "ray", tmp_path / "ray_was_imported"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text(f"open({str(mark)!r}, 'a').write(__name__)\n"
+                                         "raise ImportError('ray is blocked by the test')\n")
+    env = dict(_env(), PYTHONPATH=f"{blocker.parent}{os.pathsep}{REPO}")
+    sweep_file = _write_sweep(tmp_path, [write_small_config(tmp_path, n_iters=1, eval_every=1)], {"seed": [0, 1]}, {})
+    command = [sys.executable, str(SWEEP_SCRIPT), "--sweep_config", str(sweep_file)]
+    listed = subprocess.run(command + ["--dry_run"], env=env, capture_output=True, text=True)
+    assert listed.returncode == 0, listed.stderr[-2000:]
+    assert listed.stdout.splitlines() == [f"{tmp_path.name}__small__seed=0", f"{tmp_path.name}__small__seed=1",
                                           f"sweep 't': 2 valid runs under {tmp_path / 'runs'}"]
     assert not (tmp_path / "runs").exists()
+    ran = subprocess.run(command + ["--num_workers", "2"], env=env, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert "on 2 local workers" in ran.stdout and "[done 2, failed 0, running 0, pending 0]" in ran.stdout
+    assert len(list((tmp_path / "runs").glob("*/run_complete.json"))) == 2
+    assert not mark.exists(), "the local executor imported ray"
+
+
+def test_a_variant_applies_to_the_configs_its_patterns_name(tmp_path: Path) -> None:
+    ppo, a2c = (write_small_config(tmp_path, name=f"small_{alg}.yml") for alg in ("ppo", "a2c"))
+    path = _write_sweep(tmp_path, [ppo, a2c], {"seed": [0]}, {})
+    raw = yaml.safe_load(path.read_text())
+    raw["variants"] = {"base": {}, "low_lr": {"configs": ["*_ppo.yml"], "alg.args.learning_rate": 1e-6}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    runs = load_sweep(path).runs
+    assert [r.name for r in runs] == [f"{tmp_path.name}__small_ppo__base__seed=0",
+                                      f"{tmp_path.name}__small_ppo__low_lr__seed=0",
+                                      f"{tmp_path.name}__small_a2c__base__seed=0"]
+    assert runs[1].overrides == ("alg.args.learning_rate=1.0e-06", "seed=0")  # the patterns are no override
+    assert runs[1].grid_point == {"variant": "low_lr", "seed": 0}
+
+    raw["variants"] = {"low_lr": {"configs": ["*_ppo.yml"]}, "typo": {"configs": ["*_nlpo.yml"]}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError) as excinfo:
+        load_sweep(path)
+    assert f"configs: {a2c} matches no variant's configs patterns" in str(excinfo.value)
+    assert "variants.typo.configs: ['*_nlpo.yml'] matches none of the configs' file names (small_ppo.yml, " \
+           "small_a2c.yml)" in str(excinfo.value)
+    raw["variants"] = {"low_lr": {"configs": "*_ppo.yml"}}
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    with pytest.raises(ConfigError, match=r"variants.low_lr.configs: expected a non-empty list of config file name"):
+        load_sweep(path)
+
+
+def test_shipped_grue_sweep_is_every_task_x_four_algorithms_x_three_seeds() -> None:
+    sweep = load_sweep(REPO / "sweeps" / "grue_smoke.yml")
+    assert len(sweep.runs) == 7 * 4 * 3 and all(r.smoke for r in sweep.runs)
+    assert sweep.resources == RunResources(num_cpus=1)
+    algorithms = {}
+    for run in sweep.runs:
+        alg = next((o.split("=", 1)[1] for o in run.overrides if o.startswith("alg.id=")), None)
+        algorithms.setdefault(run.config_path.parent.name, set()).add(alg or run.config_path.stem.split("_")[-1])
+    assert algorithms == {task: {"ppo", "nlpo", "grpo", "rloo"} for task in (
+        "imdb_text_continuation", "common_gen", "summarization", "iwslt2017", "narrative_qa", "dialog", "totto")}
+    assert "common_gen__t5_ppo__rloo__seed=2" in {r.name for r in sweep.runs}

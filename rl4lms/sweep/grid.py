@@ -1,6 +1,7 @@
 """Expanding a sweep file (base configs x variants x a grid of dot-path overrides) into named runs."""
 from __future__ import annotations
 
+import fnmatch
 import itertools
 import re
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from rl4lms.config import ConfigError, load_config
 
 SWEEP_KEYS = ("name", "configs", "variants", "grid", "overrides", "smoke", "resources", "base_path_to_store_results")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")
+VARIANT_CONFIGS_KEY = "configs"  # in a variant: the config file names (glob patterns) it applies to
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,24 @@ def _overrides(mapping: Dict[str, Any]) -> Tuple[str, ...]:
     return tuple(f"{key}={_format_value(value)}" for key, value in mapping.items())
 
 
+def _variant_applies(entries: Dict[str, Any], config: str) -> bool:
+    """Whether a variant applies to a config: its file name matches one of the variant's ``configs``
+    patterns (every config when the variant has none)."""
+    return any(fnmatch.fnmatch(Path(config).name, p) for p in entries.get(VARIANT_CONFIGS_KEY, ["*"]))
+
+
+def _unmatched_variants(configs: List[str], variants: Dict[str, Dict[str, Any]]) -> List[str]:
+    """Errors for a config that no variant applies to and for a variant that applies to no config:
+    either would silently drop runs."""
+    errors = [f"configs: {config} matches no variant's {VARIANT_CONFIGS_KEY} patterns; valid variants: "
+              f"{', '.join(f'{v} {e.get(VARIANT_CONFIGS_KEY)}' for v, e in variants.items())}"
+              for config in configs if not any(_variant_applies(e, config) for e in variants.values())]
+    return errors + [f"variants.{variant}.{VARIANT_CONFIGS_KEY}: {entries[VARIANT_CONFIGS_KEY]} matches none of "
+                     f"the configs' file names ({', '.join(Path(c).name for c in configs)})"
+                     for variant, entries in variants.items()
+                     if not any(_variant_applies(entries, c) for c in configs)]
+
+
 def load_sweep(path: Path) -> Sweep:
     """Parse and check a sweep file; every expanded run's config is validated up front."""
     if not path.is_file():
@@ -105,6 +125,12 @@ def load_sweep(path: Path) -> Sweep:
     variants = raw.get("variants") or {"": {}}
     if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
         errors.append("variants: expected a mapping of variant names to mappings of dot paths to values")
+        variants = {}
+    for variant, entries in variants.items():
+        patterns = entries.get(VARIANT_CONFIGS_KEY, ["*"])
+        if not isinstance(patterns, list) or not patterns or not all(isinstance(p, str) for p in patterns):
+            errors.append(f"variants.{variant}.{VARIANT_CONFIGS_KEY}: expected a non-empty list of config file "
+                          f"name patterns, e.g. ['*_ppo.yml']")
     grid = raw.get("grid") or {}
     if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
         errors.append("grid: expected a mapping of dot paths to non-empty lists of values")
@@ -115,13 +141,18 @@ def load_sweep(path: Path) -> Sweep:
     if not isinstance(smoke, bool):
         errors.append(f"smoke: expected true or false, got {smoke!r}")
     resources = _resources(raw.get("resources"), errors)
+    if not errors:
+        errors += _unmatched_variants(configs, variants)
     if errors:
         raise ConfigError(errors, source=str(path))
     fixed = _overrides(overrides)
     runs = []
     for config in configs:
         config_path = _resolve(config, path.parent)
-        for variant, variant_overrides in variants.items():
+        for variant, entries in variants.items():
+            if not _variant_applies(entries, config):
+                continue
+            variant_overrides = {k: v for k, v in entries.items() if k != VARIANT_CONFIGS_KEY}
             for values in itertools.product(*grid.values()):
                 point = dict(zip(grid, values))
                 spec_overrides = fixed + _overrides(variant_overrides) + _overrides(point)
