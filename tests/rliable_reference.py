@@ -25,6 +25,12 @@ def main() -> None:
     profiles, bands = library.create_performance_profile(eligible, np.array(request["thresholds"]),
                                                          reps=request["profile_reps"])
     answer["profiles"] = {k: {"fraction": profiles[k].tolist(), "interval": bands[k].tolist()} for k in eligible}
+    answer["curves"] = {}
+    for label, curve in request["curves"].items():  # (seeds, iterations); each curve is bootstrapped on its own
+        np.random.seed(request["seed"])
+        means, bands = library.get_interval_estimates({label: np.array(curve)}, lambda s: s.mean(axis=0),
+                                                      reps=request["profile_reps"])
+        answer["curves"][label] = {"mean": means[label].tolist(), "interval": bands[label].tolist()}
     print(json.dumps(answer))
 
 

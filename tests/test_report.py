@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO
-from rl4lms.sweep.report import aggregate, find_runs, markdown_table, write_report
+from rl4lms.sweep.report import aggregate, curve_band, find_runs, markdown_table, write_report
 
 
 def _fake_run(folder: Path, task: str, alg: str, seed: int, test: dict, val: dict, rewards: list,
@@ -86,19 +86,20 @@ RLIABLE_PYTHON = os.environ.get("RL4LMS_RLIABLE_PYTHON")
 REPS = 500  # resamples (rliable runs them one by one, slowly); equality holds for any number
 
 
-def _make_benchmark(root: Path) -> dict:
+def _make_benchmark(root: Path) -> tuple:
     """3 algorithms x 3 tasks x 4 seeds, plus an algorithm with 2 seeds; returns the raw scores by
-    (algorithm, task) -> per-seed values of each task's first metric."""
+    (algorithm, task) -> per-seed values of each task's first metric, and the reward curves by
+    (algorithm, task) -> per-seed lists of rewards over iterations."""
     rng = random.Random(7)
-    raw = {}
+    raw, curves = {}, {}
     for task, metric in (("imdb", "semantic/score"), ("cnn", "lexical/rouge2"), ("common_gen", "lexical/bleu")):
         for alg, seeds, shift in (("ppo", 4, 0.1), ("nlpo", 4, 0.15), ("grpo", 4, 0.0), ("a2c", 2, -0.1)):
             raw[(alg, task)] = [round(rng.random() * 0.5 + shift, 3) for _ in range(seeds)]
-            for seed, value in enumerate(raw[(alg, task)]):
-                curve = [round(rng.random() + 0.1 * i, 3) for i in range(5)]
+            curves[(alg, task)] = [[round(rng.random() + 0.1 * i, 3) for i in range(5)] for _ in range(seeds)]
+            for seed, (value, curve) in enumerate(zip(raw[(alg, task)], curves[(alg, task)])):
                 _fake_run(root / f"{task}_{alg}_{seed}", task, alg, seed, {metric: value, "diversity/len": 1.0 + seed},
                           {metric: value}, curve)
-    return raw
+    return raw, curves
 
 
 def _normalized(raw: dict, alg: str, tasks: list) -> list:
@@ -113,7 +114,7 @@ def _normalized(raw: dict, alg: str, tasks: list) -> list:
 def test_aggregate_statistics_equal_rliable_on_hand_made_runs(tmp_path: Path) -> None:
     if not RLIABLE_PYTHON:
         pytest.skip("RL4LMS_RLIABLE_PYTHON (a Python with rliable 1.2, arch 7.2, pandas<3) is not set; .ci/run sets it")
-    raw = _make_benchmark(tmp_path / "runs")
+    raw, curves = _make_benchmark(tmp_path / "runs")
     report = write_report(tmp_path / "runs", tmp_path / "out", reps=REPS)
     result = json.loads((tmp_path / "out" / "aggregate.json").read_text())
     tasks = ["cnn", "common_gen", "imdb"]
@@ -125,7 +126,8 @@ def test_aggregate_statistics_equal_rliable_on_hand_made_runs(tmp_path: Path) ->
     eligible = [label for label in labels if label != "a2c"]
     request = {"scores": result["scores"], "eligible": eligible, "seed": 0, "reps": REPS, "profile_reps": REPS,
                "pairs": [[p["x"], p["y"]] for p in result["probability_of_improvement"] if p["interval"] is not None],
-               "thresholds": result["profile_thresholds"]}
+               "thresholds": result["profile_thresholds"],
+               "curves": {alg: curves[(alg, "imdb")] for alg in eligible}}
     reference = subprocess.run([RLIABLE_PYTHON, str(Path(__file__).with_name("rliable_reference.py"))],
                                input=json.dumps(request), capture_output=True, text=True, timeout=300)
     assert reference.returncode == 0, reference.stderr[-3000:]
@@ -145,6 +147,15 @@ def test_aggregate_statistics_equal_rliable_on_hand_made_runs(tmp_path: Path) ->
     for label in eligible:
         assert result["profiles"][label]["fraction"] == expected["profiles"][label]["fraction"]
         assert np.allclose(result["profiles"][label]["interval"], expected["profiles"][label]["interval"], rtol=1e-9)
+
+    imdb_runs = [run for run in find_runs(tmp_path / "runs") if run.task == "imdb"]
+    for alg in eligible:  # the bands of the learning curves: per iteration, over seeds
+        iterations, means, band = curve_band([r for r in imdb_runs if r.algorithm == alg], "rollout_info/ep_rew",
+                                             reps=REPS)
+        assert iterations.tolist() == [1, 2, 3, 4, 5]
+        assert means.tolist() == pytest.approx(expected["curves"][alg]["mean"], rel=1e-12)
+        assert np.allclose(band, expected["curves"][alg]["interval"], rtol=1e-9)
+    assert curve_band([r for r in imdb_runs if r.algorithm == "a2c"], "rollout_info/ep_rew", reps=REPS)[2] is None
 
     text = (tmp_path / "out" / "results.md").read_text()
     ppo = result["aggregates"]["ppo"]["IQM"]
