@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, skip_unless_ci
 from rl4lms.sweep.report import aggregate, curve_band, find_runs, markdown_table, write_report
 
 
@@ -113,7 +113,7 @@ def _normalized(raw: dict, alg: str, tasks: list) -> list:
 
 def test_aggregate_statistics_equal_rliable_on_hand_made_runs(tmp_path: Path) -> None:
     if not RLIABLE_PYTHON:
-        pytest.skip("RL4LMS_RLIABLE_PYTHON (a Python with rliable 1.2, arch 7.2, pandas<3) is not set; .ci/run sets it")
+        skip_unless_ci("needs RL4LMS_RLIABLE_PYTHON, a Python with rliable 1.2, arch 7.2 and pandas<3 (.ci/run makes one)")
     raw, curves = _make_benchmark(tmp_path / "runs")
     report = write_report(tmp_path / "runs", tmp_path / "out", reps=REPS)
     result = json.loads((tmp_path / "out" / "aggregate.json").read_text())

@@ -151,14 +151,18 @@ def test_sweep_resources_variants_and_smoke_are_validated(tmp_path: Path) -> Non
         load_sweep(path)
 
 
-def test_the_local_executor_never_imports_ray(tmp_path: Path) -> None:
-    # A `ray` package first on the path that leaves a mark when anything imports it, in this process or
-    # in a training subprocess (a plain absence could be hidden by a caught ImportError).
-    blocker, mark = tmp_path / "blocker" / "ray", tmp_path / "ray_was_imported"
+def _env_without_ray(folder: Path) -> tuple:
+    """An environment whose first `ray` on the path leaves a mark when anything imports it, in the sweep
+    or in a training subprocess (a plain absence could be hidden by a caught ImportError), and the mark."""
+    blocker, mark = folder / "blocker" / "ray", folder / "ray_was_imported"
     blocker.mkdir(parents=True)
     (blocker / "__init__.py").write_text(f"open({str(mark)!r}, 'a').write(__name__)\n"
-                                         "raise ImportError('ray is blocked by the test')\n")
-    env = dict(_env(), PYTHONPATH=f"{blocker.parent}{os.pathsep}{REPO}")
+                                         "raise ImportError('No module named ray')\n")
+    return dict(_env(), PYTHONPATH=f"{blocker.parent}{os.pathsep}{REPO}"), mark
+
+
+def test_the_local_executor_never_imports_ray(tmp_path: Path) -> None:
+    env, mark = _env_without_ray(tmp_path)
     sweep_file = _write_sweep(tmp_path, [write_small_config(tmp_path, n_iters=1, eval_every=1)], {"seed": [0, 1]}, {})
     command = [sys.executable, str(SWEEP_SCRIPT), "--sweep_config", str(sweep_file)]
     listed = subprocess.run(command + ["--dry_run"], env=env, capture_output=True, text=True)
@@ -210,3 +214,15 @@ def test_shipped_grue_sweep_is_every_task_x_four_algorithms_x_three_seeds() -> N
     assert algorithms == {task: {"ppo", "nlpo", "grpo", "rloo"} for task in (
         "imdb_text_continuation", "common_gen", "summarization", "iwslt2017", "narrative_qa", "dialog", "totto")}
     assert "common_gen__t5_ppo__rloo__seed=2" in {r.name for r in sweep.runs}
+
+
+def test_the_ray_executor_without_ray_is_one_line_with_the_install_command(tmp_path: Path) -> None:
+    env, _ = _env_without_ray(tmp_path)
+    sweep_file = _write_sweep(tmp_path, [write_small_config(tmp_path)], {"seed": [0]}, {})
+    result = subprocess.run([sys.executable, str(SWEEP_SCRIPT), "--sweep_config", str(sweep_file), "--executor", "ray"],
+                            env=env, capture_output=True, text=True)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --executor ray needs the ray package (No module named ray); install it with: "
+        "pip install 'rl4lms[ray]' (or pip install 'ray==2.60.*')"]
+    assert not (tmp_path / "runs").exists()

@@ -18,9 +18,12 @@ from typing import Any, Dict, Iterator, List
 import pytest
 import yaml
 
-from conftest import REPO, write_small_config
+from conftest import REPO, skip_unless_ci, write_small_config
 
-pytest.importorskip("ray")
+try:
+    import ray  # noqa: F401
+except ImportError:
+    skip_unless_ci("needs ray: pip install 'rl4lms[ray]'", allow_module_level=True)
 
 SWEEP_SCRIPT = REPO / "scripts" / "sweep.py"
 # The files of a run that must not depend on where or in how many attempts it ran.
