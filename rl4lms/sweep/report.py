@@ -124,8 +124,13 @@ def plot_curves(runs: List[RunRecord], out_dir: Path) -> List[Path]:
                 if curve is None:
                     continue
                 iterations, means, band = curve
-                line, = axis.plot(iterations, means, label=f"{label} ({len(seeds)} seeds)")
-                if band is not None:
+                single = len(iterations) == 1  # a point, not a line: a marker and an error bar
+                line, = axis.plot(iterations, means, marker="o" if single else None,
+                                  label=f"{label} ({len(seeds)} seeds)")
+                if band is not None and single:
+                    axis.errorbar(iterations, means, yerr=[means - band[0], band[1] - means], color=line.get_color(),
+                                  capsize=4)
+                elif band is not None:
                     axis.fill_between(iterations, band[0], band[1], color=line.get_color(), alpha=0.25)
         for axis, (key, title) in zip(axes, CURVES):
             axis.set(title=f"{task}: {title}", xlabel="iteration", ylabel=key)
