@@ -23,7 +23,8 @@ def main() -> int:
     parser.add_argument("--sweep_config", required=True, help="the sweep YAML file")
     parser.add_argument("--executor", default="local", choices=EXECUTORS,
                         help="local: worker processes on this machine (default); ray: Ray tasks on a cluster")
-    parser.add_argument("--num_workers", type=int, default=1, help="local executor: runs trained at the same time")
+    parser.add_argument("--num_workers", type=int, default=None,
+                        help="local executor: runs trained at the same time (default 1)")
     parser.add_argument("--ray_address", default=None,
                         help="ray executor: the cluster's HOST:PORT (default: start a local cluster for the sweep)")
     parser.add_argument("--max_retries", type=int, default=3,

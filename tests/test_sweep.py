@@ -16,7 +16,7 @@ import yaml
 from conftest import REPO, write_small_config
 from rl4lms.cli import EXIT_RUN_LOCKED, main
 from rl4lms.config import ConfigError
-from rl4lms.sweep.executors import ExecutorError, LocalExecutor
+from rl4lms.sweep.executors import ExecutorError, LocalExecutor, make_executor
 from rl4lms.sweep.grid import RunResources, load_sweep
 from rl4lms.training.run_lock import RunLock
 
@@ -216,7 +216,7 @@ def test_shipped_grue_sweep_is_every_task_x_four_algorithms_x_three_seeds() -> N
     assert "common_gen__t5_ppo__rloo__seed=2" in {r.name for r in sweep.runs}
 
 
-def test_the_ray_executor_without_ray_is_one_line_with_the_install_command(tmp_path: Path) -> None:
+def test_executor_mistakes_are_one_line_even_without_ray(tmp_path: Path) -> None:
     env, _ = _env_without_ray(tmp_path)
     sweep_file = _write_sweep(tmp_path, [write_small_config(tmp_path)], {"seed": [0]}, {})
     result = subprocess.run([sys.executable, str(SWEEP_SCRIPT), "--sweep_config", str(sweep_file), "--executor", "ray"],
@@ -226,3 +226,7 @@ def test_the_ray_executor_without_ray_is_one_line_with_the_install_command(tmp_p
         "error: --executor ray needs the ray package (No module named ray); install it with: "
         "pip install 'rl4lms[ray]' (or pip install 'ray==2.60.*')"]
     assert not (tmp_path / "runs").exists()
+    with pytest.raises(ExecutorError, match="--num_workers is only used with --executor local"):
+        make_executor("ray", load_sweep(sweep_file), num_workers=2)
+    with pytest.raises(ExecutorError, match="--ray_address is only used with --executor ray"):
+        make_executor("local", load_sweep(sweep_file), ray_address="127.0.0.1:6379")

@@ -103,14 +103,18 @@ class LocalExecutor(SweepExecutor):
             list(pool.map(run_in_slot, runs))
 
 
-def make_executor(name: str, sweep: Sweep, num_workers: int = 1, ray_address: Optional[str] = None,
+def make_executor(name: str, sweep: Sweep, num_workers: Optional[int] = None, ray_address: Optional[str] = None,
                   max_retries: int = 3) -> SweepExecutor:
-    """The executor called ``name`` (``local`` or ``ray``) for ``sweep``."""
+    """The executor called ``name`` (``local`` or ``ray``) for ``sweep``; ``num_workers`` (local only)
+    defaults to 1."""
     if name == "local":
         if ray_address:
             raise ExecutorError("--ray_address is only used with --executor ray")
-        return LocalExecutor(num_workers, sweep.resources)
+        return LocalExecutor(1 if num_workers is None else num_workers, sweep.resources)
     if name == "ray":
+        if num_workers is not None:
+            raise ExecutorError("--num_workers is only used with --executor local; on Ray, the sweep file's "
+                                "resources.num_cpus and num_gpus decide how many runs share a node")
         from rl4lms.sweep.ray_executor import RayExecutor
 
         return RayExecutor(sweep.resources, ray_address, max_retries)
