@@ -106,6 +106,14 @@ def _resolved_hints(target: Callable) -> Dict[str, Any]:
     return hints
 
 
+def _built_algorithm_class(cls: type) -> type:
+    """The class the trainer builds for ``alg.id``: an RL4LMs-style stable-baselines3 subclass runs
+    inside its adapter, which takes what the subclass passes on with ``**args``."""
+    from rl4lms.algorithms.sb3_compat import is_sb3_algorithm, text_algorithm
+
+    return text_algorithm(cls) if is_sb3_algorithm(cls) else cls
+
+
 def _constructor_parameters(cls: type, kind: str) -> Tuple[Dict[str, inspect.Parameter], Dict[str, Any], bool]:
     """Named parameters (with type hints) of the constructor, ``prepare`` for pools.
 
@@ -115,6 +123,8 @@ def _constructor_parameters(cls: type, kind: str) -> Tuple[Dict[str, inspect.Par
     """
     params: Dict[str, inspect.Parameter] = {}
     hints: Dict[str, Any] = {}
+    if kind == "alg":
+        cls = _built_algorithm_class(cls)
     owners = [cls] if kind == "datapool" else [c for c in cls.__mro__ if "__init__" in vars(c)]
     for owner in owners:
         target: Callable = owner.prepare if kind == "datapool" else vars(owner)["__init__"]
