@@ -28,7 +28,7 @@ from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import ended_with_eos, weight_bytes
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
 from rl4lms.rewards.base import BatchedRewardFunction
-from rl4lms.rewards.synthetic import contains_iso_date, increasing_numbers_score
+from rl4lms.scoring.synthetic import contains_iso_date, increasing_numbers_score
 from rl4lms.training.builders import ComponentBuildError, build_components
 
 TASK = REPO / "task_configs" / "synthetic_increasing_numbers"

@@ -13,7 +13,7 @@ from rl4lms.metrics.cider import caption_words, cider_d
 from rl4lms.metrics.diversity import diversity_statistics, msttr
 from rl4lms.metrics.lexical import (BLEUMetric, ChrFMetric, MeteorMetric, RougeLMaxMetric, RougeMetric,
                                     SacreBLEUMetric, TERMetric)
-from rl4lms.metrics.tokenize import word_tokenize
+from rl4lms.scoring.tokenize import word_tokenize
 
 GEN = ["the cat sat on the mat", "a dog runs in the park", "hello"]
 REFS = [["the cat sat on the mat", "a cat was on the mat"], ["a dog is running in a park"], ["hi there"]]
@@ -217,7 +217,7 @@ def test_perplexity_equals_exp_of_the_mean_token_loss(isolated_home: Path) -> No
 
 
 def test_intent_accuracy_uses_the_last_utterance_and_act_minus_one(isolated_home: Path) -> None:
-    from rl4lms.data_pools.dialog import EOU_TOKEN
+    from rl4lms.scoring.dialog import EOU_TOKEN
     from rl4lms.metrics.intent import IntentAccuracyMetric, last_utterance
     from rl4lms.models.classifier import TextClassifier
 
@@ -250,6 +250,7 @@ def test_validation_refuses_meteor_without_wordnet(tmp_path: Path, monkeypatch: 
 
     monkeypatch.setattr(wordnet, "DEBIAN_WORDNET_DIR", tmp_path)
     monkeypatch.setattr(wordnet, "_nltk_data_dirs", lambda: [])
+    monkeypatch.setenv("RL4LMS_CACHE", str(tmp_path / "cache"))  # without the copy other tests built
     config = yaml.safe_load(Path("task_configs/synthetic_arithmetic/tiny_gpt2_ppo.yml").read_text())
     config["train_evaluation"]["metrics"].append({"id": "meteor"})
     config["reward_fn"] = {"id": "intent_accuracy", "args": {"shape": True}}

@@ -101,6 +101,9 @@ def smoke_config(raw: Dict[str, Any]) -> Dict[str, Any]:
     for section in (policy["args"], config["tokenizer"], (config.get("env") or {}).get("args") or {}):
         for key in ("gguf_file", "chat_template", "system_prompt"):
             section.pop(key, None)
+    peft = policy["args"].get("peft_config")
+    if isinstance(peft, dict) and "target_modules" in peft:  # module names of another architecture
+        peft["target_modules"] = "all-linear"
 
     pool = config.setdefault("datapool", {})
     pool_args = pool.setdefault("args", {}) or {}

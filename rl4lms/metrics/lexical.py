@@ -16,7 +16,7 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from rl4lms.metrics.base import BaseMetric, MetricResult, SentenceMetric, mean_score
 from rl4lms.metrics.bleu import nmt_corpus_bleu
 from rl4lms.metrics.py_rouge import rouge_l_f, rouge_l_scorer
-from rl4lms.metrics.tokenize import word_tokenize
+from rl4lms.scoring.tokenize import word_tokenize
 from rl4lms.metrics.wordnet import load_wordnet, wordnet_missing
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")

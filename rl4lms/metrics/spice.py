@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
-from rl4lms.metrics.tokenize import word_tokenize
+from rl4lms.scoring.tokenize import word_tokenize
 from rl4lms.models.tiny import cache_dir
 
 SPICE_JAR = "spice-1.0.jar"
