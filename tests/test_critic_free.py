@@ -325,6 +325,7 @@ def test_grpo_on_a_maskable_policy_samples_from_the_mask_and_refreshes_it(tiny_t
                                            (ReinforcePlusPlus, "reinforce_plus_plus/loss/total")])
 @pytest.mark.parametrize("loss_type, level", [("grpo", "token"), ("dr_grpo", "token"), ("dapo", "sequence"),
                                               ("bnpo", "token")])
+@pytest.mark.slow
 def test_every_algorithm_and_loss_type_updates_the_policy(tiny_tokenizer, cls: type, loss_key: str, loss_type: str,
                                                           level: str) -> None:
     alg = make_alg(tiny_tokenizer, cls=cls, loss_type=loss_type, importance_sampling_level=level, num_iterations=2,

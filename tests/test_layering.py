@@ -39,6 +39,7 @@ def test_no_folder_imports_its_sibling_back(folder: str) -> None:
 
 @pytest.mark.parametrize("module", ["rl4lms.scoring.answers", "rl4lms.data_pools.gsm8k", "rl4lms.metrics.intent",
                                     "rl4lms.metrics.synthetic"])
+@pytest.mark.slow
 def test_importing_a_lower_folder_loads_no_higher_one(module: str) -> None:
     code = (f"import sys, {module}; "
             "print(sorted({m.split('.')[1] for m in sys.modules if m.startswith('rl4lms.') and m.count('.') >= 1}))")

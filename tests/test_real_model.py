@@ -133,6 +133,7 @@ def smollm2():
 
 
 @real_model
+@pytest.mark.slow
 def test_smollm2_loads_as_a_llama_with_its_template_and_a_distinct_pad(smollm2, tmp_path: Path) -> None:
     tokenizer, model = smollm2
     assert type(model).__name__ == "LlamaForCausalLM" and len(tokenizer) == 49152
@@ -151,6 +152,7 @@ def test_smollm2_loads_as_a_llama_with_its_template_and_a_distinct_pad(smollm2, 
 
 
 @real_model
+@pytest.mark.slow
 def test_smollm2_left_padded_batch_answers_as_each_prompt_alone(smollm2) -> None:
     """Left padding with position ids from the mask: a prompt's greedy reply in a batch with a
     longer prompt equals its reply alone, and replies end at EOS at different lengths."""
@@ -180,6 +182,7 @@ def test_smollm2_left_padded_batch_answers_as_each_prompt_alone(smollm2) -> None
 
 
 @real_model
+@pytest.mark.slow
 def test_smollm2_grpo_config_trains_offline(tmp_path: Path) -> None:
     """The shipped GRPO arithmetic config, shrunk to one short iteration, runs to the end on the
     real model and writes a model folder that loads with its tokenizer and chat template."""

@@ -190,6 +190,7 @@ def test_rl4lms_supervised_form_errors_name_the_key(change: Any, message: str) -
         translate_rl4lms_supervised(raw)
 
 
+@pytest.mark.slow
 def test_rl4lms_supervised_config_trains_and_resumes_like_a_project_run(tmp_path: Path) -> None:
     path = tmp_path / "tiny_gpt2_supervised.yml"
     path.write_text(yaml.safe_dump(_rl4lms_supervised()))
@@ -249,6 +250,7 @@ MetricRegistry.add("word_count", WordCount)
 '''
 
 
+@pytest.mark.slow
 def test_rl4lms_readme_pool_reward_and_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def edit(config: Dict[str, Any]) -> None:
         config["datapool"] = {"id": "counting_pool", "args": {}}
@@ -325,6 +327,7 @@ AlgorithmRegistry.add("clipped_pg", ClippedPolicyGradient)
 '''
 
 
+@pytest.mark.slow
 def test_rl4lms_readme_custom_algorithm_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def edit(config: Dict[str, Any]) -> None:
         config["alg"]["id"] = "clipped_pg"
@@ -366,6 +369,7 @@ AlgorithmRegistry.add("my_on_policy", MyOnPolicyAlgorithm)
 '''
 
 
+@pytest.mark.slow
 def test_rl4lms_readme_pass_through_constructor_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """RL4LMs' README form, ``__init__(self, **args)`` calling ``super().__init__(**args)``: the
     ``tracker`` it passes on is kept, not refused."""

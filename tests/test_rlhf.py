@@ -87,6 +87,7 @@ def test_pairwise_loss_hand_example() -> None:
     assert pairwise_accuracy(chosen, rejected) == 0.5  # a tie is not a correct ranking
 
 
+@pytest.mark.slow
 def test_reward_model_trains_and_plugs_into_learned_reward(tmp_path: Path, isolated_home: Path) -> None:
     from rl4lms.registry import RewardFunctionRegistry
 
@@ -124,6 +125,7 @@ def _queries(trainer, texts: List[str]) -> List[torch.Tensor]:
     return [trainer.tokenizer(t, return_tensors="pt").input_ids[0] for t in texts]
 
 
+@pytest.mark.slow
 def test_step_runs_the_ppo_update_and_returns_trl_stats(ppo_trainer) -> None:
     from rl4lms.algorithms.ppo import PPO
 
@@ -152,6 +154,7 @@ def test_step_runs_the_ppo_update_and_returns_trl_stats(ppo_trainer) -> None:
         ppo_trainer.generate(queries, max_new_tokens=4, temperature=0.7)
 
 
+@pytest.mark.slow
 def test_response_masks_leave_tool_tokens_out_of_the_loss(ppo_trainer) -> None:
     from rl4lms.algorithms.rollout import pad_token_lists, scored_batch
 
@@ -255,6 +258,7 @@ def test_long_tool_output_is_cut_and_full_contexts_end_the_episode(isolated_home
     assert len(episode.query) + len(episode.response) >= 20
 
 
+@pytest.mark.slow
 def test_tool_episodes_train_with_ppo(ppo_trainer) -> None:
     from rl4lms.envs.tool_env import ToolEnvironment, calculator
 
@@ -317,6 +321,7 @@ def test_quantized_loading_is_refused_without_a_gpu(isolated_home: Path) -> None
 
 
 # --- the example pipeline -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_example_pipeline_runs_offline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rl4lms.rlhf.pipeline import run_pipeline
 
@@ -360,6 +365,7 @@ def test_pipeline_config_errors_name_the_key(tmp_path: Path) -> None:
     assert not (tmp_path / "out_2").exists()
 
 
+@pytest.mark.slow
 def test_reward_model_with_lora_trains_adapters_and_the_score_head(isolated_home: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
@@ -380,6 +386,7 @@ def test_reward_model_with_lora_trains_adapters_and_the_score_head(isolated_home
         assert torch.allclose(merged(**ids).logits, trainer.model(**ids).logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_triplet_trainer_continues_from_its_saved_folder_with_its_critic(tmp_path: Path) -> None:
     from rl4lms.rlhf.triplet_ppo_trainer import TripletPPOTrainer
 

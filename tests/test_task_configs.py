@@ -25,6 +25,7 @@ def test_every_grue_task_has_the_five_variants() -> None:
 
 
 @pytest.mark.parametrize("path", wordnet_marked(GRUE_CONFIGS), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.slow
 def test_smoke_run_completes(path: Path, tmp_path: Path) -> None:
     smoke = load_config(path, smoke=True)
     kind = "seq2seq" if "seq2seq" in smoke["alg"]["policy"]["id"] else "causal"
