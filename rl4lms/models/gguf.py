@@ -9,16 +9,13 @@ load reads that folder. ``rl4lms/smollm2-135m-instruct`` names the SmolLM2-135M-
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional
 
-from rl4lms.models.tiny import cache_dir
+from rl4lms.models.tiny import build_once, cache_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -102,21 +99,7 @@ def resolve_packaged(name: str) -> str:
 
 
 def _convert_once(path: Path, target: Path) -> Path:
-    if (target / "config.json").exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (target / "config.json").exists():
-            return target
-        staging = Path(tempfile.mkdtemp(prefix=".converting-", dir=target.parent))
-        try:
-            convert_gguf(path, staging)
-            shutil.rmtree(target, ignore_errors=True)  # a leftover without config.json is incomplete
-            staging.rename(target)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return build_once(target, lambda folder: convert_gguf(path, folder))
 
 
 def convert_gguf(path: Path, out_dir: Path) -> None:
