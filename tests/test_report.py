@@ -60,6 +60,7 @@ def test_aggregation_averages_final_metrics_over_seeds(tmp_path: Path) -> None:
     assert "| cnn | ppo | alg.kl_div.coeff=0.1 | 1 | - | - | 0.250 ± 0.000 |" in table
 
 
+@pytest.mark.slow
 def test_report_script_writes_tables_and_plots(tmp_path: Path) -> None:
     runs, out = tmp_path / "runs", tmp_path / "out"
     _make_runs(runs)
@@ -111,6 +112,7 @@ def _normalized(raw: dict, alg: str, tasks: list) -> list:
     return [list(row) for row in zip(*columns)]
 
 
+@pytest.mark.slow
 def test_aggregate_statistics_equal_rliable_on_hand_made_runs(tmp_path: Path) -> None:
     if not RLIABLE_PYTHON:
         skip_unless_ci("needs RL4LMS_RLIABLE_PYTHON, a Python with rliable 1.2, arch 7.2 and pandas<3 (.ci/run makes one)")

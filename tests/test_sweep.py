@@ -55,6 +55,7 @@ def _env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
+@pytest.mark.slow
 def test_killed_sweep_reruns_to_completion_with_every_run_done_once(tmp_path: Path) -> None:
     config = write_small_config(tmp_path, n_iters=16, eval_every=8, save_every=2)
     sweep_file = _write_sweep(tmp_path, [config], {"seed": [0, 1, 2]}, {})
@@ -87,6 +88,7 @@ def test_killed_sweep_reruns_to_completion_with_every_run_done_once(tmp_path: Pa
     assert third.returncode == 0 and third.stdout.count("already_complete") == 3
 
 
+@pytest.mark.slow
 def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path: Path) -> None:
     config = write_small_config(tmp_path, n_iters=1)
     (tmp_path / "run").mkdir()
@@ -161,6 +163,7 @@ def _env_without_ray(folder: Path) -> tuple:
     return dict(_env(), PYTHONPATH=f"{blocker.parent}{os.pathsep}{REPO}"), mark
 
 
+@pytest.mark.slow
 def test_the_local_executor_never_imports_ray(tmp_path: Path) -> None:
     env, mark = _env_without_ray(tmp_path)
     sweep_file = _write_sweep(tmp_path, [write_small_config(tmp_path, n_iters=1, eval_every=1)], {"seed": [0, 1]}, {})
@@ -203,6 +206,7 @@ def test_a_variant_applies_to_the_configs_its_patterns_name(tmp_path: Path) -> N
         load_sweep(path)
 
 
+@pytest.mark.slow
 def test_shipped_grue_sweep_is_every_task_x_four_algorithms_x_three_seeds() -> None:
     sweep = load_sweep(REPO / "sweeps" / "grue_smoke.yml")
     assert len(sweep.runs) == 7 * 4 * 3 and all(r.smoke for r in sweep.runs)
@@ -216,6 +220,7 @@ def test_shipped_grue_sweep_is_every_task_x_four_algorithms_x_three_seeds() -> N
     assert "common_gen__t5_ppo__rloo__seed=2" in {r.name for r in sweep.runs}
 
 
+@pytest.mark.slow
 def test_executor_mistakes_are_one_line_even_without_ray(tmp_path: Path) -> None:
     env, _ = _env_without_ray(tmp_path)
     sweep_file = _write_sweep(tmp_path, [write_small_config(tmp_path)], {"seed": [0]}, {})

@@ -25,6 +25,8 @@ try:
 except ImportError:
     skip_unless_ci("needs ray: pip install 'rl4lms[ray]'", allow_module_level=True)
 
+pytestmark = pytest.mark.slow  # a Ray cluster and CLI subprocesses
+
 SWEEP_SCRIPT = REPO / "scripts" / "sweep.py"
 # The files of a run that must not depend on where or in how many attempts it ran.
 RESULT_FILES = ("rollout_info.jsonl", "training_info.jsonl", "run_complete.json", "test_split_metrics.jsonl",
