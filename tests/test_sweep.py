@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -86,6 +87,8 @@ def test_killed_sweep_reruns_to_completion_with_every_run_done_once(tmp_path: Pa
     assert any("resumed from" in (runs / n / "log.txt").read_text() for n in interrupted)
     third = subprocess.run(command, env=_env(), capture_output=True, text=True)
     assert third.returncode == 0 and third.stdout.count("already_complete") == 3
+    summary = json.loads((runs / "sweep_summary.json").read_text())  # still says where each run ran
+    assert [r["node"] for r in summary["runs"]] == [{"hostname": socket.gethostname()}] * 3
 
 
 @pytest.mark.slow

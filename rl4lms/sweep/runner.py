@@ -195,8 +195,10 @@ class SweepRunner:
         self.sweep.base_path.mkdir(parents=True, exist_ok=True)
         pending = []
         for spec in self.sweep.runs:
-            if is_complete(self.sweep.base_path / spec.name):
-                self.progress.finished(RunOutcome(spec.name, "already_complete"))
+            run_dir = self.sweep.base_path / spec.name
+            if is_complete(run_dir):  # recorded with the node of its last attempt: where it ran
+                node = last_attempt(run_dir).get("node", {})
+                self.progress.finished(RunOutcome(spec.name, "already_complete", node=node))
             else:
                 pending.append(spec)
         if pending:
