@@ -19,6 +19,8 @@ from test_trainer_resume import _files
 from rl4lms.training.checkpoint import STATE_FILE, newest_intact_checkpoint
 from rl4lms.training.manifest import MANIFEST_FILE, DamagedArtifactError, verify_files
 
+pytestmark = pytest.mark.slow  # each test works on a run trained through the command line
+
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory: pytest.TempPathFactory) -> Path:
