@@ -449,12 +449,24 @@ def substitution_table(examples: Sequence[Example], package: str) -> str:
     return "\n".join(lines)
 
 
+def add_checkout_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--trl-repo`` and ``--trl-ref``: the TRL git clone and the tag or commit to read ``what`` at."""
+    parser.add_argument("--trl-repo", type=Path, default=DEFAULT_TRL_REPO,
+                        help="a git clone of huggingface/trl (default: %(default)s)")
+    parser.add_argument("--trl-ref", default=DEFAULT_TRL_REF, help=f"the TRL tag or commit to read {what} at")
+
+
+def refuse(problems: Sequence[str], ref: str) -> int:
+    """Print why the substitutions do not fit TRL ``ref``; exit code 2."""
+    print(f"error: refusing to run, the substitution table does not match TRL {ref}:\n" + "\n".join(problems),
+          file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Transform the chosen examples and run them (or print their diffs or the tables); the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trl-repo", type=Path, default=DEFAULT_TRL_REPO,
-                        help="a git clone of huggingface/trl (default: %(default)s)")
-    parser.add_argument("--trl-ref", default=DEFAULT_TRL_REF, help="the TRL tag or commit to read the examples at")
+    add_checkout_arguments(parser, "the examples")
     parser.add_argument("--only", action="append", choices=[example.name for example in EXAMPLES],
                         help="run only this example (repeatable)")
     parser.add_argument("--package", choices=PACKAGES, default="rl4lms.trl",
@@ -484,9 +496,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (FileNotFoundError, SubstitutionMismatch) as error:
             problems.append(str(error))
     if problems:
-        print(f"error: refusing to run, the substitution table does not match TRL {args.trl_ref}:\n"
-              + "\n".join(problems), file=sys.stderr)
-        return 2
+        return refuse(problems, args.trl_ref)
     if args.show_diff:
         for example, source, text, _ in prepared:
             sys.stdout.writelines(difflib.unified_diff(source.splitlines(True), text.splitlines(True),

@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from trl_examples import (DEFAULT_TRL_REF, DEFAULT_TRL_REPO, IMPORTS, OFFLINE_ENV, Substitution, SubstitutionMismatch,
-                          read_source, transform)
+from trl_examples import (OFFLINE_ENV, Substitution, SubstitutionMismatch, add_checkout_arguments,
+                          read_source, refuse, transform)
 
 COMPAT_DIR = Path(__file__).resolve().parent
 MODELS = "<STAND_INS>"
@@ -401,9 +401,7 @@ def markdown(results: Sequence[SideResult], fallback_types: Sequence[str]) -> st
 def main(argv: Optional[List[str]] = None) -> int:
     """Rewrite the test files, run them on each side, print the table; the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trl-repo", type=Path, default=DEFAULT_TRL_REPO,
-                        help="a git clone of huggingface/trl (default: %(default)s)")
-    parser.add_argument("--trl-ref", default=DEFAULT_TRL_REF, help="the TRL tag or commit to read the tests at")
+    add_checkout_arguments(parser, "the tests")
     parser.add_argument("--python", default=sys.executable, help="the interpreter that runs rl4lms.trl")
     parser.add_argument("--trl-python", help="an interpreter with the real TRL 0.11.4 (the control side)")
     parser.add_argument("--gpt2-bpe", type=Path, help="GPT-2's gpt2.tiktoken (default: fetched from openai-whisper)")
@@ -424,9 +422,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (FileNotFoundError, SubstitutionMismatch) as error:
             problems.append(str(error))
     if problems:
-        print(f"error: refusing to run, the substitution table does not match TRL {args.trl_ref}:\n"
-              + "\n".join(problems), file=sys.stderr)
-        return 2
+        return refuse(problems, args.trl_ref)
     if args.show_diff:
         for path, source in originals.items():
             sys.stdout.writelines(difflib.unified_diff(source.splitlines(True),
