@@ -21,7 +21,8 @@ imports and hub model ids.
   TRL's tests count tokens of fixed strings.
 
 Each side runs ``pytest`` on the rewritten files (hub and data sets offline, ``WANDB_MODE=disabled``);
-the table gives passed / failed / skipped per file and side, and the tests that pass on the real TRL
+each test file runs in its own pytest (``--timeout`` each); the table gives passed / failed / skipped
+per file and side (or "timed out"), and the tests that pass on the real TRL
 but fail on ``rl4lms.trl`` are listed with their error line. ``--out`` writes the results as JSON.
 The exit code is 0 when every test that passes on the real TRL passes here too (without
 ``--trl-python``: when none failed), 1 otherwise, 2 when a substitution did not match.
@@ -307,6 +308,8 @@ class SideResult:
     python: str
     outcomes: Dict[str, str] = field(default_factory=dict)
     messages: Dict[str, str] = field(default_factory=dict)
+    timed_out: List[str] = field(default_factory=list)
+    """The test files whose pytest ran out of ``--timeout`` (their tests are not counted)."""
 
     def counts(self, file_name: str) -> Tuple[int, int, int]:
         stem = file_name[:-3]
@@ -347,21 +350,26 @@ def run_side(package: str, python: str, workdir: Path, sources: Dict[str, str], 
                    env=env, check=True, stdout=subprocess.DEVNULL)
     for path, text in sources.items():
         (tests / Path(path).name).write_text(text.replace(MODELS, str(models)))
-    report = side / "report.xml"
-    command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", "-o",
-               "junit_family=xunit1", *[f"tests/{test.name}" for test in TEST_FILES]]
-    log = side / "pytest.log"
-    try:
-        done = subprocess.run(command, cwd=side, env=env, timeout=timeout, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-        log.write_text(done.stdout)
-    except subprocess.TimeoutExpired as expired:
-        log.write_text((expired.stdout or b"").decode(errors="replace"))
     result = SideResult(package, python)
-    if report.is_file():
-        result.outcomes, result.messages = junit_outcomes(report)
+    for test in TEST_FILES:  # one pytest a file, so a file that runs out of time loses only its own results
+        stem = test.name[:-3]
+        report, log = side / f"{stem}.xml", side / f"{stem}.log"
+        command = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={report}", "-o",
+                   "junit_family=xunit1", f"tests/{test.name}"]
+        report.unlink(missing_ok=True)
+        try:
+            done = subprocess.run(command, cwd=side, env=env, timeout=timeout, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
+            log.write_text(done.stdout)
+        except subprocess.TimeoutExpired as expired:
+            log.write_text((expired.stdout or b"").decode(errors="replace"))
+            result.timed_out.append(test.name)
+        if report.is_file():
+            outcomes, messages = junit_outcomes(report)
+            result.outcomes.update(outcomes)
+            result.messages.update(messages)
     print(f"{package}: {sum(s == 'passed' for s in result.outcomes.values())} passed of {len(result.outcomes)} "
-          f"(log {log})", flush=True)
+          f"(logs {side})", flush=True)
     return result
 
 
@@ -382,7 +390,8 @@ def markdown(results: Sequence[SideResult], fallback_types: Sequence[str]) -> st
     header = "| file | " + " | ".join(f"{r.package}: pass / fail / skip" for r in results) + " |"
     lines = [header, "|---|" + "---|" * len(results)]
     for test in TEST_FILES:
-        lines.append(f"| `{test.name}` | " + " | ".join("%d / %d / %d" % r.counts(test.name) for r in results) + " |")
+        lines.append(f"| `{test.name}` | " + " | ".join("timed out" if test.name in r.timed_out else
+                                                         "%d / %d / %d" % r.counts(test.name) for r in results) + " |")
     if fallback_types:
         lines.append(f"\nStand in as T5 on both sides (missing from one side's transformers): "
                      f"{', '.join(fallback_types)}")
@@ -406,7 +415,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--trl-python", help="an interpreter with the real TRL 0.11.4 (the control side)")
     parser.add_argument("--gpt2-bpe", type=Path, help="GPT-2's gpt2.tiktoken (default: fetched from openai-whisper)")
     parser.add_argument("--workdir", type=Path, help="folder for models, tests and logs (default: a new temp dir)")
-    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per side")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per test file and side")
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument("--show-diff", action="store_true", help="print each unified diff and run nothing")
     args = parser.parse_args(argv)
