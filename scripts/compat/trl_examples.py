@@ -57,6 +57,7 @@ HH_RLHF_ID = "Anthropic/hh-rlhf"
 STACK_EXCHANGE_ID = "lvwerra/stack-exchange-paired"
 CALCULATOR_TOOL_ID = "ybelkada/simple-calculator"
 IMDB_ROWS_ENV = "TRL_EXAMPLES_IMDB_ROWS"
+QUESTION_CHARS = 200
 # Placeholders in replacements and arguments, filled with the folders written by write_offline_models.
 LM_FOLDER, CLASSIFIER_FOLDER, RM_ADAPTER_FOLDER = "<TINY_GPT2>", "<SENTIMENT_MODEL>", "<RM_ADAPTER>"
 OFFLINE_ENV = {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -217,7 +218,9 @@ def offline_load_dataset(path: str, split: str = "train", **_: Any) -> Any:
     rows of ``split`` (a slice such as ``train[:1%]`` reads as ``train``), cycled to
     ``$TRL_EXAMPLES_IMDB_ROWS`` rows (default: as many as shipped): IMDB itself with its features;
     Anthropic/hh-rlhf's ``chosen``/``rejected`` and stack-exchange-paired's ``question`` columns as
-    texts in those columns' formats. Other arguments (``data_dir``, ...) are accepted and unused."""
+    texts in those columns' formats (a question is a review's first ``QUESTION_CHARS`` characters, so
+    that question and answer fit the tiny LM's 256 positions). Other arguments (``data_dir``, ...)
+    are accepted and unused."""
     if path not in (*IMDB_IDS, HH_RLHF_ID, STACK_EXCHANGE_ID):
         raise ValueError(f"offline_load_dataset only stands in for {', '.join((*IMDB_IDS, HH_RLHF_ID, STACK_EXCHANGE_ID))}"
                          f", not {path!r}")
@@ -230,8 +233,9 @@ def offline_load_dataset(path: str, split: str = "train", **_: Any) -> Any:
         return Dataset.from_list([{"chosen": f"\n\nHuman: {row['text']}\n\nAssistant: I agree.",
                                    "rejected": f"\n\nHuman: {row['text']}\n\nAssistant: No."} for row in rows])
     if path == STACK_EXCHANGE_ID:
-        return Dataset.from_list([{"qid": ix, "question": row["text"], "date": "2023-01-01", "metadata": [],
-                                   "response_j": "Yes.", "response_k": "No."} for ix, row in enumerate(rows)])
+        return Dataset.from_list([{"qid": ix, "question": row["text"][:QUESTION_CHARS], "date": "2023-01-01",
+                                   "metadata": [], "response_j": "Yes.", "response_k": "No."}
+                                  for ix, row in enumerate(rows)])
     features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
     return Dataset.from_list(rows, features=features)
 
