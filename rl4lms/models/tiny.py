@@ -117,23 +117,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("RL4LMS_CACHE", Path.home() / ".cache" / "rl4lms"))
 
 
-def resolve_tiny_model(name: str) -> Path:
-    """Folder of the tiny model ``name``, building it into the cache on first use (atomically)."""
-    target = cache_dir() / name.replace("/", "--")
+def build_once(target: Path, build: Callable[[Path], None]) -> Path:
+    """``target``, written by ``build(folder)`` into a staging folder and renamed into place unless a
+    complete one (with ``config.json``) is there. Processes started together (e.g. the ranks of a
+    distributed run) take turns: the first builds, the others find it built."""
     if (target / "config.json").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Processes started together (e.g. the ranks of a distributed run) take turns: the first
-    # builds the model, the others find it built.
     with open(target.parent / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (target / "config.json").exists():
             return target
         staging = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
         try:
-            write_tiny_model(name, staging)
+            build(staging)
             shutil.rmtree(target, ignore_errors=True)  # a leftover without config.json is incomplete
             staging.rename(target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def resolve_tiny_model(name: str) -> Path:
+    """Folder of the tiny model ``name``, building it into the cache on first use (atomically)."""
+    return build_once(cache_dir() / name.replace("/", "--"), lambda folder: write_tiny_model(name, folder))
