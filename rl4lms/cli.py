@@ -141,7 +141,7 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     from rl4lms.training.builders import ComponentBuildError
     from rl4lms.training.checkpoint import CheckpointFormatError
     from rl4lms.training.distributed import LauncherGoneError
-    from rl4lms.training.manifest import DamagedArtifactError
+    from rl4lms.manifest import DamagedArtifactError
     from rl4lms.training.run_lock import RunLockedError
     from rl4lms.training.trainer import ConfigMismatchError, OnPolicyTrainer
 

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
-from rl4lms.training.manifest import FileDigest, write_manifest
+from rl4lms.manifest import FileDigest, write_manifest
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # torch.save and safetensors report a failed write as a RuntimeError / SafetensorError without an errno.
@@ -97,7 +97,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 def write_folder_atomic(target: Path, write: Callable[[Path], Optional[Dict[str, FileDigest]]]) -> Path:
     """Let ``write`` fill a staging folder beside ``target``, add its ``manifest.json`` of content
     hashes, then swap it in with a rename. ``write`` may return the digests of files it hashed while
-    writing them (:class:`~rl4lms.training.manifest.HashingWriter`); the others are hashed after it.
+    writing them (:class:`~rl4lms.manifest.HashingWriter`); the others are hashed after it.
 
     A crash leaves either the old ``target`` or the staging folder, never a half-written ``target``.
     """

@@ -3,7 +3,7 @@
 ``trainer_state.pt`` holds only tensors and plain containers (RNG states as lists), so it is read
 with ``torch.load(..., weights_only=True)``: resuming from a folder someone else wrote cannot run
 code, as with Hugging Face's Trainer on current torch. It is hashed while it is written
-(``manifest.json``, see :mod:`rl4lms.training.manifest`); a resume checks it and falls back to the
+(``manifest.json``, see :mod:`rl4lms.manifest`); a resume checks it and falls back to the
 previous checkpoint when it was damaged.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.training.artifacts import STAGING_PREFIX, write_folder_atomic
-from rl4lms.training.manifest import DamagedArtifactError, FileDigest, HashingWriter, verify_files
+from rl4lms.manifest import DamagedArtifactError, FileDigest, HashingWriter, verify_files
 
 STATE_FILE = "trainer_state.pt"
 _PREFIX = "checkpoint_"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from rl4lms.training.artifacts import write_json_atomic
-from rl4lms.training.manifest import MANIFEST_FILE, DamagedArtifactError, file_digest, verify_files
+from rl4lms.manifest import MANIFEST_FILE, DamagedArtifactError, file_digest, verify_files
 
 COMPLETE_FILE = "run_complete.json"
 MODEL_FOLDER = "model"
