@@ -6,7 +6,10 @@ answer without loading torch or any model.
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -88,6 +91,28 @@ def main(argv: Optional[List[str]] = None) -> int:
     return train(args, config)
 
 
+MAIN_PROCESS_EXIT_WAIT_S = 30.0
+"""How long the other processes of a failed multi-process run wait for the launcher to stop them."""
+
+
+def failed(error: BaseException, status: int, prefix: str = "", launcher_alive: bool = True) -> int:
+    """Print ``error`` as the command's one ``error:`` line and return ``status``.
+
+    In a multi-process run, an error the main process reports for all (see
+    :func:`rl4lms.training.distributed.share_main_failure`) is not printed again by the others:
+    they wait for the launcher, which stops every process once the first one has exited, so the
+    main process exits first. A stop request from then on ends a process with ``status``: every
+    process exits alike.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        signal.signal(signal.SIGTERM, lambda *_: (sys.stderr.flush(), os._exit(status)))
+    if not getattr(error, "reported_by_main_process", False):
+        print(f"error: {prefix}{error}", file=sys.stderr)
+    elif launcher_alive:
+        time.sleep(MAIN_PROCESS_EXIT_WAIT_S)
+    return status
+
+
 def describe(target: str) -> int:
     """``--describe``: the config reference of ``target`` on stdout."""
     from rl4lms.config.reference import DescribeError, describe as reference_of
@@ -115,6 +140,8 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     from rl4lms.training.artifacts import ArtifactWriteError
     from rl4lms.training.builders import ComponentBuildError
     from rl4lms.training.checkpoint import CheckpointFormatError
+    from rl4lms.training.distributed import LauncherGoneError
+    from rl4lms.manifest import DamagedArtifactError
     from rl4lms.training.run_lock import RunLockedError
     from rl4lms.training.trainer import ConfigMismatchError, OnPolicyTrainer
 
@@ -126,21 +153,20 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     try:
         trainer = OnPolicyTrainer(config, experiment, args.base_path_to_store_results, args.log_to_wandb,
                                   args.project_name, args.entity_name, args.device)
-    except (ConfigMismatchError, ArtifactWriteError, DistributedSetupError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (ConfigMismatchError, ArtifactWriteError, DistributedSetupError, DamagedArtifactError) as error:
+        return failed(error, 2)
     except RunLockedError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_RUN_LOCKED
+        return failed(error, EXIT_RUN_LOCKED)
     try:
         summary = trainer.train_and_eval()
     except (ModelLoadError, DataSourceError, WordNetMissingError, EmptyDataPoolError, RegistryError,
-            ComponentBuildError, ArtifactWriteError, CheckpointFormatError, DistributedSetupError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+            ComponentBuildError, ArtifactWriteError, CheckpointFormatError, DistributedSetupError,
+            DamagedArtifactError) as error:
+        return failed(error, 2)
     except (NonFiniteLossError, RewardOutputError, MetricOutputError) as error:
-        print(f"error: training stopped: {error}", file=sys.stderr)
-        return 1
+        return failed(error, 1, "training stopped: ")
+    except LauncherGoneError as error:
+        return failed(error, 1, "training stopped: ", launcher_alive=False)
     finally:
         trainer.close()
     if trainer.is_main:

@@ -287,6 +287,21 @@ def test_load_config_invalid_yaml(tmp_path: Path) -> None:
     assert str(path) in str(excinfo.value)
 
 
+@pytest.mark.parametrize("text, where, what", [
+    ("alg:\n  id: ppo\n   x: 1\n", "line 3, column 5", "mapping values are not allowed here"),
+    ("alg:\n  args: {a: 1\nfoo: [1, 2\n", "line 3, column 4",
+     "expected ',' or '}', but got ':' (while parsing a flow mapping started at line 2, column 9)"),
+    ("alg:\n\t- 1\n", "line 2, column 1", "found character '\\t' that cannot start any token (while scanning for the next token)"),
+])
+def test_malformed_yaml_is_one_line_with_file_line_and_column(tmp_path: Path, text: str, where: str,
+                                                               what: str) -> None:
+    path = tmp_path / "broken.yml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as excinfo:
+        load_config(path)
+    assert str(excinfo.value) == f"invalid config: {path}, {where}: invalid YAML: {what}"
+
+
 def test_load_config_top_level_list(tmp_path: Path) -> None:
     path = tmp_path / "list.yml"
     path.write_text("- tokenizer\n- env\n")

@@ -20,6 +20,7 @@ from accelerate import Accelerator
 
 from conftest import REPO, write_small_config
 from test_rollout import LengthReward, make_ppo
+from test_trainer_resume import _files
 
 SCRIPT = REPO / "scripts" / "training" / "train_text_generation.py"
 GRPO_CONFIG = REPO / "task_configs" / "synthetic_increasing_numbers" / "tiny_gpt2_grpo.yml"
@@ -149,22 +150,39 @@ def test_fsdp_holds_half_of_the_state_per_process_and_matches_ddp(two_process_ru
 
 
 @pytest.mark.slow
-def test_killed_fsdp_run_resumes_as_if_never_interrupted(two_process_runs: dict) -> None:
+@pytest.mark.parametrize("kill", ["everything", "launcher_group"])
+def test_killed_fsdp_run_resumes_as_if_never_interrupted(two_process_runs: dict, kill: str) -> None:
+    """SIGKILL to the launcher and both training processes, or to the launcher's process group
+    only (torchrun starts each worker in a session of its own: they stop at the next iteration
+    boundary by themselves). The rerun ends byte-identical to the uninterrupted run."""
     base, config = two_process_runs["base"], two_process_runs["configs"]["fsdp"]
-    run = base / "killed"
-    process = subprocess.Popen(_train_command(config, base, "killed"), env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    name = f"killed_{kill}"
+    run = base / name
+    stderr = base / f"{name}.stderr"
+    with open(stderr, "w") as errors:  # the training processes write to it after the launcher is gone
+        process = subprocess.Popen(_train_command(config, base, name), env=_env(), stdout=subprocess.DEVNULL,
+                                   stderr=errors, start_new_session=True)
     checkpoint = run / "checkpoints" / "checkpoint_000002"
     deadline = time.time() + 300
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.01)
-    # The launcher and both training processes (torchrun starts each in a session of its own).
-    for member in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
-        member.send_signal(signal.SIGKILL)
+    workers = psutil.Process(process.pid).children(recursive=True)
+    if kill == "everything":
+        for member in [*workers, psutil.Process(process.pid)]:
+            member.send_signal(signal.SIGKILL)
+    else:
+        os.killpg(process.pid, signal.SIGKILL)
     process.wait()
+    _, alive = psutil.wait_procs(workers, timeout=120)
+    assert not alive, "training processes outlived their launcher"
     assert not (run / "run_complete.json").exists(), "the run finished before it could be killed"
+    if kill == "launcher_group":
+        stops = [line for line in stderr.read_text().splitlines() if line.startswith("error: ")]
+        assert len(stops) == 1, stderr.read_text()[-3000:]
+        assert stops[0].startswith("error: training stopped: the launcher of this 2-process run is gone: stopped "
+                                   "after iteration") and "rerun the same command to continue from checkpoint_" in stops[0]
 
-    resumed = subprocess.run(_train_command(config, base, "killed"), env=_env(), capture_output=True, text=True,
+    resumed = subprocess.run(_train_command(config, base, name), env=_env(), capture_output=True, text=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in (run / "log.txt").read_text()
@@ -172,9 +190,35 @@ def test_killed_fsdp_run_resumes_as_if_never_interrupted(two_process_runs: dict)
     ours, reference = _jsonl(run / "rollout_info.jsonl"), _jsonl(straight / "rollout_info.jsonl")
     assert [r["iteration"] for r in ours] == [1, 2, 3, 4]
     assert ours == reference  # weights, optimizer, KL controller and every process's RNG were restored
-    resumed_tensors = _model_tensors(run)
-    for name, tensor in _model_tensors(straight).items():
-        assert torch.equal(resumed_tensors[name], tensor), name
+    # Checkpoints written after the resume (optimizer settings included) and the final model: same bytes.
+    for folder in ("checkpoints", "model"):
+        assert _files(run / folder) == _files(straight / folder), folder
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+def test_every_process_of_a_run_refused_by_the_lock_exits_alike(tmp_path: Path) -> None:
+    from rl4lms.cli import EXIT_RUN_LOCKED
+    from rl4lms.training.run_lock import RunLock
+
+    config = write_small_config(tmp_path, n_iters=1, eval_every=1, save_every=1)
+    (tmp_path / "run").mkdir()
+    lock = RunLock(tmp_path / "run").acquire()  # another trainer holds the folder
+    try:
+        result = subprocess.run(_train_command(config, tmp_path, "run"), env=_env(), capture_output=True, text=True,
+                                timeout=600)
+    finally:
+        lock.release()
+    assert result.returncode != 0
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert errors == [f"error: {tmp_path / 'run'} is being trained by another process; wait for it or use another "
+                      "--experiment_name"], result.stderr[-3000:]
+    # No process dies in a collective; the only traceback is the launcher's report of the exit statuses ...
+    assert "gloo" not in result.stderr.lower()
+    assert result.stderr.count("Traceback (most recent call last)") == 1 and "ChildFailedError" in result.stderr
+    # ... which lists each process with the lock's exit status.
+    statuses = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", result.stderr))
+    assert statuses == {"0": str(EXIT_RUN_LOCKED), "1": str(EXIT_RUN_LOCKED)}, result.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -66,6 +66,23 @@ def _padless_tiny_gpt2(folder: Path) -> Path:
     return folder
 
 
+def test_a_saved_model_with_a_flipped_byte_is_refused_before_it_loads(tmp_path: Path) -> None:
+    from rl4lms.manifest import write_manifest
+
+    folder = tmp_path / "model"
+    write_tiny_model("rl4lms/tiny-gpt2", folder)
+    write_manifest(folder)
+    assert load_model(AutoModelForCausalLM, str(folder)) is not None
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    (folder / "manifest.json").touch()  # a new modification time: checked again in this process
+    with pytest.raises(ModelLoadError, match="model.safetensors differs from what was written") as excinfo:
+        load_model(AutoModelForCausalLM, str(folder))
+    assert "\n" not in str(excinfo.value)
+
+
 def test_tokenizer_without_pad_token(tmp_path: Path) -> None:
     folder = _padless_tiny_gpt2(tmp_path / "padless")
     with pytest.raises(ModelLoadError, match="pad_token_as_eos_token"):

@@ -1,8 +1,10 @@
 """Batched rollouts: episode ends, reward placement, per-step reward replay, token budget, NaN guard."""
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Optional
 
+import numpy as np
 import pytest
 import torch
 
@@ -13,7 +15,7 @@ from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.observation import Observation
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
-from rl4lms.rewards.base import BatchedRewardFunction, RewardFunction, RewardOutputError
+from rl4lms.rewards.base import BatchedRewardFunction, RewardFunction, RewardOutputError, ScoreReward
 
 SAMPLES = [Sample(id=str(i), prompt_or_input_text=" ".join(str(i + k) for k in range(1 + i % 3))) for i in range(6)]
 
@@ -122,6 +124,11 @@ def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer) -> None:
 @pytest.mark.parametrize("scores, message", [
     (lambda n: [float("nan")] * n, r"returned a non-finite reward for sample ids \['0', '1', '2', '3'\]"),
     (lambda n: [1.0] * (n - 1), "returned 3 scores for 4 generations"),
+    (lambda n: ["good"] * n, r"returned 'good' \(str\) where a number was expected"),
+    (lambda n: [None] * n, r"returned None \(NoneType\) where a number was expected"),
+    (lambda n: [[1.0, 2.0]] * n, r"returned \[1.0, 2.0\] \(list\) where a number was expected"),
+    (lambda n: 0.5, r"returned 0.5 \(float\) where a list of 4 numbers was expected"),
+    (lambda n: "1111", r"returned '1111' \(str\) where a list of 4 numbers was expected"),
 ])
 @pytest.mark.slow
 def test_bad_reward_output_names_the_reward_function(tiny_tokenizer, scores, message: str) -> None:
@@ -132,6 +139,35 @@ def test_bad_reward_output_names_the_reward_function(tiny_tokenizer, scores, mes
     alg = make_ppo(tiny_tokenizer, BadReward())
     with pytest.raises(RewardOutputError, match="reward function BadReward " + message):
         alg.collector.collect(SAMPLES[:4], kl_coeff=0.1)
+
+
+def test_numeric_reward_outputs_of_any_kind_are_accepted(tiny_tokenizer) -> None:
+    class NumpyReward(LengthReward):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return np.array([1, 2.5, np.float32(3.0), 4])
+
+    rewards = make_ppo(tiny_tokenizer, NumpyReward()).collector.collect(SAMPLES[:4], kl_coeff=0.1)[0].scores
+    assert rewards.tolist() == [1.0, 2.5, 3.0, 4.0]
+
+
+@pytest.mark.parametrize("value", ["high", None, [0.1]])
+def test_per_step_reward_returning_a_non_number_names_the_reward_function(tiny_tokenizer, value: Any) -> None:
+    class BadStepReward(RewardFunction):
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            return value
+
+    alg = make_ppo(tiny_tokenizer, BadStepReward())
+    with pytest.raises(RewardOutputError, match=f"reward function BadStepReward returned {re.escape(repr(value))} "):
+        alg.collector.collect(SAMPLES[:4], kl_coeff=0.1)
+
+
+def test_score_reward_subclass_returning_non_numbers_names_its_class(tiny_tokenizer) -> None:
+    class TextScores(ScoreReward):
+        def scores(self, prompt_texts: List[str], *args: Any) -> List[Any]:
+            return ["n/a"] * len(prompt_texts)
+
+    with pytest.raises(RewardOutputError, match="reward function TextScores returned 'n/a'"):
+        TextScores()(["a", "b"], ["x", "y"], [["r"], ["r"]], [True, True])
 
 
 @pytest.mark.slow

@@ -87,8 +87,15 @@ def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path: Path, base: 
     # ... so the two runs are bit-identical: every record and the final weights.
     assert rollouts == straight
     assert _jsonl(run / "training_info.jsonl") == _jsonl(tmp_path / "straight" / "training_info.jsonl")
-    weights = "model/model.safetensors"
-    assert (run / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
+    # Every file of the checkpoints and of the final model (their manifests included) is byte-identical.
+    for folder in ("checkpoints", "model"):
+        assert _files(run / folder) == _files(tmp_path / "straight" / folder), folder
+    assert (run / "run_complete.json").read_bytes() == (tmp_path / "straight" / "run_complete.json").read_bytes()
+
+
+def _files(folder: Path) -> dict:
+    """Every file below ``folder`` by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_rerunning_a_finished_run_changes_nothing(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 statistics over padded token tensors."""
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 
@@ -35,6 +35,16 @@ def normalize_rewards(rewards: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
     mean = masked_mean(rewards, mask)
     std = masked_var(rewards, mask, unbiased=False).sqrt()
     return (rewards - mean) / (std + 1e-8) * mask
+
+
+def value_statistics(returns: torch.Tensor, values: torch.Tensor, advantages: torch.Tensor,
+                     mask: torch.Tensor) -> Dict[str, torch.Tensor]:
+    """TRL's ``ppo/returns/*``, ``ppo/val/mean``, ``ppo/val/var`` and ``ppo/policy/advantages_mean``
+    over the valid tokens of ``mask`` (detached 0-d tensors; variances unbiased)."""
+    with torch.no_grad():
+        return {"ppo/returns/mean": masked_mean(returns, mask), "ppo/returns/var": masked_var(returns, mask),
+                "ppo/val/mean": masked_mean(values, mask), "ppo/val/var": masked_var(values, mask),
+                "ppo/policy/advantages_mean": masked_mean(advantages, mask)}
 
 
 KL_ESTIMATORS = ("kl", "abs", "mse", "full", "k3")

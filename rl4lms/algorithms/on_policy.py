@@ -11,7 +11,7 @@ from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
-from rl4lms.algorithms.advantages import masked_mean, masked_var
+from rl4lms.algorithms.advantages import masked_mean, masked_var, value_statistics
 from rl4lms.algorithms.buffer import RolloutBatch, TextRolloutBuffer
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.lr_schedule import check_schedule, lr_multiplier
@@ -196,16 +196,11 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         data = self.rollout_buffer.data
         assert data is not None and data.returns is not None and data.advantages is not None
         mask = data.token_mask()
-        returns_var = masked_var(data.returns, mask)
+        stats = {key: value.item() for key, value in
+                 value_statistics(data.returns, data.values, data.advantages, mask).items()}
         residual_var = masked_var(data.returns - data.values, mask)
-        return {
-            "ppo/returns/mean": masked_mean(data.returns, mask).item(),
-            "ppo/returns/var": returns_var.item(),
-            "ppo/val/mean": masked_mean(data.values, mask).item(),
-            "ppo/val/var": masked_var(data.values, mask).item(),
-            "ppo/val/var_explained": (1.0 - residual_var / returns_var.clamp(min=1e-8)).item(),
-            "ppo/policy/advantages_mean": masked_mean(data.advantages, mask).item(),
-        }
+        stats["ppo/val/var_explained"] = (1.0 - residual_var / max(stats["ppo/returns/var"], 1e-8)).item()
+        return stats
 
     def check_finite(self, loss: torch.Tensor, name: str) -> None:
         if not math.isfinite(float(loss.item())):

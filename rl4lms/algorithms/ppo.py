@@ -9,7 +9,7 @@ from typing import Dict, List, Optional, Tuple, Type
 import numpy as np
 import torch
 
-from rl4lms.algorithms.advantages import masked_mean
+from rl4lms.algorithms.advantages import masked_mean, value_statistics
 from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.losses import clipped_surrogate
@@ -152,6 +152,7 @@ class PPO(LMOnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         records: Dict[str, List[float]] = {}
         arrays: Dict[str, List[torch.Tensor]] = {"ratio": [], "advantages": []}
+        minibatch_values: Dict[str, List[float]] = {}
         stop_early = False
         for _ in range(self.n_epochs):
             epoch_kls = []
@@ -173,6 +174,8 @@ class PPO(LMOnPolicyAlgorithm):
                 epoch_kls.append(losses.approx_kl if self.early_stop_statistic == "approx_kl" else losses.policy_kl)
                 arrays["ratio"].append(losses.ratio[mask > 0].cpu())
                 arrays["advantages"].append(batch.advantages[mask > 0].detach().cpu())
+                for name, value in value_statistics(batch.returns, batch.values, batch.advantages, mask).items():
+                    minibatch_values.setdefault(name, []).append(value.item())
             epoch_kl = float(np.mean(epoch_kls)) if self.early_stop_statistic == "approx_kl" else epoch_kls[-1]
             epoch_kl = self.mean_across_processes({"kl": epoch_kl})["kl"]
             if self.target_kl is not None and epoch_kl > 1.5 * self.target_kl:
@@ -180,6 +183,9 @@ class PPO(LMOnPolicyAlgorithm):
                 break
         self._n_updates += self.n_epochs
         self.update_arrays = {name: torch.cat(parts) for name, parts in arrays.items()}
+        self.minibatch_value_stats = {name: float(np.mean(values)) for name, values in minibatch_values.items()}
+        """:func:`value_statistics` of each minibatch, averaged over the update (TRL logs these; the
+        ``train_stats`` of the same names are over the whole rollout)."""
         self.train_stats = {name: float(np.mean(values)) for name, values in records.items()}
         self.train_stats.update(self.value_stats())
         self.train_stats.update(self.objective_stats())

@@ -12,7 +12,7 @@ from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput, module_device, response_tokens
-from rl4lms.rewards.base import BatchedRewardFunction, RewardOutputError
+from rl4lms.rewards.base import BatchedRewardFunction, RewardOutputError, reward_values
 
 
 def pad_token_lists(token_lists: Sequence[Sequence[int]], pad_token_id: int, device: torch.device,
@@ -127,14 +127,11 @@ class RolloutCollector:
         reward_fn = self.env.reward_function
         if isinstance(reward_fn, BatchedRewardFunction):
             texts = self.env.tokenizer.batch_decode(tokens, skip_special_tokens=True)
-            scores = list(reward_fn([s.prompt_or_input_text for s in samples], texts,
-                                    [list(s.references) for s in samples], [True] * len(samples),
-                                    [dict(s.meta_data) for s in samples]))
-            if len(scores) != len(samples):
-                raise RewardOutputError(f"reward function {type(reward_fn).__name__} returned {len(scores)} scores "
-                                 f"for {len(samples)} generations")
+            scores = reward_values(reward_fn, reward_fn([s.prompt_or_input_text for s in samples], texts,
+                                                        [list(s.references) for s in samples], [True] * len(samples),
+                                                        [dict(s.meta_data) for s in samples]), len(samples))
             for row, (episode, score) in enumerate(zip(tokens, scores)):
-                rewards[row, max(len(episode) - 1, 0)] = float(score)
+                rewards[row, max(len(episode) - 1, 0)] = score
         else:
             for row, (sample, actions) in enumerate(zip(samples, tokens)):
                 self.env.reset(options={"sample": sample})

@@ -43,6 +43,26 @@ def import_custom_modules(config: Dict[str, Any], config_path: Optional[Path] = 
             raise ConfigError([f"custom_modules[{ix}]: cannot import '{name}': {type(error).__name__}: {error}"]) from error
 
 
+def _position(mark: Any) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
+def yaml_error_line(path: Path, error: yaml.YAMLError) -> str:
+    """One line for a YAML syntax error: file, line, column and what is wrong (PyYAML's own message
+    spans several lines and quotes the text)."""
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None)
+    if mark is None or problem is None:
+        return f"{path}: invalid YAML: {' '.join(str(error).split())}"
+    line = f"{path}, {_position(mark)}: invalid YAML: {problem}"
+    context, context_mark = getattr(error, "context", None), getattr(error, "context_mark", None)
+    if context and context_mark is not None and context_mark.line != mark.line:
+        line += f" ({context} started at {_position(context_mark)})"
+    elif context:
+        line += f" ({context})"
+    return line
+
+
 def load_config(path: Union[str, Path], overrides: Sequence[str] = (), smoke: bool = False) -> Dict[str, Any]:
     """Parse ``path``, translate RL4LMs' supervised form, shrink it to a smoke run if asked, apply
     dot-path ``overrides``, import custom modules, validate and fill in defaults. Overrides address
@@ -53,7 +73,7 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = (), smoke: bo
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
-        raise ConfigError([f"{path}: invalid YAML: {error}"]) from error
+        raise ConfigError([yaml_error_line(path, error)]) from error
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
     raw = translate_rl4lms_supervised(raw)

@@ -11,7 +11,7 @@ from transformers import PreTrainedTokenizerBase
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, Sample
 from rl4lms.envs.observation import Observation, ObservationLayout
 from rl4lms.models.chat_template import ChatPrompt
-from rl4lms.rewards.base import AnyRewardFunction, BatchedRewardFunction
+from rl4lms.rewards.base import AnyRewardFunction, BatchedRewardFunction, reward_value, reward_values
 
 
 class TextGenEnv(gym.Env):
@@ -167,9 +167,11 @@ class TextGenEnv(gym.Env):
         if isinstance(self.reward_function, BatchedRewardFunction):
             if not done:
                 return 0.0
-            return float(self.reward_function([current.prompt_or_input_text], [current.context_text],
-                                              [current.target_or_reference_texts], [True], [current.meta_info])[0])
-        return float(self.reward_function(previous, action, current, done, current.meta_info))
+            return reward_values(self.reward_function, self.reward_function(
+                [current.prompt_or_input_text], [current.context_text], [current.target_or_reference_texts], [True],
+                [current.meta_info]), 1)[0]
+        return reward_value(self.reward_function, self.reward_function(previous, action, current, done,
+                                                                       current.meta_info))
 
     @property
     def observation(self) -> Optional[Observation]:

@@ -11,6 +11,7 @@ from typing import Any, Optional, Type, TypeVar
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rl4lms.manifest import MANIFEST_FILE, DamagedArtifactError, verify_files
 from rl4lms.models.gguf import PACKAGED_MODELS, GGUFError, resolve_gguf, resolve_packaged
 from rl4lms.models.tiny import TINY_MODELS, resolve_tiny_model
 
@@ -82,6 +83,8 @@ def load_pretrained(loader: Any, name_or_path: str, what: str, gguf_file: Option
     ``what`` and what to try instead. A hub id is read from the local cache when the hub cannot be reached."""
     resolved = resolve_checkpoint(name_or_path, gguf_file, what)
     local = Path(resolved).expanduser().exists()
+    if local:
+        verify_folder(Path(resolved).expanduser(), name_or_path, what)
     if resolved.startswith(("/", "./", "../", "~")) and not local:
         raise ModelLoadError(f"could not load {what} '{name_or_path}': the folder does not exist")
     alternatives = (f"pass a local folder made with save_pretrained, or use an embedded tiny model "
@@ -95,6 +98,24 @@ def load_pretrained(loader: Any, name_or_path: str, what: str, gguf_file: Option
                                  f"({hub_endpoint()}) cannot be reached (offline machine?); {alternatives}") from error
         raise ModelLoadError(f"could not load {what} '{name_or_path}': {error}\nIf this is a hub id, the hub may be "
                              f"unreachable (offline machine?): {alternatives}.") from error
+
+
+@lru_cache(maxsize=None)
+def _verified(folder: Path, mtime_ns: int) -> None:
+    verify_files(folder)
+
+
+def verify_folder(folder: Path, name_or_path: str, what: str) -> None:
+    """Check a folder that rl4lms wrote (a final model, with ``manifest.json``) against its content
+    hashes before anything loads from it; once per folder and process."""
+    manifest = folder / MANIFEST_FILE
+    if not manifest.is_file():
+        return
+    try:
+        _verified(folder.resolve(), manifest.stat().st_mtime_ns)
+    except DamagedArtifactError as error:
+        raise ModelLoadError(f"could not load {what} '{name_or_path}': {error}; it changed after rl4lms wrote it "
+                             f"(copy it again, or retrain)") from error
 
 
 def load_model(model_cls: Type[M], name_or_path: str, **kwargs: Any) -> M:

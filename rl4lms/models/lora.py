@@ -15,19 +15,22 @@ from torch import nn
 QUANTIZATION_CHOICES = ("4bit", "8bit")
 
 
-def quantization_kwargs(quantization: Optional[str], key: str = "policy.args.quantization") -> Dict[str, Any]:
-    """``from_pretrained`` arguments that load the model in 4 or 8 bits, or a clear refusal on CPU."""
+def quantization_kwargs(quantization: Optional[str], key: str = "policy.args.quantization",
+                        setting: Optional[str] = None) -> Dict[str, Any]:
+    """``from_pretrained`` arguments that load the model in 4 or 8 bits, or a clear refusal on CPU.
+    ``setting`` names the user's setting in the refusal (default: ``key`` and the value)."""
     if quantization is None:
         return {}
     if quantization not in QUANTIZATION_CHOICES:
         raise ValueError(f"{key} {quantization!r} is not one of {', '.join(QUANTIZATION_CHOICES)}")
+    setting = setting or f"{key} '{quantization}'"
     if not torch.cuda.is_available():
-        raise ValueError(f"{key} '{quantization}' loads the model through bitsandbytes, which needs a CUDA GPU, "
+        raise ValueError(f"{setting} loads the model through bitsandbytes, which needs a CUDA GPU, "
                          "and none is available here; leave it out (LoRA adapters alone work on CPU)")
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as error:
-        raise ValueError(f"{key} '{quantization}' needs the bitsandbytes package: pip install bitsandbytes") from error
+        raise ValueError(f"{setting} needs the bitsandbytes package: pip install bitsandbytes") from error
     from transformers import BitsAndBytesConfig
 
     config = BitsAndBytesConfig(load_in_4bit=quantization == "4bit", load_in_8bit=quantization == "8bit")

@@ -33,11 +33,21 @@ class _ModelWithValueHead(nn.Module):
     transformers_parent_class: Type[Any]
     hidden_states_field: str
     """The output field whose last entry the value head reads."""
+    lm_head_namings: Tuple[str, ...]
+    """Names of the LM head (TRL's attribute): a model with none of them is refused."""
 
     def __init__(self, pretrained_model: PreTrainedModel, summary_dropout_prob: Optional[float] = 0.0) -> None:
         super().__init__()
+        if not self.has_lm_head(pretrained_model):
+            raise ValueError(f"{type(pretrained_model).__name__} has no language model head (none of "
+                             f"{', '.join(self.lm_head_namings)}): load it with {self.transformers_parent_class.__name__}")
         self.pretrained_model = pretrained_model
         self.v_head = ValueHead(hidden_size(pretrained_model.config), dropout=summary_dropout_prob or 0.0)
+
+    @classmethod
+    def has_lm_head(cls, model: nn.Module) -> bool:
+        """Whether ``model`` (or a ``peft`` wrapper of it) has a module named as an LM head."""
+        return any(name.split(".")[-1] in cls.lm_head_namings for name, _ in model.named_modules())
 
     @property
     def config(self) -> Any:
@@ -104,6 +114,7 @@ class AutoModelForCausalLMWithValueHead(_ModelWithValueHead):
 
     transformers_parent_class = AutoModelForCausalLM
     hidden_states_field = "hidden_states"
+    lm_head_namings = ("lm_head", "embed_out")
 
 
 class AutoModelForSeq2SeqLMWithValueHead(_ModelWithValueHead):
@@ -111,3 +122,4 @@ class AutoModelForSeq2SeqLMWithValueHead(_ModelWithValueHead):
 
     transformers_parent_class = AutoModelForSeq2SeqLM
     hidden_states_field = "decoder_hidden_states"
+    lm_head_namings = ("lm_head", "embed_out", "output_projection")

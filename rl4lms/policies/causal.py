@@ -14,13 +14,23 @@ if TYPE_CHECKING:
     from transformers import PreTrainedModel
 
 
-def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
-    """Whether the causal LM (under a DDP or ``peft`` wrapper) computes logits for its last positions
-    only when asked (``logits_to_keep``, most Hugging Face causal LMs)."""
+def forward_takes(model: torch.nn.Module, argument: str) -> bool:
+    """Whether the ``forward`` of the model (under a DDP or ``peft`` wrapper) names ``argument``."""
     while hasattr(model, "module"):  # DDP
         model = model.module
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return _forward_takes(type(base), "logits_to_keep")
+    return _forward_takes(type(base), argument)
+
+
+def accepts_logits_to_keep(model: torch.nn.Module) -> bool:
+    """Whether the causal LM computes logits for its last positions only when asked
+    (``logits_to_keep``, most Hugging Face causal LMs)."""
+    return forward_takes(model, "logits_to_keep")
+
+
+def positions_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids that count only attended tokens, so left padding does not shift them."""
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
 @functools.lru_cache(maxsize=None)
@@ -42,7 +52,7 @@ class CausalLMActorCriticPolicy(LMActorCriticPolicy):
         # LM head (contiguous logits, no slice to copy or to back-propagate through).
         input_ids = torch.cat([prompt_ids, response_ids[:, :-1]], dim=1)
         attention_mask = torch.cat([prompt_mask, response_mask[:, :-1]], dim=1)
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        position_ids = positions_from_mask(attention_mask)
         width = response_ids.shape[1]
         extra = {"logits_to_keep": width} if accepts_logits_to_keep(model) else {}
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
@@ -55,7 +65,7 @@ class CausalLMActorCriticPolicy(LMActorCriticPolicy):
 
     def start_decoding(self, model: PreTrainedModel, prompt_ids: torch.Tensor,
                        prompt_mask: torch.Tensor) -> Tuple[torch.Tensor, DecodingState]:
-        positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+        positions = positions_from_mask(prompt_mask)
         out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True)
         return out.logits[:, -1], DecodingState(out.cache, prompt_mask, positions[:, -1:] + 1)
 
@@ -69,7 +79,7 @@ class CausalLMActorCriticPolicy(LMActorCriticPolicy):
     def next_token_logits(self, observation: Dict[str, torch.Tensor]) -> torch.Tensor:
         input_ids = observation["input_encoded_pt"].long()
         attention_mask = observation["input_attention_mask_pt"].long()
-        position_ids = (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
+        position_ids = positions_from_mask(attention_mask)
         return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits[:, -1]
 
     def _response_from_sequences(self, sequences: torch.Tensor, prompt_len: int) -> torch.Tensor:

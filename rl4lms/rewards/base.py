@@ -8,6 +8,7 @@
 """
 from __future__ import annotations
 
+import numbers
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TypeVar, Union
 
@@ -18,7 +19,33 @@ if TYPE_CHECKING:
 
 
 class RewardOutputError(ValueError):
-    """A reward function returned something unusable (wrong count, NaN or infinite values)."""
+    """A reward function returned something unusable (not numbers, a wrong count, NaN or infinite values)."""
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return f"{text[:77]}..." if len(text) > 80 else text
+
+
+def reward_value(reward_fn: object, value: Any) -> float:
+    """``value`` (a real number, or a one-number tensor or array) as a float; anything else is a
+    :class:`RewardOutputError` naming ``reward_fn``'s class and the value."""
+    number = value.item() if getattr(value, "ndim", None) == 0 and hasattr(value, "item") else value
+    if not isinstance(number, numbers.Real):
+        raise RewardOutputError(f"reward function {type(reward_fn).__name__} returned {_shown(value)} "
+                                f"({type(value).__name__}) where a number was expected")
+    return float(number)
+
+
+def reward_values(reward_fn: object, values: Any, count: int) -> List[float]:
+    """A batched reward function's output for ``count`` generations as floats (see :func:`reward_value`)."""
+    if isinstance(values, (str, bytes, dict)) or not hasattr(values, "__len__") or getattr(values, "ndim", 1) != 1:
+        raise RewardOutputError(f"reward function {type(reward_fn).__name__} returned {_shown(values)} "
+                                f"({type(values).__name__}) where a list of {count} numbers was expected")
+    if len(values) != count:
+        raise RewardOutputError(f"reward function {type(reward_fn).__name__} returned {len(values)} scores "
+                                f"for {count} generations")
+    return [reward_value(reward_fn, value) for value in values]
 
 
 class RewardFunction(ABC):
@@ -70,10 +97,10 @@ class ScoreReward(BatchedRewardFunction):
             return rewards
         args = (_pick(prompt_texts, done), _pick(gen_texts, done), _pick(ref_texts, done),
                 _pick(meta_infos, done) if meta_infos is not None else None)
-        scores = [float(s) for s in self.scores(*args)]
+        scores = reward_values(self, self.scores(*args), len(done))
         if self.shaping is not None:
             shaped = self.shaping(args[0], args[1], args[2], [True] * len(done), args[3])
-            scores = [s + float(extra) for s, extra in zip(scores, shaped)]
+            scores = [s + extra for s, extra in zip(scores, reward_values(self.shaping, shaped, len(done)))]
         for ix, score in zip(done, scores):
             rewards[ix] = score
         return rewards

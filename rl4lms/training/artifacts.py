@@ -12,7 +12,9 @@ import shutil
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from rl4lms.manifest import FileDigest, write_manifest
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 # torch.save and safetensors report a failed write as a RuntimeError / SafetensorError without an errno.
@@ -92,8 +94,10 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     write_text_atomic(path, json.dumps(payload, indent=2, default=str))
 
 
-def write_folder_atomic(target: Path, write: Callable[[Path], None]) -> Path:
-    """Let ``write`` fill a staging folder beside ``target``, then swap it in with a rename.
+def write_folder_atomic(target: Path, write: Callable[[Path], Optional[Dict[str, FileDigest]]]) -> Path:
+    """Let ``write`` fill a staging folder beside ``target``, add its ``manifest.json`` of content
+    hashes, then swap it in with a rename. ``write`` may return the digests of files it hashed while
+    writing them (:class:`~rl4lms.manifest.HashingWriter`); the others are hashed after it.
 
     A crash leaves either the old ``target`` or the staging folder, never a half-written ``target``.
     """
@@ -102,7 +106,7 @@ def write_folder_atomic(target: Path, write: Callable[[Path], None]) -> Path:
     with writing(target, "folder"):
         try:
             staging.mkdir(parents=True)
-            write(staging)
+            write_manifest(staging, write(staging))
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)  # give the space back; ``target`` is untouched
             raise

@@ -2,7 +2,9 @@
 
 ``trainer_state.pt`` holds only tensors and plain containers (RNG states as lists), so it is read
 with ``torch.load(..., weights_only=True)``: resuming from a folder someone else wrote cannot run
-code, as with Hugging Face's Trainer on current torch.
+code, as with Hugging Face's Trainer on current torch. It is hashed while it is written
+(``manifest.json``, see :mod:`rl4lms.manifest`); a resume checks it and falls back to the
+previous checkpoint when it was damaged.
 """
 from __future__ import annotations
 
@@ -11,13 +13,14 @@ import pickle
 import random
 import shutil
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.training.artifacts import STAGING_PREFIX, write_folder_atomic
+from rl4lms.manifest import DamagedArtifactError, FileDigest, HashingWriter, verify_files
 
 STATE_FILE = "trainer_state.pt"
 _PREFIX = "checkpoint_"
@@ -85,10 +88,13 @@ def save_checkpoint(folder: Path, iteration: int, alg: LMOnPolicyAlgorithm, keep
         "ranks": rank_states,
     }
 
-    def write(staging: Path) -> None:
-        torch.save(state, staging / STATE_FILE)
-        with open(staging / STATE_FILE, "rb") as handle:
+    def write(staging: Path) -> Dict[str, FileDigest]:
+        with open(staging / STATE_FILE, "wb") as handle:
+            hashed = HashingWriter(handle)
+            torch.save(state, hashed)
+            handle.flush()
             os.fsync(handle.fileno())
+        return {STATE_FILE: hashed.digest()}
 
     target = write_folder_atomic(folder / f"{_PREFIX}{iteration:06d}", write)
     prune_checkpoints(folder, keep)
@@ -127,19 +133,65 @@ def latest_checkpoint(folder: Path) -> Optional[Path]:
     return done[-1] if done else None
 
 
+def _older_checkpoint(path: Path) -> Optional[Path]:
+    """The newest complete checkpoint written before ``path``, or None."""
+    older = [p for p in checkpoint_folders(path.parent) if p.name < path.name]
+    return older[-1] if older else None
+
+
+def _resume_advice(path: Path) -> str:
+    older = _older_checkpoint(path)
+    then = f"resume from {older.name}" if older is not None else "start the run from its first iteration"
+    return f"move {path} away and rerun the same command to {then}"
+
+
 def read_trainer_state(path: Path, device: Any = "cpu", mmap: bool = False) -> Dict[str, Any]:
     """``trainer_state.pt`` of checkpoint folder ``path``, read with ``weights_only=True`` (with
     ``mmap``, tensors are read from the file when used: the processes of a node share its pages)."""
+    file = path / STATE_FILE
     try:
-        return torch.load(path / STATE_FILE, map_location=device, weights_only=True, mmap=mmap)
+        return torch.load(file, map_location=device, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         raise CheckpointFormatError(
-            f"{path / STATE_FILE} is in the pickle format of an older rl4lms, which can run code when loaded, "
-            "so it is not read; start a new run (another --experiment_name), or retrain this one from scratch "
-            f"after moving {path.parent} away") from error
+            f"{file} holds pickled objects beyond tensors and plain containers (a file from another program, or "
+            "from an rl4lms that pickled numpy states), which can run code when loaded, so it is not read; "
+            f"{_resume_advice(path)}") from error
     except (RuntimeError, EOFError, OSError) as error:
-        raise CheckpointFormatError(f"cannot read checkpoint {path / STATE_FILE}: {error}; delete that folder to "
-                                    "resume from the one before it") from error
+        empty = file.is_file() and file.stat().st_size == 0
+        reason = "the file is empty (0 bytes)" if empty else (str(error).splitlines()[0] if str(error).strip()
+                                                               else type(error).__name__)
+        raise CheckpointFormatError(f"cannot read checkpoint {file}: {reason}; {_resume_advice(path)}") from error
+
+
+DAMAGED_FOLDER = "damaged"
+"""Subfolder of the checkpoint folder that damaged checkpoints are moved into (kept, never deleted)."""
+
+
+def _set_aside(path: Path) -> Path:
+    """Move damaged checkpoint ``path`` into ``damaged/`` beside it (under a free name)."""
+    aside = path.parent / DAMAGED_FOLDER
+    aside.mkdir(exist_ok=True)
+    target, copy = aside / path.name, 1
+    while target.exists():
+        target, copy = aside / f"{path.name}.{copy}", copy + 1
+    os.replace(path, target)
+    return target
+
+
+def newest_intact_checkpoint(folder: Path, report: Callable[[str], Any]) -> Optional[Path]:
+    """The newest checkpoint whose trainer state matches its manifest (one written before manifests
+    is taken as it is). Each damaged newer one is moved into ``damaged/`` and ``report`` gets one
+    line saying which checkpoint the run resumes from instead."""
+    for path in reversed(checkpoint_folders(folder)):
+        try:
+            verify_files(path, [STATE_FILE])
+            return path
+        except DamagedArtifactError as error:
+            older = _older_checkpoint(path)
+            moved = _set_aside(path)
+            report(f"checkpoint {path.name} is damaged: {error}; moved it to {moved} and "
+                   + (f"resuming from {older.name}" if older is not None else "starting from the first iteration"))
+    return None
 
 
 def load_checkpoint(path: Path, alg: LMOnPolicyAlgorithm, process_index: int = 0,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -95,3 +96,51 @@ def main_process_value(accelerator: Optional[Accelerator], value: Any) -> Any:
     from accelerate.utils import broadcast_object_list
 
     return broadcast_object_list([value])[0]
+
+
+def share_main_failure(accelerator: Optional[Accelerator], failure: Optional[BaseException]) -> None:
+    """Raise in every process the error the main process met (``failure``; None: it met none).
+
+    Checks that only the main process makes (the run lock, the run folder's config) then stop all
+    processes alike, with the same exit status: the process group is taken down first, and the
+    other processes' copy of the error is marked ``reported_by_main_process`` (the main process prints it).
+    Every process must call this at the same point.
+    """
+    if accelerator is None or accelerator.num_processes == 1:
+        if failure is not None:
+            raise failure
+        return
+    shared = failure
+    if failure is not None:
+        try:
+            pickle.dumps(failure)
+        except Exception:  # an error object that cannot travel: send its text
+            shared = RuntimeError(f"{type(failure).__name__}: {failure}")
+    shared = main_process_value(accelerator, shared)
+    if shared is None:
+        return
+    accelerator.end_training()  # gloo's threads left to interpreter shutdown can abort a process
+    if failure is not None:
+        raise failure
+    shared.reported_by_main_process = True
+    raise shared
+
+
+class LauncherGoneError(RuntimeError):
+    """The launcher of a multi-process run is gone (killed); the processes stopped at an iteration boundary."""
+
+
+class LauncherWatch:
+    """Notices that the process that started this one is gone: ``torchrun`` starts each worker in a
+    session of its own, so killing the launcher's process group leaves the workers running."""
+
+    def __init__(self) -> None:
+        self.parent = os.getppid()
+
+    def gone(self) -> bool:
+        return os.getppid() != self.parent
+
+
+def any_launcher_gone(accelerator: Accelerator, watch: LauncherWatch) -> bool:
+    """Whether any process of the run has lost its launcher (every process must call this)."""
+    return any(gather_from_processes(accelerator, watch.gone()) or [watch.gone()])

@@ -329,4 +329,11 @@ class ShardedPolicy:
                                     for group in optimizer["param_groups"]]}
         set_optimizer_state_dict(self.policy, self.policy.optimizer, by_name,
                                  options=StateDictOptions(full_state_dict=True))
+        # torch 2.13 loads tuple settings (AdamW's betas) back as lists; checkpoints written after a
+        # resume must hold the same bytes as those of an uninterrupted run.
+        defaults = self.policy.optimizer.defaults
+        for group in self.policy.optimizer.param_groups:
+            for key, value in group.items():
+                if isinstance(defaults.get(key), tuple) and isinstance(value, list):
+                    group[key] = tuple(value)
 

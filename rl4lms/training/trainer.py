@@ -11,19 +11,22 @@ import torch
 from tqdm.auto import tqdm
 
 from rl4lms.training.artifacts import write_folder_atomic, write_json_atomic, writing
+from rl4lms.training.completion import (COMPLETE_FILE, MODEL_FOLDER, read_complete, verify_final_model,
+                                        write_complete)
 from rl4lms.models.loading import default_device
 from rl4lms.training.builders import RunComponents, build_components
 from rl4lms.training.checkpoint import (checkpoint_iteration, latest_checkpoint, load_checkpoint,
-                                        process_random_state, prune_checkpoints, save_checkpoint, trainable_state)
-from rl4lms.training.distributed import (check_launch, gather_from_processes, main_process_value, make_accelerator,
-                                         weights_checksum)
+                                        newest_intact_checkpoint, process_random_state, prune_checkpoints,
+                                        save_checkpoint, trainable_state)
+from rl4lms.training.distributed import (LauncherGoneError, LauncherWatch, any_launcher_gone, check_launch,
+                                         gather_from_processes, main_process_value, make_accelerator,
+                                         share_main_failure, weights_checksum)
 from rl4lms.training.evaluation import evaluate_samples
 from rl4lms.training.run_lock import RunLock
 from rl4lms.training.sharding import ShardedPolicy, fsdp_settings, memory_footprint
 from rl4lms.training.tracker import Tracker
 
 RESUMABLE_CHANGES = {("train_evaluation", "n_iters")}
-COMPLETE_FILE = "run_complete.json"
 ENVIRONMENT_FILE = "environment.json"
 
 
@@ -66,26 +69,43 @@ class OnPolicyTrainer:
         self.tracker: Optional[Tracker] = None
         self.eval_config = config["train_evaluation"]
         self.n_iters: int = self.eval_config["n_iters"]
+        multi_process = self.accelerator is not None and self.accelerator.num_processes > 1
+        self.launcher = LauncherWatch() if multi_process else None
+        failure: Optional[Exception] = None
         if self.is_main:
-            with writing(self.run_dir, "run folder"):
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-                self.lock = RunLock(self.run_dir).acquire()
             try:
-                self._check_iterations_done()
-                self._check_or_write_config()
-                with writing(self.run_dir / "log.txt", "log"):
-                    self.tracker = Tracker(self.run_dir, experiment_name, config, log_to_wandb, wandb_project,
-                                           wandb_entity)
-                self._record_environment()
+                self._open_run_folder(experiment_name, log_to_wandb, wandb_project, wandb_entity)
+            except Exception as error:
+                self.close()
+                failure = error
             except BaseException:
                 self.close()
                 raise
+        share_main_failure(self.accelerator, failure)  # the lock and config checks stop every process alike
         self.device = device or (str(self.accelerator.device) if self.accelerator else default_device())
         self.parts: Optional[RunComponents] = None
 
+    def _open_run_folder(self, experiment_name: str, log_to_wandb: bool, wandb_project: str,
+                         wandb_entity: Optional[str]) -> None:
+        """Lock the run folder, check it against this run and start its logs (main process)."""
+        with writing(self.run_dir, "run folder"):
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self.lock = RunLock(self.run_dir).acquire()
+        self._check_iterations_done()
+        self._check_finished_model()
+        self._check_or_write_config()
+        with writing(self.run_dir / "log.txt", "log"):
+            self.tracker = Tracker(self.run_dir, experiment_name, self.config, log_to_wandb, wandb_project,
+                                   wandb_entity)
+        self._record_environment()
+
     def _check_or_write_config(self) -> None:
+        """Refuse a config that differs from the one of the iterations already recorded (checkpoints
+        or a finished run); a folder holding none (a start that failed before training, say on a
+        missing data file) takes the new config, so the fixed command just runs."""
         path = self.run_dir / "config.json"
-        if path.exists():
+        recorded = latest_checkpoint(self.checkpoint_dir) is not None or (self.run_dir / COMPLETE_FILE).exists()
+        if path.exists() and recorded:
             differences = [d for d in _config_differences(json.loads(path.read_text()), self.config)
                            if d not in RESUMABLE_CHANGES]
             if differences:
@@ -103,11 +123,18 @@ class OnPolicyTrainer:
             done = checkpoint_iteration(newest)
         complete = self.run_dir / COMPLETE_FILE
         if complete.exists():
-            done = max(done, int(json.loads(complete.read_text()).get("iterations", 0)))
+            done = max(done, int(read_complete(self.run_dir).get("iterations", 0)))
         if done > self.n_iters:
             raise ConfigMismatchError(
                 f"train_evaluation.n_iters is {self.n_iters}, but {self.run_dir} already holds {done} iterations; "
                 f"set n_iters to {done} or more to continue this run, or use another --experiment_name")
+
+    def _check_finished_model(self) -> None:
+        """A finished run that this command would only report: check its final model's files first."""
+        if (self.run_dir / COMPLETE_FILE).exists():
+            summary = read_complete(self.run_dir)
+            if summary["iterations"] == self.n_iters:
+                verify_final_model(self.run_dir, summary)
 
     def _record_environment(self) -> None:
         """Append this start's torch thread count and library versions to ``environment.json``;
@@ -144,14 +171,17 @@ class OnPolicyTrainer:
         self.tracker.log_evaluation(split, epoch, result.corpus_scores, result.predictions)
 
     def _resume(self) -> int:
-        """Load the newest checkpoint (if any) and return the iteration to continue after."""
+        """Load the newest intact checkpoint (if any; the main process picks it) and return the
+        iteration to continue after."""
         assert self.parts is not None
-        checkpoint = latest_checkpoint(self.checkpoint_dir)
         accelerator = self.accelerator
         position = (accelerator.process_index, accelerator.num_processes) if accelerator else (0, 1)
         iteration = 0
-        if self.is_main:
+        checkpoint = None
+        if self.tracker is not None:
+            checkpoint = newest_intact_checkpoint(self.checkpoint_dir, self.tracker.logger.warning)
             prune_checkpoints(self.checkpoint_dir, self.eval_config["save_checkpoints_to_keep"])
+        checkpoint = main_process_value(accelerator, checkpoint)
         if checkpoint is not None:
             iteration = int(load_checkpoint(checkpoint, self.parts.alg, *position)["iteration"])
         if self.tracker is not None:
@@ -173,7 +203,7 @@ class OnPolicyTrainer:
         """Run (or finish) the experiment and return its summary."""
         complete = self.run_dir / COMPLETE_FILE
         if complete.exists():
-            summary = json.loads(complete.read_text())
+            summary = read_complete(self.run_dir)  # checked when the folder was opened
             if summary["iterations"] == self.n_iters:
                 if self.tracker is not None:
                     self.tracker.logger.info("run already complete; summary in %s", complete)
@@ -197,6 +227,7 @@ class OnPolicyTrainer:
                         disable=not self.is_main)
         with progress:  # closed before an error is reported, so the error stays the last line
             for iteration in range(start + 1, self.n_iters + 1):
+                self._stop_if_launcher_gone(iteration - 1)
                 alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
                 if self.tracker is not None:
                     self.tracker.log_iteration(iteration, alg.rollout_stats, alg.train_stats, alg.num_timesteps)
@@ -226,6 +257,20 @@ class OnPolicyTrainer:
             self.accelerator.end_training()
         return summary
 
+    def _stop_if_launcher_gone(self, done: int) -> None:
+        """At an iteration boundary of a multi-process run: stop every process together when the
+        launcher is gone (the processes would otherwise train on unseen, holding the run's lock)."""
+        if self.launcher is None or not any_launcher_gone(self.accelerator, self.launcher):
+            return
+        newest = latest_checkpoint(self.checkpoint_dir)
+        message = (f"the launcher of this {self.accelerator.num_processes}-process run is gone: stopped after "
+                   f"iteration {done}; rerun the same command to continue from "
+                   f"{newest.name if newest is not None else 'the first iteration'}")
+        self.accelerator.end_training()
+        error = LauncherGoneError(message)
+        error.reported_by_main_process = not self.is_main
+        raise error
+
     def _distributed_summary(self) -> Dict[str, Any]:
         """Process count, sharding, each process's checksum of the trainable weights (gathered whole
         in sharded runs) and each process's parameter and optimizer-state bytes (all processes take
@@ -243,10 +288,9 @@ class OnPolicyTrainer:
 
     def _finish(self, extra: Dict[str, Any], final_weights: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         assert self.parts is not None and self.tracker is not None
-        model_dir = self.run_dir / "model"
+        model_dir = self.run_dir / MODEL_FOLDER
         write_folder_atomic(model_dir, lambda folder: self.parts.alg.policy.save_pretrained(folder, final_weights))
-        summary = {**self.summary(), **extra}
-        write_json_atomic(self.run_dir / COMPLETE_FILE, summary)
+        summary = write_complete(self.run_dir, {**self.summary(), **extra})
         self.tracker.logger.info("run complete; model saved to %s", model_dir)
         return summary
 

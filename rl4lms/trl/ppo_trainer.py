@@ -41,7 +41,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 import datasets
 import numpy as np
@@ -50,9 +50,12 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 from transformers import PreTrainedTokenizerBase
 
-from rl4lms.algorithms.advantages import token_kl
+from rl4lms.algorithms.advantages import (compute_gae, kl_penalized_rewards, masked_mean, token_kl, value_statistics,
+                                          whiten)
+from rl4lms.algorithms.ppo import ppo_loss
 from rl4lms.algorithms.rollout import pad_token_lists
-from rl4lms.policies.base import generation_step_outputs, masked_log_probs
+from rl4lms.policies.base import entropy_from_logits, generation_step_outputs, masked_log_probs
+from rl4lms.policies.causal import forward_takes, positions_from_mask
 from rl4lms.rlhf.triplet_ppo_trainer import TripletPPOTrainer
 from rl4lms.training.distributed import check_launch, world_size
 from rl4lms.trl.core import set_seed
@@ -62,6 +65,8 @@ from rl4lms.trl.reference import create_reference_model
 
 logger = logging.getLogger(__name__)
 
+NO_PAD_TOKEN = ("the tokenizer has no pad token: set `tokenizer.pad_token = tokenizer.eos_token` (as TRL's examples "
+                "do) or add one")
 LOGGED_COLUMNS = ("label", "query", "response")
 """Dataset columns TRL keeps besides the model's ``forward`` arguments."""
 DEFAULT_MAX_LENGTH = 2048
@@ -90,6 +95,20 @@ class RunningMoments:
         self.std = math.sqrt(self.var * total / (total - 1))
         self.count = total
         return float(batch_mean), math.sqrt(float(batch_var) * n / max(n - 1, 1))
+
+
+@contextlib.contextmanager
+def _pad_token_for_construction(tokenizer: PreTrainedTokenizerBase) -> Iterator[None]:
+    """EOS as the pad token while the PPO core is built, for a tokenizer that has none yet (TRL sets
+    it after building its trainer in places); :meth:`PPOTrainer._pad_token_id` asks for it when padding."""
+    if tokenizer.pad_token_id is not None:
+        yield
+        return
+    tokenizer.pad_token = tokenizer.eos_token
+    try:
+        yield
+    finally:
+        tokenizer.pad_token = None
 
 
 def _through_first_eos(tokens: torch.Tensor, eos_token_id: Optional[int]) -> int:
@@ -141,9 +160,8 @@ class PPOTrainer:
         if not isinstance(model, _TRLModelWithValueHead):
             raise ValueError(f"model must be an AutoModelForCausalLMWithValueHead or AutoModelForSeq2SeqLMWithValueHead "
                              f"of rl4lms.trl, got {type(model)}")
-        if tokenizer.pad_token_id is None:
-            raise ValueError("the tokenizer has no pad token: set `tokenizer.pad_token = tokenizer.eos_token` "
-                             "(as TRL's examples do) or add one")
+        if tokenizer.pad_token_id is None and tokenizer.eos_token_id is None:
+            raise ValueError(NO_PAD_TOKEN)
         if training_data_collator is not None:
             logger.info("training_data_collator is not used: the PPO core pads queries and responses itself")
         self.config = config
@@ -170,7 +188,8 @@ class PPOTrainer:
         if config.gradient_checkpointing:
             model.pretrained_model.gradient_checkpointing_enable()
             model.pretrained_model.enable_input_require_grads()
-        self.core = self._build_core()
+        with _pad_token_for_construction(tokenizer):
+            self.core = self._build_core()
         # TRL's default optimizer, Adam at config.learning_rate, in torch's fused form (one kernel
         # for all parameters: the same update, faster than the per-parameter loop).
         self.optimizer = optimizer if optimizer is not None else torch.optim.Adam(
@@ -303,7 +322,7 @@ class PPOTrainer:
                 generation_kwargs["max_new_tokens"] = length_sampler()
             batch = queries[start:start + batch_size]
             # Left padding for causal LMs (TRL's choice), right padding for encoder inputs.
-            ids, mask = pad_token_lists([q.tolist() for q in batch], self.tokenizer.pad_token_id, self.current_device,
+            ids, mask = pad_token_lists([q.tolist() for q in batch], self._pad_token_id(), self.current_device,
                                         left=not self.is_encoder_decoder)
             generations = self._sample(model, {"input_ids": ids, "attention_mask": mask}, batch, generation_kwargs,
                                        is_policy, cut_after_eos=True)
@@ -337,20 +356,26 @@ class PPOTrainer:
         return out.sequences
 
     # --- the update ------------------------------------------------------------------------------
-    def _check_step_inputs(self, queries: Any, responses: Any, scores: Any,
-                           response_masks: Optional[Any]) -> List[torch.Tensor]:
-        """TRL's checks: lists of tensors, ``batch_size`` of each, queries/responses 1-D, scores
-        0-d (or one element); returns the scores as 0-d tensors."""
+    def _pad_token_id(self) -> int:
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError(NO_PAD_TOKEN)
+        return self.tokenizer.pad_token_id
+
+    def _step_safety_checker(self, batch_size: Optional[int], queries: Any, responses: Any, scores: Any,
+                             masks: Optional[Any] = None) -> Tuple[List[torch.Tensor], List[torch.Tensor],
+                                                                   List[torch.Tensor], Optional[List[torch.Tensor]]]:
+        """TRL's checks: lists of tensors, ``batch_size`` of each (None: any), queries/responses/masks
+        1-D, scores 0-d (or one element); returns them on the trainer's device, scores as 0-d tensors."""
         for name, values in (("queries", queries), ("responses", responses), ("scores", scores)):
             if not isinstance(values, list):
                 raise ValueError(f"{name} must be a list of tensors - got {type(values)}")
             if not values or not isinstance(values[0], torch.Tensor):
                 raise ValueError(f"Elements in {name} must be tensors - got "
                                  f"{type(values[0]) if values else 'an empty list'}")
-            if len(values) != self.config.batch_size:
-                raise ValueError(f"Batch size ({self.config.batch_size}) does not match number of examples - but "
+            if batch_size is not None and len(values) != batch_size:
+                raise ValueError(f"Batch size ({batch_size}) does not match number of examples - but "
                                  f"got {len(values)} for: {name}")
-        for name, values in (("queries", queries), ("responses", responses), ("response_masks", response_masks or [])):
+        for name, values in (("queries", queries), ("responses", responses), ("response_masks", masks or [])):
             for ix, tensor in enumerate(values):
                 if tensor.dim() != 1:
                     raise ValueError(f"{name}[{ix}] must be a 1-D tensor of token ids, got shape {tuple(tensor.shape)}")
@@ -360,8 +385,10 @@ class PPOTrainer:
                 raise ValueError(f"Scores must be 1-dimensional - got {score.dim()} for {score}")
             if score.numel() != 1:
                 raise ValueError(f"each score must hold one number, got shape {tuple(score.shape)}")
-            checked.append(score.reshape(()))
-        return checked
+            checked.append(score.reshape(()).to(self.current_device))
+        device = self.current_device
+        return ([q.to(device) for q in queries], [r.to(device) for r in responses], checked,
+                None if masks is None else [m.to(device) for m in masks])
 
     def _kl_penalty(self, logprob: torch.Tensor, ref_logprob: torch.Tensor) -> torch.Tensor:
         """TRL's per-token KL penalty of ``config.kl_penalty`` (for ``"full"`` the arguments are the
@@ -395,7 +422,10 @@ class PPOTrainer:
         ``ppo/*``, ``tokens/*``, ``time/ppo/*``; arrays for ``objective/kl_dist``, ``objective/logprobs``,
         ``objective/ref_logprobs``, ``tokens/*_dist``, ``ppo/policy/advantages`` and ``ppo/policy/ratio``,
         these two over the valid tokens of every minibatch)."""
-        values = self._processed_scores(self._check_step_inputs(queries, responses, scores, response_masks))
+        self._pad_token_id()
+        queries, responses, scores, response_masks = self._step_safety_checker(
+            self.config.batch_size, queries, responses, scores, response_masks)
+        values = self._processed_scores(scores)
         if self.is_encoder_decoder:
             responses, response_masks = self._without_decoder_start(responses, response_masks)
         core = self.core
@@ -423,9 +453,10 @@ class PPOTrainer:
     def _trl_statistics(self, stats: Dict[str, float], learning_rate: float) -> Dict[str, Any]:
         """The core's statistics on TRL's scales, plus TRL's arrays."""
         out: Dict[str, Any] = {key: value for key, value in stats.items() if not key.startswith("rollout_info/")}
+        out.update(self.core.ppo.minibatch_value_stats)  # TRL's mean over minibatches, not the whole batch's
         out["ppo/loss/value"] = 0.5 * stats["ppo/loss/value"]
-        out["ppo/val/var_explained"] = 1.0 - stats["ppo/val/error"] / stats["ppo/returns/var"] \
-            if stats["ppo/returns/var"] else float("nan")
+        out["ppo/val/var_explained"] = 1.0 - out["ppo/val/error"] / out["ppo/returns/var"] \
+            if out["ppo/returns/var"] else float("nan")
         out["ppo/learning_rate"] = learning_rate
         data = self.core.ppo.rollout_buffer.data
         assert data is not None
@@ -437,6 +468,119 @@ class PPOTrainer:
         for name, values in self.core.ppo.update_arrays.items():
             out[f"ppo/policy/{name}"] = _numpy(values)[None]
         return out
+
+    # --- TRL's step in pieces (its public helpers; ``step`` itself runs the PPO core) ------------------
+    def prepare_model_inputs(self, queries: List[torch.Tensor], responses: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The padded model inputs of the triplets, padded on the tokenizer's ``padding_side``: query
+        and response as one sequence (``input_ids``, ``attention_mask``), or for an encoder-decoder
+        the query as encoder input and the response as ``decoder_input_ids`` / ``decoder_attention_mask``."""
+        pad, device, left = self._pad_token_id(), self.current_device, self.tokenizer.padding_side == "left"
+        if self.is_encoder_decoder:
+            ids, mask = pad_token_lists([q.tolist() for q in queries], pad, device, left=left)
+            decoder_ids, decoder_mask = pad_token_lists([r.tolist() for r in responses], pad, device, left=left)
+            return {"input_ids": ids, "attention_mask": mask, "decoder_input_ids": decoder_ids,
+                    "decoder_attention_mask": decoder_mask}
+        ids, mask = pad_token_lists([q.tolist() + r.tolist() for q, r in zip(queries, responses)], pad, device,
+                                    left=left)
+        return {"input_ids": ids, "attention_mask": mask}
+
+    def batched_forward_pass(self, model: _TRLModelWithValueHead, queries: List[torch.Tensor],
+                             responses: List[torch.Tensor], model_inputs: Dict[str, torch.Tensor],
+                             return_logits: bool = False, response_masks: Optional[List[torch.Tensor]] = None
+                             ) -> Tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+        """TRL's layout of one forward over ``model_inputs`` (``mini_batch_size`` rows at a time):
+        ``(logprobs, logits or None, values, masks)``, each ``[B, L - 1]`` (logits ``[B, L - 1, V]``)
+        where position ``t`` predicts token ``t + 1`` and ``masks`` marks the response's predictions
+        (times ``response_masks``). Causal models get position ids from the attention mask, so left
+        padding does not shift them (TRL leaves them to the model)."""
+        training = model.training
+        model.eval()
+        parts: Dict[str, List[torch.Tensor]] = {"logprobs": [], "logits": [], "values": [], "masks": []}
+        step = self.config.mini_batch_size
+        for start in range(0, len(queries), step):
+            inputs = {key: value[start:start + step] for key, value in model_inputs.items()}
+            if self.is_encoder_decoder:
+                ids, mask = inputs["decoder_input_ids"], inputs["decoder_attention_mask"]
+            else:
+                ids, mask = inputs["input_ids"], inputs["attention_mask"]
+                if forward_takes(model.pretrained_model, "position_ids"):
+                    inputs.setdefault("position_ids", positions_from_mask(mask))
+            logits, _, values = model(**inputs)
+            predicted = torch.zeros_like(mask)
+            predicted[:, :-1] = mask[:, 1:]
+            for row in range(len(ids)):
+                first = int(mask[row].nonzero()[0])  # past any left padding
+                if self.is_encoder_decoder:  # the decoder's first token is the start token
+                    begin, end = first + 1, first + int(mask[row].sum()) - 1
+                else:
+                    begin = first + len(queries[start + row]) - 1
+                    end = begin + len(responses[start + row])
+                predicted[row, :begin] = 0
+                predicted[row, end:] = 0
+                if response_masks is not None:
+                    predicted[row, begin:end] *= response_masks[start + row].to(predicted)
+            parts["logprobs"].append(masked_log_probs(logits[:, :-1], ids[:, 1:]))
+            parts["values"].append(values[:, :-1])
+            parts["masks"].append(predicted[:, :-1])
+            if return_logits:
+                parts["logits"].append(logits[:, :-1])
+        model.train(training)
+        return (torch.cat(parts["logprobs"]), torch.cat(parts["logits"]) if return_logits else None,
+                torch.cat(parts["values"]), torch.cat(parts["masks"]))
+
+    def compute_rewards(self, scores: Any, logprobs: torch.Tensor, ref_logprobs: torch.Tensor,
+                        masks: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-token ``(rewards, non_score_rewards, kls)`` ``[B, T]``: minus the KL coefficient times
+        the ``kl_penalty`` on the valid tokens of ``masks``, plus each score on its last valid token."""
+        masks = masks.float()
+        kl = self._kl_penalty(logprobs, ref_logprobs)
+        last = masks.shape[1] - 1 - masks.flip(1).argmax(dim=1)
+        task_rewards = torch.zeros_like(masks)
+        task_rewards[torch.arange(len(masks), device=masks.device), last] = torch.as_tensor(
+            scores, dtype=masks.dtype, device=masks.device).reshape(-1)
+        kl_coeff = self.kl_ctl.value
+        rewards, kl = kl_penalized_rewards(task_rewards, kl, masks, kl_coeff)
+        return rewards, -kl_coeff * kl, kl
+
+    def compute_advantages(self, values: torch.Tensor, rewards: torch.Tensor,
+                           mask: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(values, advantages, returns)`` of GAE over the valid tokens of ``mask`` (``whiten_rewards``
+        first, as configured); the advantages are whitened. Tokens outside ``mask`` are skipped, so a
+        masked-out stretch inside a response (tool output) is not discounted over (TRL's GAE runs
+        through it with zero values)."""
+        mask = mask.float()
+        values, rewards = values * mask, rewards * mask
+        if self.config.whiten_rewards:
+            rewards = whiten(rewards, mask, shift_mean=False)
+        advantages, returns = compute_gae(rewards, values, mask, self.config.gamma, self.config.lam)
+        return values, whiten(advantages, mask).detach(), returns
+
+    def loss(self, old_logprobs: torch.Tensor, values: torch.Tensor, logits: torch.Tensor, vpreds: torch.Tensor,
+             logprobs: torch.Tensor, mask: torch.Tensor, advantages: torch.Tensor,
+             returns: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+        """TRL's ``(policy loss, vf_coef * value loss, statistics)`` of one minibatch: the PPO core's
+        clipped losses (:func:`rl4lms.algorithms.ppo.ppo_loss`), the value loss on TRL's
+        ``0.5 * (V - R)^2`` scale, both zeroed when the mean ratio exceeds ``ratio_threshold``."""
+        mask = mask.float()
+        losses = ppo_loss(logprobs, old_logprobs, advantages, vpreds, values, returns, mask, self.config.cliprange,
+                          self.config.cliprange_value)
+        policy_loss, value_loss = losses.policy_loss, 0.5 * losses.value_loss
+        if masked_mean(losses.ratio, mask).item() > self.config.ratio_threshold:
+            warnings.warn(f"The average ratio of batch ({masked_mean(losses.ratio, mask).item():.2f}) exceeds "
+                          f"threshold {self.config.ratio_threshold:.2f}. Skipping batch.")
+            policy_loss, value_loss = policy_loss * 0.0, value_loss * 0.0
+        total = policy_loss + self.config.vf_coef * value_loss
+        with torch.no_grad():
+            stats = {"loss/policy": policy_loss.detach(), "loss/value": value_loss.detach(), "loss/total": total.detach(),
+                     "policy/entropy": masked_mean(entropy_from_logits(logits), mask),
+                     "policy/approxkl": torch.tensor(losses.kl_k2), "policy/policykl": torch.tensor(losses.policy_kl),
+                     "policy/clipfrac": torch.tensor(losses.clipfrac), "policy/advantages": advantages.detach(),
+                     "policy/ratio": losses.ratio, "val/vpred": masked_mean(vpreds, mask),
+                     "val/error": masked_mean((vpreds - returns) ** 2, mask),
+                     "val/clipfrac": torch.tensor(losses.value_clipfrac)}
+            stats.update({key[len("ppo/"):]: value for key, value in
+                          value_statistics(returns, values, advantages, mask).items()})
+        return policy_loss, self.config.vf_coef * value_loss, stats
 
     # --- logging and saving ------------------------------------------------------------------------
     def log_stats(self, stats: Dict[str, Any], batch: Dict[str, Any], rewards: Any,

@@ -53,10 +53,13 @@ TINY_LM = "rl4lms/tiny-gpt2"
 TINY_CLASSIFIER = "rl4lms/tiny-sentiment-classifier"
 SENTIMENT_LABELS = ("NEGATIVE", "POSITIVE")
 IMDB_IDS = ("stanfordnlp/imdb", "imdb")
+HH_RLHF_ID = "Anthropic/hh-rlhf"
+STACK_EXCHANGE_ID = "lvwerra/stack-exchange-paired"
 CALCULATOR_TOOL_ID = "ybelkada/simple-calculator"
 IMDB_ROWS_ENV = "TRL_EXAMPLES_IMDB_ROWS"
+QUESTION_CHARS = 200
 # Placeholders in replacements and arguments, filled with the folders written by write_offline_models.
-LM_FOLDER, CLASSIFIER_FOLDER = "<TINY_GPT2>", "<SENTIMENT_MODEL>"
+LM_FOLDER, CLASSIFIER_FOLDER, RM_ADAPTER_FOLDER = "<TINY_GPT2>", "<SENTIMENT_MODEL>", "<RM_ADAPTER>"
 OFFLINE_ENV = {"WANDB_MODE": "disabled", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -100,6 +103,8 @@ class Example:
     args: Tuple[str, ...] = ()
     imdb_rows: Optional[int] = None
     notebook: bool = False
+    expected_failure: Optional[str] = None
+    """On CPU, the example stops with this message from rl4lms.trl (8-bit loading): the check counts that."""
 
 
 IMPORTS = (
@@ -160,6 +165,47 @@ EXAMPLES: Tuple[Example, ...] = (
                          "TRL's own bug: `texts` has no 'answer', so with log_with='wandb' TRL 0.11.4's "
                          "log_stats raises ValueError after the first step", "upstream"),
         )),
+    Example(
+        "ppo_multi_adapter", "examples/scripts/ppo_multi_adapter.py", (
+            LOAD_DATASET,
+            Substitution("4-bit config", r"^nf4_config = BitsAndBytesConfig\(\n(?:.*\n)*?\)\n", "",
+                         "a 4-bit BitsAndBytesConfig (transformers 4 builds it only with bitsandbytes installed): "
+                         "4-bit loading needs a CUDA GPU, and this check runs on CPU", "cpu", regex=True),
+            Substitution("4-bit loading", "    quantization_config=nf4_config,\n", "",
+                         "4-bit loading goes through bitsandbytes on a CUDA GPU; this check runs on CPU", "cpu"),
+            Substitution("device map",
+                         '    device_map={"": "xpu:0"} if is_torch_xpu_available() else {"": "npu:0"} if '
+                         'is_torch_npu_available else {"": 0},\n', "",
+                         "places the model on accelerator 0 (the NPU's, as the uncalled is_torch_npu_available is "
+                         "always true); this check runs on CPU", "cpu"),
+        ),
+        # 16 rows in batches of 8: two PPO steps. The model, the reward adapter and safetensors are arguments.
+        args=("--model_name", LM_FOLDER, "--rm_adapter", RM_ADAPTER_FOLDER, "--use_safetensors", "True"),
+        imdb_rows=16),
+    *(Example(
+        name, "examples/research_projects/stack_llama/scripts/rl_training.py", (
+            LOAD_DATASET,
+            Substitution("scorer", "from transformers import Adafactor, AutoTokenizer, HfArgumentParser, pipeline\n",
+                         "from transformers import Adafactor, AutoTokenizer, HfArgumentParser\n"
+                         "from trl_examples import scores_pipeline as pipeline\n",
+                         "the reward pipeline (the tiny classifier given as --reward_model_name) that still takes "
+                         "return_all_scores=True and load_in_8bit=False, which transformers 5 dropped", "offline"),
+            Substitution("rows", "train_dataset.select(range(100000))", "train_dataset.select(range(16))",
+                         "the stand-in data set has 16 rows, not 100,000", "size"),
+            Substitution("workers", "num_proc = 24", "num_proc = 1",
+                         "24 tokenizing processes for 16 rows on a 2-core machine", "size"),
+            *((Substitution("device map", '    device_map={"": current_device},\n', "",
+                            "{'': 0} is GPU 0 for the model and the reward pipeline; this check runs on CPU", "cpu",
+                            count=2),) if not eight_bit else ()),
+        ),
+        # Two PPO steps of 8; 8-bit loading as shipped, or --load_in_8bit False.
+        args=("--model_name", LM_FOLDER, "--tokenizer_name", LM_FOLDER, "--reward_model_name", CLASSIFIER_FOLDER,
+              "--batch_size", "8", "--mini_batch_size", "2", "--gradient_accumulation_steps", "2", "--steps", "16",
+              "--output_max_length", "40", *(() if eight_bit else ("--load_in_8bit", "False"))),
+        imdb_rows=16,
+        expected_failure="load_in_8bit=True loads the model through bitsandbytes, which needs a CUDA GPU"
+        if eight_bit else None)
+      for name, eight_bit in (("stack_llama", True), ("stack_llama-no-8bit", False))),
 )
 
 
@@ -167,18 +213,31 @@ class SubstitutionMismatch(ValueError):
     """A substitution's text occurs a different number of times than its table says."""
 
 
-def offline_load_dataset(path: str, split: str) -> Any:
-    """``datasets.load_dataset`` for IMDB only: the project's IMDB fixture rows of ``split``, cycled
-    to ``$TRL_EXAMPLES_IMDB_ROWS`` rows (default: as many as shipped), with IMDB's features."""
-    if path not in IMDB_IDS:
-        raise ValueError(f"offline_load_dataset only stands in for IMDB ({', '.join(IMDB_IDS)}), not {path!r}")
+def offline_load_dataset(path: str, split: str = "train", **_: Any) -> Any:
+    """``datasets.load_dataset`` for the data sets the examples load, from the project's IMDB fixture
+    rows of ``split`` (a slice such as ``train[:1%]`` reads as ``train``), cycled to
+    ``$TRL_EXAMPLES_IMDB_ROWS`` rows (default: as many as shipped): IMDB itself with its features;
+    Anthropic/hh-rlhf's ``chosen``/``rejected`` and stack-exchange-paired's ``question`` columns as
+    texts in those columns' formats (a question is a review's first ``QUESTION_CHARS`` characters, so
+    that question and answer fit the tiny LM's 256 positions). Other arguments (``data_dir``, ...)
+    are accepted and unused."""
+    if path not in (*IMDB_IDS, HH_RLHF_ID, STACK_EXCHANGE_ID):
+        raise ValueError(f"offline_load_dataset only stands in for {', '.join((*IMDB_IDS, HH_RLHF_ID, STACK_EXCHANGE_ID))}"
+                         f", not {path!r}")
     from datasets import ClassLabel, Dataset, Features, Value
     from rl4lms.data_pools.sources import fixture_path, read_jsonl
 
-    rows = read_jsonl(fixture_path("imdb", f"{split}.jsonl"))
-    count = int(os.environ.get(IMDB_ROWS_ENV, len(rows)))
+    fixture = read_jsonl(fixture_path("imdb", f"{split.split('[')[0]}.jsonl"))
+    rows = [fixture[ix % len(fixture)] for ix in range(int(os.environ.get(IMDB_ROWS_ENV, len(fixture))))]
+    if path == HH_RLHF_ID:
+        return Dataset.from_list([{"chosen": f"\n\nHuman: {row['text']}\n\nAssistant: I agree.",
+                                   "rejected": f"\n\nHuman: {row['text']}\n\nAssistant: No."} for row in rows])
+    if path == STACK_EXCHANGE_ID:
+        return Dataset.from_list([{"qid": ix, "question": row["text"][:QUESTION_CHARS], "date": "2023-01-01",
+                                   "metadata": [], "response_j": "Yes.", "response_k": "No."}
+                                  for ix, row in enumerate(rows)])
     features = Features({"text": Value("string"), "label": ClassLabel(names=["neg", "pos"])})
-    return Dataset.from_list([rows[ix % len(rows)] for ix in range(count)], features=features)
+    return Dataset.from_list(rows, features=features)
 
 
 def offline_load_tool(task_or_repo_id: str) -> Any:
@@ -217,10 +276,14 @@ class ScoresPipeline:
 
 
 def scores_pipeline(task: str, **kwargs: Any) -> ScoresPipeline:
-    """``transformers.pipeline(task, **kwargs)`` as a ``ScoresPipeline``."""
+    """``transformers.pipeline(task, **kwargs)`` as a ``ScoresPipeline``. ``model_kwargs`` lose
+    ``load_in_8bit=False`` / ``load_in_4bit=False`` (transformers 4's way of saying "not quantized",
+    an unknown argument to transformers 5)."""
     from transformers import pipeline
 
-    return ScoresPipeline(pipeline(task, **kwargs))
+    model_kwargs = {key: value for key, value in kwargs.pop("model_kwargs", {}).items()
+                    if not (key in ("load_in_8bit", "load_in_4bit") and value is False)}
+    return ScoresPipeline(pipeline(task, **kwargs, **({"model_kwargs": model_kwargs} if model_kwargs else {})))
 
 
 def write_offline_models(folder: str) -> None:
@@ -229,12 +292,32 @@ def write_offline_models(folder: str) -> None:
     from rl4lms.models.tiny import write_tiny_model
     from transformers import AutoConfig
 
-    write_tiny_model(TINY_LM, Path(folder) / "tiny-gpt2")
+    lm_folder = write_tiny_model(TINY_LM, Path(folder) / "tiny-gpt2")
+    write_reward_adapter(lm_folder, Path(folder) / "tiny-gpt2-rm-adapter")
     classifier = write_tiny_model(TINY_CLASSIFIER, Path(folder) / "tiny-sentiment-classifier")
     config = AutoConfig.from_pretrained(classifier)
     config.id2label = dict(enumerate(SENTIMENT_LABELS))
     config.label2id = {label: ix for ix, label in enumerate(SENTIMENT_LABELS)}
     config.save_pretrained(classifier)
+
+
+def write_reward_adapter(lm_folder: Path, out_dir: Path) -> None:
+    """A reward model's LoRA adapter for the LM in ``lm_folder`` (what TRL's ``reward_adapter`` loads):
+    a 2-label sequence classifier on that LM with seeded random LoRA weights and score head, saved
+    with ``peft`` (adapter weights plus the ``score`` head)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForSequenceClassification
+
+    torch.manual_seed(0)
+    classifier = AutoModelForSequenceClassification.from_pretrained(lm_folder, num_labels=2)
+    adapter = get_peft_model(classifier, LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0,
+                                                    fan_in_fan_out=True, task_type="SEQ_CLS"))
+    with torch.no_grad():
+        for name, parameter in adapter.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.02)
+    adapter.save_pretrained(out_dir)
 
 
 def read_source(trl_repo: Path, ref: str, path: str) -> str:
@@ -325,8 +408,18 @@ def run_example(example: Example, script: Path, python: str, env: Dict[str, str]
     log.write_text(output)
     if code == 0:
         return Outcome(example.name, names, "finished", seconds, log, ok=True)
+    if example.expected_failure and example.expected_failure in output and not torch_has_cuda(python):
+        return Outcome(example.name, names, f"stopped as expected on CPU: {last_error_line(output)}", seconds, log,
+                       ok=True)
     outcome = f"timed out after {timeout:.0f} s" if code is None else f"failed: {last_error_line(output)}"
     return Outcome(example.name, names, outcome, seconds, log)
+
+
+def torch_has_cuda(python: str) -> bool:
+    """Whether ``python``'s torch sees a CUDA GPU."""
+    done = subprocess.run([python, "-c", "import torch; print(torch.cuda.is_available())"], capture_output=True,
+                          text=True)
+    return done.stdout.strip() == "True"
 
 
 def fill_args(example: Example, placeholders: Dict[str, str]) -> List[str]:
@@ -360,12 +453,24 @@ def substitution_table(examples: Sequence[Example], package: str) -> str:
     return "\n".join(lines)
 
 
+def add_checkout_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--trl-repo`` and ``--trl-ref``: the TRL git clone and the tag or commit to read ``what`` at."""
+    parser.add_argument("--trl-repo", type=Path, default=DEFAULT_TRL_REPO,
+                        help="a git clone of huggingface/trl (default: %(default)s)")
+    parser.add_argument("--trl-ref", default=DEFAULT_TRL_REF, help=f"the TRL tag or commit to read {what} at")
+
+
+def refuse(problems: Sequence[str], ref: str) -> int:
+    """Print why the substitutions do not fit TRL ``ref``; exit code 2."""
+    print(f"error: refusing to run, the substitution table does not match TRL {ref}:\n" + "\n".join(problems),
+          file=sys.stderr)
+    return 2
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Transform the chosen examples and run them (or print their diffs or the tables); the exit code."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--trl-repo", type=Path, default=DEFAULT_TRL_REPO,
-                        help="a git clone of huggingface/trl (default: %(default)s)")
-    parser.add_argument("--trl-ref", default=DEFAULT_TRL_REF, help="the TRL tag or commit to read the examples at")
+    add_checkout_arguments(parser, "the examples")
     parser.add_argument("--only", action="append", choices=[example.name for example in EXAMPLES],
                         help="run only this example (repeatable)")
     parser.add_argument("--package", choices=PACKAGES, default="rl4lms.trl",
@@ -384,7 +489,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     # --show-diff writes nothing, so its model folders are shown under a placeholder.
     workdir = args.workdir or (Path("$WORKDIR") if args.show_diff else Path(tempfile.mkdtemp(prefix="trl_examples-")))
     models = workdir / "models"
-    placeholders = {LM_FOLDER: str(models / "tiny-gpt2"), CLASSIFIER_FOLDER: str(models / "tiny-sentiment-classifier")}
+    placeholders = {LM_FOLDER: str(models / "tiny-gpt2"), CLASSIFIER_FOLDER: str(models / "tiny-sentiment-classifier"),
+                    RM_ADAPTER_FOLDER: str(models / "tiny-gpt2-rm-adapter")}
     quoted = {key: repr(value) for key, value in placeholders.items()}
     prepared, problems = [], []
     for example in examples:
@@ -394,9 +500,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         except (FileNotFoundError, SubstitutionMismatch) as error:
             problems.append(str(error))
     if problems:
-        print(f"error: refusing to run, the substitution table does not match TRL {args.trl_ref}:\n"
-              + "\n".join(problems), file=sys.stderr)
-        return 2
+        return refuse(problems, args.trl_ref)
     if args.show_diff:
         for example, source, text, _ in prepared:
             sys.stdout.writelines(difflib.unified_diff(source.splitlines(True), text.splitlines(True),
