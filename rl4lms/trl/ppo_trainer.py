@@ -52,7 +52,8 @@ from transformers import PreTrainedTokenizerBase
 
 from rl4lms.algorithms.advantages import token_kl
 from rl4lms.algorithms.rollout import pad_token_lists
-from rl4lms.policies.base import generation_step_outputs, masked_log_probs
+from rl4lms.generation.engine import generation_step_outputs
+from rl4lms.policies.base import masked_log_probs
 from rl4lms.rlhf.ppo_trainer import PPOTrainer as TripletPPOTrainer
 from rl4lms.training.distributed import check_launch, world_size
 from rl4lms.trl.core import set_seed
