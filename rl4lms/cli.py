@@ -16,7 +16,10 @@ EXIT_RUN_LOCKED = 3
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Fine-tune a language model with RL from one YAML config.")
-    parser.add_argument("--config_path", required=True, help="path to the YAML config")
+    parser.add_argument("--config_path", help="path to the YAML config (required unless --describe)")
+    parser.add_argument("--describe", metavar="KEY_PATH_OR_ID", default=None,
+                        help="print the reference of a config key path (e.g. alg.args, env.args) or a component id "
+                             "(e.g. ppo, rouge), or 'all', and exit; needs no config and loads no torch")
     parser.add_argument("--experiment_name", default=None,
                         help="run folder name (default: <config folder>_<config stem>, plus _smoke with --smoke)")
     parser.add_argument("--base_path_to_store_results", default="rl4lms_exps", help="parent folder of run folders")
@@ -38,8 +41,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def default_experiment_name(config_path: Path, smoke: bool) -> str:
     """``<config folder>_<config stem>`` (plus ``_smoke``): RL4LMs repeats file names across task
-    folders (``t5_ppo.yml`` in six of them), so the stem alone would send them to one run folder."""
-    return f"{config_path.parent.name}_{config_path.stem}" + ("_smoke" if smoke else "")
+    folders (``t5_ppo.yml`` in six of them), so the stem alone would send them to one run folder.
+    A relative path counts from the working folder: ``my.yml`` there is ``<its name>_my``."""
+    folder = config_path.resolve().parent.name
+    return (f"{folder}_{config_path.stem}" if folder else config_path.stem) + ("_smoke" if smoke else "")
 
 
 def format_summary(summary: Dict[str, Any]) -> str:
@@ -61,6 +66,11 @@ def format_summary(summary: Dict[str, Any]) -> str:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = parse_args(argv)
+    if args.describe is not None:
+        return describe(args.describe)
+    if args.config_path is None:
+        print("error: --config_path is required (or --describe <key path or id>)", file=sys.stderr)
+        return 2
     from rl4lms.config import ConfigError, load_config
 
     if args.num_threads is not None and args.num_threads < 1:
@@ -76,6 +86,18 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"datapool {config['datapool']['id']}); no model was loaded")
         return 0
     return train(args, config)
+
+
+def describe(target: str) -> int:
+    """``--describe``: the config reference of ``target`` on stdout."""
+    from rl4lms.config.reference import DescribeError, describe as reference_of
+
+    try:
+        print(reference_of(target), end="")
+    except DescribeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:

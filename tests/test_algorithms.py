@@ -18,6 +18,7 @@ TASK = REPO / "task_configs" / "synthetic_increasing_numbers"
 
 @pytest.mark.parametrize("model", ["tiny_gpt2", "tiny_t5"])
 @pytest.mark.parametrize("alg", ["ppo", "a2c", "trpo", "nlpo", "supervised", "grpo", "rloo", "reinforce_plus_plus"])
+@pytest.mark.slow
 def test_shipped_config_trains_and_evaluates(tmp_path: Path, alg: str, model: str) -> None:
     config = write_small_config(tmp_path, n_iters=2, eval_every=1, save_every=1, base=TASK / f"{model}_{alg}.yml")
     assert main(["--config_path", str(config), "--base_path_to_store_results", str(tmp_path),
@@ -115,6 +116,7 @@ def test_supervised_weight_decay_spares_biases_and_norms(tmp_path: Path, model: 
     assert len(decayed["params"]) + len(exempt["params"]) == sum(p.requires_grad for p in policy.parameters())
 
 
+@pytest.mark.slow
 def test_resumed_supervised_run_continues_the_schedule_exactly(tmp_path: Path) -> None:
     import shutil
 
@@ -137,6 +139,7 @@ def test_resumed_supervised_run_continues_the_schedule_exactly(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("alg, stat", [("ppo", "ppo/learning_rate"), ("a2c", "a2c/learning_rate")])
+@pytest.mark.slow
 def test_rl_linear_schedule_anneals_per_iteration_and_survives_resume(tmp_path: Path, alg: str, stat: str) -> None:
     import shutil
 

@@ -12,6 +12,7 @@ from conftest import DEFAULT_CONFIG, write_custom_module_config, write_small_con
 from rl4lms.cli import format_summary, main
 
 
+@pytest.mark.slow
 def test_run_writes_every_artifact(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = write_small_config(tmp_path, n_iters=3, eval_every=2, save_every=2)
     assert main(["--config_path", str(config), "--base_path_to_store_results", str(tmp_path),
@@ -87,6 +88,7 @@ def test_changed_config_in_existing_run_folder_is_refused(tmp_path: Path, capsys
     assert "alg.args.learning_rate" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_wandb_offline_logs_into_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -116,6 +118,7 @@ def test_impossible_run_settings_are_reported(tmp_path: Path, capsys: pytest.Cap
     assert expected in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_run_stopped_by_a_bad_reward_keeps_what_it_wrote(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                                          capsys: pytest.CaptureFixture) -> None:
     source = ("from rl4lms.registry import RewardFunctionRegistry\n"

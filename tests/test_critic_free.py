@@ -28,7 +28,7 @@ from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import ended_with_eos, weight_bytes
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
 from rl4lms.rewards.base import BatchedRewardFunction
-from rl4lms.rewards.synthetic import contains_iso_date, increasing_numbers_score
+from rl4lms.scoring.synthetic import contains_iso_date, increasing_numbers_score
 from rl4lms.training.builders import ComponentBuildError, build_components
 
 TASK = REPO / "task_configs" / "synthetic_increasing_numbers"
@@ -325,6 +325,7 @@ def test_grpo_on_a_maskable_policy_samples_from_the_mask_and_refreshes_it(tiny_t
                                            (ReinforcePlusPlus, "reinforce_plus_plus/loss/total")])
 @pytest.mark.parametrize("loss_type, level", [("grpo", "token"), ("dr_grpo", "token"), ("dapo", "sequence"),
                                               ("bnpo", "token")])
+@pytest.mark.slow
 def test_every_algorithm_and_loss_type_updates_the_policy(tiny_tokenizer, cls: type, loss_key: str, loss_type: str,
                                                           level: str) -> None:
     alg = make_alg(tiny_tokenizer, cls=cls, loss_type=loss_type, importance_sampling_level=level, num_iterations=2,

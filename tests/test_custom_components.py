@@ -12,6 +12,8 @@ from conftest import REPO, write_small_config
 from rl4lms.cli import main
 from rl4lms.registry import DataPoolRegistry, MetricRegistry, RewardFunctionRegistry
 
+pytestmark = pytest.mark.slow  # the custom-component example trains a run
+
 
 def _readme_example() -> str:
     blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)

@@ -10,8 +10,8 @@ from rl4lms.data_pools.synthetic import _DATE_PROMPTS, DatesPool, DummyPool, Inc
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, Sample, TextGenPool
 from rl4lms.metrics.synthetic import DateInText, IncreasingNumbersInText
 from rl4lms.registry import DataPoolRegistry, MetricRegistry, RewardFunctionRegistry
-from rl4lms.rewards.synthetic import (IncreasingNumbersReward, SentencesWithDatesReward, contains_iso_date,
-                                      increasing_numbers_score)
+from rl4lms.rewards.synthetic import IncreasingNumbersReward, SentencesWithDatesReward
+from rl4lms.scoring.synthetic import contains_iso_date, increasing_numbers_score
 
 
 def _prompts(pool: TextGenPool) -> List[str]:

@@ -81,6 +81,7 @@ def _jsonl(path: Path) -> list:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_processes_end_with_identical_weights_and_one_writer(two_process_runs: dict) -> None:
     run = two_process_runs["base"] / "ddp"
     summary = _summary(run)
@@ -147,6 +148,7 @@ def test_fsdp_holds_half_of_the_state_per_process_and_matches_ddp(two_process_ru
         [g["params"] for g in ddp_state["optimizer"]["param_groups"]]
 
 
+@pytest.mark.slow
 def test_killed_fsdp_run_resumes_as_if_never_interrupted(two_process_runs: dict) -> None:
     base, config = two_process_runs["base"], two_process_runs["configs"]["fsdp"]
     run = base / "killed"
@@ -175,6 +177,7 @@ def test_killed_fsdp_run_resumes_as_if_never_interrupted(two_process_runs: dict)
         assert torch.equal(resumed_tensors[name], tensor), name
 
 
+@pytest.mark.slow
 def test_fsdp_checkpoint_resumes_in_a_single_process(two_process_runs: dict, tmp_path: Path) -> None:
     """Checkpoints hold the whole state: another process count (here one, unsharded) continues the run."""
     base = two_process_runs["base"]
@@ -193,6 +196,7 @@ def test_fsdp_checkpoint_resumes_in_a_single_process(two_process_runs: dict, tmp
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
 @pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+@pytest.mark.slow
 def test_grpo_in_two_processes_keeps_the_weights_equal(tmp_path: Path, sharding: str) -> None:
     # Batch-wide reward scaling, dapo's all-process token count and dynamic sampling (the processes
     # keep different numbers of groups, then agree on the smallest) all talk across processes; under
@@ -255,6 +259,7 @@ def test_gradient_accumulation_steps_every_n_calls_with_the_mean_gradient(tiny_t
     assert not torch.equal(weight, before)
 
 
+@pytest.mark.slow
 def test_bf16_mixed_precision_trains_on_cpu(tmp_path: Path) -> None:
     config = _with_accelerator(write_small_config(tmp_path, n_iters=2, eval_every=2, save_every=2), "bf16.yml",
                                mixed_precision="bf16", gradient_accumulation_steps=2)
@@ -287,6 +292,7 @@ print(f"RESULT {rank} {trainer.accelerator.num_processes} {hashlib.md5(weights).
 
 
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
+@pytest.mark.slow
 def test_trl_ppo_trainer_in_two_cpu_processes_keeps_the_weights_equal(tmp_path: Path) -> None:
     script = tmp_path / "trl_two_processes.py"
     script.write_text(TRL_SCRIPT)

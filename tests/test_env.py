@@ -12,7 +12,8 @@ from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, Sample
 from rl4lms.envs.observation import OBSERVATION_KEYS, Observation
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.rewards.base import RewardFunction
-from rl4lms.rewards.synthetic import IncreasingNumbersReward, increasing_numbers_score
+from rl4lms.rewards.synthetic import IncreasingNumbersReward
+from rl4lms.scoring.synthetic import increasing_numbers_score
 
 SAMPLES = [
     Sample(id="s0", prompt_or_input_text="1 2", references=["3 4 5"]),

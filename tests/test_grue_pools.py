@@ -61,7 +61,7 @@ def test_commongen_prompt_format_and_grouped_references() -> None:
 
 
 def test_daily_dialog_context_window_and_intent() -> None:
-    from rl4lms.data_pools.dialog import EOU_TOKEN
+    from rl4lms.scoring.dialog import EOU_TOKEN
 
     dialog = load_rows("daily_dialog", "unused", None, "train", fixture=True)[0]
     first = prepare("daily_dialog", "train", context_size=2)[0]

@@ -74,6 +74,7 @@ def test_tokenizer_without_pad_token(tmp_path: Path) -> None:
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
 
 
+@pytest.mark.slow
 def test_training_with_pad_equal_to_eos_from_a_local_folder(tmp_path: Path) -> None:
     """RL4LMs' GPT-2 setting (pad = EOS), loaded from a save_pretrained folder instead of the hub."""
     folder = _padless_tiny_gpt2(tmp_path / "padless")

@@ -136,6 +136,7 @@ def _maskable_policy(kind: str):
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "t5"])
+@pytest.mark.slow
 def test_cached_mask_model_decoding_equals_rereading_the_prefix(kind: str) -> None:
     policy = _maskable_policy(kind)
     prompt = torch.tensor([[0, 0, 5, 6, 7], [8, 9, 10, 11, 12]])
@@ -153,6 +154,7 @@ def test_cached_mask_model_decoding_equals_rereading_the_prefix(kind: str) -> No
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "t5"])
+@pytest.mark.slow
 def test_sampled_masks_are_the_mask_models_sets_at_every_step(kind: str) -> None:
     policy = _maskable_policy(kind)
     prompt = torch.tensor([[0, 5, 6, 7], [8, 9, 10, 11]])

@@ -50,6 +50,7 @@ def test_overridden_values_are_validated_like_yaml() -> None:
     assert load_config(DEFAULT_CONFIG, ["alg.args.learning_rate=1e-5"])["alg"]["args"]["learning_rate"] == 1e-5
 
 
+@pytest.mark.slow
 def test_cli_override_changes_the_run(tmp_path: Path) -> None:
     config = write_small_config(tmp_path, n_iters=4)
     assert main(["--config_path", str(config), "--base_path_to_store_results", str(tmp_path), "--experiment_name",

@@ -223,6 +223,7 @@ def _whole_sequence_forward(model: Any, prompt_ids: torch.Tensor, prompt_mask: t
 
 @pytest.mark.parametrize("with_logits_to_keep", [True, False])
 @pytest.mark.parametrize("response_len", [1, 4])
+@pytest.mark.slow
 def test_causal_forward_equals_the_whole_sequence_forward(env: TextGenEnv, tiny_tokenizer: Any,
                                                          monkeypatch: pytest.MonkeyPatch, with_logits_to_keep: bool,
                                                          response_len: int) -> None:
@@ -294,6 +295,7 @@ def test_log_probs_and_entropy_equal_the_separate_functions_with_and_without_ent
     torch.testing.assert_close(uniform[0], torch.tensor([[-torch.log(torch.tensor(4.0)).item()]]))
 
 
+@pytest.mark.slow
 def test_fused_adamw_is_the_default_and_steps_like_the_loop(env: TextGenEnv, tiny_tokenizer: Any) -> None:
     """The policy's AdamW is torch's fused one unless ``optimizer_kwargs`` choose; a step with it equals
     a step of the per-parameter loop up to float rounding."""
@@ -336,6 +338,7 @@ def test_evaluate_episodes_batch_equals_single(policy: LMActorCriticPolicy, tiny
             torch.testing.assert_close(batched.values[row], single.values[0], atol=1e-4, rtol=0)
 
 
+@pytest.mark.slow
 def test_reference_log_probs_track_until_update(kind: str, env: TextGenEnv, tiny_tokenizer: Any) -> None:
     policy = _build(kind, env, tiny_tokenizer)
     prompt_ids, prompt_mask, _ = _prompt_batch(tiny_tokenizer)

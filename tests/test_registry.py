@@ -193,6 +193,7 @@ def test_registry_module_imports_no_component_module() -> None:
     assert loaded == ["rl4lms", "rl4lms.registry"]
 
 
+@pytest.mark.slow
 def test_validating_a_config_imports_only_the_components_it_names() -> None:
     loaded = set(json.loads(_python(
         "import json, sys\nfrom rl4lms.config import load_config\n"

@@ -85,6 +85,7 @@ def wordnet_marked_ids(ids: Any) -> List[Any]:
 
 
 @pytest.mark.parametrize("reward_id", wordnet_marked_ids(REWARD_ARGS))
+@pytest.mark.slow
 def test_reward(reward_id: str, isolated_home: Path) -> None:
     reward = ALL_REGISTRIES["reward_fn"].build(reward_id, REWARD_ARGS[reward_id])
     values = reward(PROMPTS, GENS, REFS, [True, True], METAS)

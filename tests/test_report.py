@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO
 from rl4lms.sweep.report import aggregate, find_runs, markdown_table, write_report
 
@@ -55,6 +57,7 @@ def test_aggregation_averages_final_metrics_over_seeds(tmp_path: Path) -> None:
     assert "| cnn | ppo | alg.kl_div.coeff=0.1 | 1 | - | - | 0.250 ± 0.000 |" in table
 
 
+@pytest.mark.slow
 def test_report_script_writes_tables_and_plots(tmp_path: Path) -> None:
     runs, out = tmp_path / "runs", tmp_path / "out"
     _make_runs(runs)

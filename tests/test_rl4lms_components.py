@@ -137,7 +137,7 @@ def test_spice_without_java_and_corenlp_says_what_to_install(tmp_path: Path) -> 
     with pytest.raises(SpiceUnavailableError) as error:
         SpiceMetric(spice_home=str(tmp_path), java="no-such-java")
     message = str(error.value)
-    assert "apt-get install default-jre-headless" in message
+    assert "apt-get install --no-install-recommends default-jre-headless" in message
     assert "SPICE-1.0.zip" in message and "stanford-corenlp-full-2015-12-09.zip" in message
     with pytest.raises(ConfigError, match=r"train_evaluation\.metrics\[0\]\.id: SPICE needs Java"):
         validate_config(_metric_config({"id": "spice", "args": {"spice_home": str(tmp_path)}}))

@@ -115,6 +115,15 @@ def test_default_run_folder_names_the_task_folder() -> None:
     assert default_experiment_name(Path("task_configs/totto/t5_ppo.yml"), smoke=True) == "totto_t5_ppo_smoke"
 
 
+def test_a_config_in_the_working_folder_is_named_after_that_folder(tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    work = tmp_path / "my_task"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert default_experiment_name(Path("ppo.yml"), smoke=False) == "my_task_ppo"
+    assert default_experiment_name(Path("/ppo.yml"), smoke=True) == "ppo_smoke"
+
+
 def test_a_stray_comma_after_a_boolean_is_read_as_the_boolean(caplog: pytest.LogCaptureFixture) -> None:
     raw = yaml.safe_load(DEFAULT.read_text())
     raw["train_evaluation"]["metrics"] = [{"id": "rouge_l_max", "args": {"apply_best": "True,"}}]
@@ -181,6 +190,7 @@ def test_rl4lms_supervised_form_errors_name_the_key(change: Any, message: str) -
         translate_rl4lms_supervised(raw)
 
 
+@pytest.mark.slow
 def test_rl4lms_supervised_config_trains_and_resumes_like_a_project_run(tmp_path: Path) -> None:
     path = tmp_path / "tiny_gpt2_supervised.yml"
     path.write_text(yaml.safe_dump(_rl4lms_supervised()))
@@ -240,6 +250,7 @@ MetricRegistry.add("word_count", WordCount)
 '''
 
 
+@pytest.mark.slow
 def test_rl4lms_readme_pool_reward_and_metric(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def edit(config: Dict[str, Any]) -> None:
         config["datapool"] = {"id": "counting_pool", "args": {}}
@@ -316,6 +327,7 @@ AlgorithmRegistry.add("clipped_pg", ClippedPolicyGradient)
 '''
 
 
+@pytest.mark.slow
 def test_rl4lms_readme_custom_algorithm_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def edit(config: Dict[str, Any]) -> None:
         config["alg"]["id"] = "clipped_pg"
@@ -332,6 +344,44 @@ def test_rl4lms_readme_custom_algorithm_trains(tmp_path: Path, monkeypatch: pyte
     records = [json.loads(line) for line in (tmp_path / "alg" / "training_info.jsonl").open()]
     assert len(records) == 2 and {"custom/loss", "train/explained_variance"} <= set(records[-1])
     assert (tmp_path / "alg" / "model" / "config.json").is_file()
+
+
+PASS_THROUGH_ALGORITHM = '''
+from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+from rl4lms.registry import AlgorithmRegistry
+
+
+class MyOnPolicyAlgorithm(OnPolicyAlgorithm):
+    def __init__(self, **args):
+        super().__init__(**args)
+
+    def train(self):
+        for rollout_data in self.rollout_buffer.get(8):
+            out = self.policy.evaluate_actions(rollout_data.observations, rollout_data.actions.long().flatten())
+            loss = -(rollout_data.advantages * out.log_prob).mean()
+            self.policy.optimizer.zero_grad()
+            loss.backward()
+            self.policy.optimizer.step()
+        self._tracker.log_training_infos({"custom/loss": loss.item()})
+
+
+AlgorithmRegistry.add("my_on_policy", MyOnPolicyAlgorithm)
+'''
+
+
+@pytest.mark.slow
+def test_rl4lms_readme_pass_through_constructor_trains(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """RL4LMs' README form, ``__init__(self, **args)`` calling ``super().__init__(**args)``: the
+    ``tracker`` it passes on is kept, not refused."""
+    def edit(config: Dict[str, Any]) -> None:
+        config["alg"]["id"] = "my_on_policy"
+        config["alg"]["args"] = {"n_steps": 4, "learning_rate": 1e-4}
+
+    path = write_custom_module_config(tmp_path, monkeypatch, "pass_through_algorithm", PASS_THROUGH_ALGORITHM, edit,
+                                      "pass_through.yml", n_iters=1, eval_every=1, save_every=1)
+    assert _run(path, tmp_path, "pass") == 0
+    records = [json.loads(line) for line in (tmp_path / "pass" / "training_info.jsonl").open()]
+    assert len(records) == 1 and "custom/loss" in records[0]
 
 
 def test_buffer_transitions_are_the_env_observations(tiny_tokenizer: Any) -> None:

@@ -87,6 +87,7 @@ def test_pairwise_loss_hand_example() -> None:
     assert pairwise_accuracy(chosen, rejected) == 0.5  # a tie is not a correct ranking
 
 
+@pytest.mark.slow
 def test_reward_model_trains_and_plugs_into_learned_reward(tmp_path: Path, isolated_home: Path) -> None:
     from rl4lms.registry import RewardFunctionRegistry
 
@@ -114,9 +115,9 @@ def test_reward_model_trains_and_plugs_into_learned_reward(tmp_path: Path, isola
 # --- triplet PPO API ------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ppo_trainer():
-    from rl4lms.rlhf.ppo_trainer import PPOTrainer
+    from rl4lms.rlhf.triplet_ppo_trainer import TripletPPOTrainer
 
-    return PPOTrainer("rl4lms/tiny-gpt2", ppo_args={"batch_size": 4, "n_epochs": 2, "learning_rate": 1e-3},
+    return TripletPPOTrainer("rl4lms/tiny-gpt2", ppo_args={"batch_size": 4, "n_epochs": 2, "learning_rate": 1e-3},
                       kl_coeff=0.05, policy_args={"generation_kwargs": {"do_sample": True, "top_k": 0}}, device="cpu")
 
 
@@ -124,6 +125,7 @@ def _queries(trainer, texts: List[str]) -> List[torch.Tensor]:
     return [trainer.tokenizer(t, return_tensors="pt").input_ids[0] for t in texts]
 
 
+@pytest.mark.slow
 def test_step_runs_the_ppo_update_and_returns_trl_stats(ppo_trainer) -> None:
     from rl4lms.algorithms.ppo import PPO
 
@@ -152,6 +154,7 @@ def test_step_runs_the_ppo_update_and_returns_trl_stats(ppo_trainer) -> None:
         ppo_trainer.generate(queries, max_new_tokens=4, temperature=0.7)
 
 
+@pytest.mark.slow
 def test_response_masks_leave_tool_tokens_out_of_the_loss(ppo_trainer) -> None:
     from rl4lms.algorithms.rollout import pad_token_lists, scored_batch
 
@@ -202,7 +205,7 @@ def test_tool_call_parsing_and_the_calculator() -> None:
 
 
 class ScriptedModel:
-    """A stand-in for ``PPOTrainer.generate`` that writes the given texts turn by turn."""
+    """A stand-in for ``TripletPPOTrainer.generate`` that writes the given texts turn by turn."""
 
     def __init__(self, tokenizer, turns: List[List[str]]) -> None:
         self.tokenizer, self.turns, self.calls = tokenizer, turns, 0
@@ -255,6 +258,7 @@ def test_long_tool_output_is_cut_and_full_contexts_end_the_episode(isolated_home
     assert len(episode.query) + len(episode.response) >= 20
 
 
+@pytest.mark.slow
 def test_tool_episodes_train_with_ppo(ppo_trainer) -> None:
     from rl4lms.envs.tool_env import ToolEnvironment, calculator
 
@@ -274,9 +278,9 @@ def test_lora_policy_trains_adapters_only_and_uses_the_base_as_reference(isolate
 
     from rl4lms.models.loading import resolve_model_name
     from rl4lms.models.lora import parameter_counts
-    from rl4lms.rlhf.ppo_trainer import PPOTrainer
+    from rl4lms.rlhf.triplet_ppo_trainer import TripletPPOTrainer
 
-    trainer = PPOTrainer("rl4lms/tiny-gpt2", device="cpu", ppo_args={"batch_size": 2, "n_epochs": 1},
+    trainer = TripletPPOTrainer("rl4lms/tiny-gpt2", device="cpu", ppo_args={"batch_size": 2, "n_epochs": 1},
                          policy_args={"peft_config": {"r": 4, "lora_alpha": 8, "target_modules": ["c_attn"]}})
     policy = trainer.policy
     # c_attn maps 64 -> 192 in each of the 2 layers: A is 4 x 64, B is 192 x 4.
@@ -304,7 +308,7 @@ def test_lora_policy_trains_adapters_only_and_uses_the_base_as_reference(isolate
 
 def test_quantized_loading_is_refused_without_a_gpu(isolated_home: Path) -> None:
     from rl4lms.models.lora import quantization_kwargs
-    from rl4lms.rlhf.ppo_trainer import PPOTrainer
+    from rl4lms.rlhf.triplet_ppo_trainer import TripletPPOTrainer
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
@@ -313,10 +317,11 @@ def test_quantized_loading_is_refused_without_a_gpu(isolated_home: Path) -> None
     with pytest.raises(ValueError, match="not one of 4bit, 8bit"):
         quantization_kwargs("2bit")
     with pytest.raises(ValueError, match="needs policy.args.peft_config"):
-        PPOTrainer("rl4lms/tiny-gpt2", device="cpu", policy_args={"quantization": "4bit"})
+        TripletPPOTrainer("rl4lms/tiny-gpt2", device="cpu", policy_args={"quantization": "4bit"})
 
 
 # --- the example pipeline -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_example_pipeline_runs_offline_end_to_end(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rl4lms.rlhf.pipeline import run_pipeline
 
@@ -360,6 +365,7 @@ def test_pipeline_config_errors_name_the_key(tmp_path: Path) -> None:
     assert not (tmp_path / "out_2").exists()
 
 
+@pytest.mark.slow
 def test_reward_model_with_lora_trains_adapters_and_the_score_head(isolated_home: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
@@ -380,14 +386,15 @@ def test_reward_model_with_lora_trains_adapters_and_the_score_head(isolated_home
         assert torch.allclose(merged(**ids).logits, trainer.model(**ids).logits, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_triplet_trainer_continues_from_its_saved_folder_with_its_critic(tmp_path: Path) -> None:
-    from rl4lms.rlhf.ppo_trainer import PPOTrainer
+    from rl4lms.rlhf.triplet_ppo_trainer import TripletPPOTrainer
 
-    first = PPOTrainer("rl4lms/tiny-gpt2", ppo_args={"batch_size": 2, "n_epochs": 1}, max_length=16)
+    first = TripletPPOTrainer("rl4lms/tiny-gpt2", ppo_args={"batch_size": 2, "n_epochs": 1}, max_length=16)
     first.step([torch.tensor([5, 6])] * 2, [torch.tensor([7, 8, 9])] * 2, [1.0, 0.0])
     first.save_pretrained(tmp_path / "saved")
-    again = PPOTrainer(str(tmp_path / "saved"), ppo_args={"batch_size": 2, "n_epochs": 1}, max_length=16)
+    again = TripletPPOTrainer(str(tmp_path / "saved"), ppo_args={"batch_size": 2, "n_epochs": 1}, max_length=16)
     for name, value in first.policy.value_head.state_dict().items():
         assert torch.equal(again.policy.value_head.state_dict()[name], value), name
-    fresh = PPOTrainer("rl4lms/tiny-gpt2", ppo_args={"batch_size": 2, "n_epochs": 1}, max_length=16, seed=1)
+    fresh = TripletPPOTrainer("rl4lms/tiny-gpt2", ppo_args={"batch_size": 2, "n_epochs": 1}, max_length=16, seed=1)
     assert not torch.equal(fresh.policy.value_head.summary.weight, first.policy.value_head.summary.weight)

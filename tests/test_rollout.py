@@ -110,6 +110,7 @@ def test_rollout_collects_the_token_budget_and_counts_truncation(tiny_tokenizer)
     assert alg.rollout_buffer.data.prompt_ids.shape[1] == 1
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer) -> None:
     alg = make_ppo(tiny_tokenizer, LengthReward())
     with torch.no_grad():
@@ -122,6 +123,7 @@ def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer) -> None:
     (lambda n: [float("nan")] * n, r"returned a non-finite reward for sample ids \['0', '1', '2', '3'\]"),
     (lambda n: [1.0] * (n - 1), "returned 3 scores for 4 generations"),
 ])
+@pytest.mark.slow
 def test_bad_reward_output_names_the_reward_function(tiny_tokenizer, scores, message: str) -> None:
     class BadReward(LengthReward):
         def __call__(self, *args: Any, **kwargs: Any) -> List[float]:
@@ -132,6 +134,7 @@ def test_bad_reward_output_names_the_reward_function(tiny_tokenizer, scores, mes
         alg.collector.collect(SAMPLES[:4], kl_coeff=0.1)
 
 
+@pytest.mark.slow
 def test_separate_critic_trains_its_own_backbone(tiny_tokenizer) -> None:
     env = TextGenEnv(tiny_tokenizer, LengthReward(), SAMPLES, max_episode_length=6, max_prompt_length=8)
     alg = PPO(CausalLMActorCriticPolicy, env, KLController(0.1), n_envs=4, n_steps=6, batch_size=4, n_epochs=1,
@@ -149,6 +152,7 @@ def test_separate_critic_trains_its_own_backbone(tiny_tokenizer) -> None:
     assert "ppo/val/var_explained" in alg.train_stats
 
 
+@pytest.mark.slow
 def test_sb3_predict_on_env_observations_for_both_model_kinds(tiny_tokenizer) -> None:
     from rl4lms.policies.seq2seq import Seq2SeqLMActorCriticPolicy
 
@@ -171,6 +175,7 @@ def test_sb3_predict_on_env_observations_for_both_model_kinds(tiny_tokenizer) ->
         assert env.observation.action_history == response[0].tolist()
 
 
+@pytest.mark.slow
 def test_sb3_logger_writes_no_folders(tiny_tokenizer, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 

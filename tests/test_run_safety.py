@@ -74,6 +74,7 @@ def test_unwritable_results_folder_is_one_line(tmp_path: Path, capsys: pytest.Ca
     assert "Operation not permitted" in line or "Permission denied" in line
 
 
+@pytest.mark.slow
 def test_run_folder_made_immutable_keeps_what_it_holds(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = write_small_config(tmp_path, n_iters=2, eval_every=1, save_every=1)
     assert _run(config, tmp_path) == 0
@@ -85,6 +86,7 @@ def test_run_folder_made_immutable_keeps_what_it_holds(tmp_path: Path, capsys: p
     assert _snapshot(tmp_path / "run") == before
 
 
+@pytest.mark.slow
 def test_full_disk_during_a_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture) -> None:
     """The second checkpoint's ``torch.save`` goes to /dev/full: torch's own write failure."""
@@ -110,6 +112,7 @@ def test_full_disk_during_a_checkpoint(tmp_path: Path, monkeypatch: pytest.Monke
     assert json.loads((tmp_path / "run" / "run_complete.json").read_text())["iterations"] == 4
 
 
+@pytest.mark.slow
 def test_lower_n_iters_than_the_folder_holds_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     config = write_small_config(tmp_path, n_iters=2, eval_every=1, save_every=1)
     assert _run(config, tmp_path) == 0
@@ -128,6 +131,7 @@ def test_lower_n_iters_than_the_folder_holds_is_refused(tmp_path: Path, capsys: 
     assert "already holds 2 iterations" in _error_line(capsys.readouterr().err)
 
 
+@pytest.mark.slow
 def test_resume_prunes_checkpoints_left_by_a_kill_during_pruning(tmp_path: Path) -> None:
     config = write_small_config(tmp_path, n_iters=3, eval_every=1, save_every=1)
     assert _run(config, tmp_path) == 0
@@ -179,6 +183,7 @@ def test_metric_with_missing_per_sample_scores_is_named(tmp_path: Path, monkeypa
     assert not list((tmp_path / "run").glob("epoch_*_predictions.json"))
 
 
+@pytest.mark.slow
 def test_trainer_state_loads_with_weights_only_and_old_pickles_are_refused(tmp_path: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     config = write_small_config(tmp_path, n_iters=2, eval_every=1, save_every=1)

@@ -148,6 +148,7 @@ open({out!r} + f"/rank{{rank}}.json", "w").write(json.dumps({{"rank": rank, "tok
 '''
 
 
+@pytest.mark.slow
 def test_sharded_policy_generates_gathers_and_scatters_under_torchrun(tmp_path: Path) -> None:
     script = tmp_path / "sharded_generation.py"
     script.write_text(GENERATION_SCRIPT.format(tests=str(REPO / "tests"), out=str(tmp_path)))
@@ -171,6 +172,7 @@ def test_sharded_policy_generates_gathers_and_scatters_under_torchrun(tmp_path: 
     ("tiny_t5_supervised.yml", {}, {"sharding": "fsdp", "mixed_precision": "bf16",
                                     "gradient_accumulation_steps": 2}),
 ], ids=["nlpo_critic_checkpointing", "t5_supervised_bf16"])
+@pytest.mark.slow
 def test_fsdp_runs_nlpo_and_supervised_in_two_processes(tmp_path: Path, config_name: str, policy_args: dict,
                                                        accelerator: dict) -> None:
     config = write_small_config(tmp_path, n_iters=2, eval_every=2, save_every=2, base=TASKS / config_name,

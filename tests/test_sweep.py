@@ -53,6 +53,7 @@ def _env() -> dict:
     return dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
 
 
+@pytest.mark.slow
 def test_killed_sweep_reruns_to_completion_with_every_run_done_once(tmp_path: Path) -> None:
     config = write_small_config(tmp_path, n_iters=16, eval_every=8, save_every=2)
     sweep_file = _write_sweep(tmp_path, [config], {"seed": [0, 1, 2]}, {})
@@ -85,6 +86,7 @@ def test_killed_sweep_reruns_to_completion_with_every_run_done_once(tmp_path: Pa
     assert third.returncode == 0 and third.stdout.count("already_complete") == 3
 
 
+@pytest.mark.slow
 def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path: Path) -> None:
     config = write_small_config(tmp_path, n_iters=1)
     (tmp_path / "run").mkdir()

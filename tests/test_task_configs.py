@@ -21,10 +21,11 @@ def test_every_grue_task_has_the_five_variants() -> None:
     variants = {"ppo", "nlpo", "supervised", "ppo_on_supervised", "nlpo_on_supervised"}
     for task in GRUE_TASKS:
         stems = {p.stem.split("_", 1)[1] for p in GRUE_CONFIGS if p.parent.name == task}
-        assert stems == variants, task
+        assert variants <= stems, task  # and models of other families (smollm2_*)
 
 
 @pytest.mark.parametrize("path", wordnet_marked(GRUE_CONFIGS), ids=lambda p: f"{p.parent.name}/{p.stem}")
+@pytest.mark.slow
 def test_smoke_run_completes(path: Path, tmp_path: Path) -> None:
     smoke = load_config(path, smoke=True)
     kind = "seq2seq" if "seq2seq" in smoke["alg"]["policy"]["id"] else "causal"

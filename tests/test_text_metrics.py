@@ -13,7 +13,7 @@ from rl4lms.metrics.cider import caption_words, cider_d
 from rl4lms.metrics.diversity import diversity_statistics, msttr
 from rl4lms.metrics.lexical import (BLEUMetric, ChrFMetric, MeteorMetric, RougeLMaxMetric, RougeMetric,
                                     SacreBLEUMetric, TERMetric)
-from rl4lms.metrics.tokenize import word_tokenize
+from rl4lms.scoring.tokenize import word_tokenize
 
 GEN = ["the cat sat on the mat", "a dog runs in the park", "hello"]
 REFS = [["the cat sat on the mat", "a cat was on the mat"], ["a dog is running in a park"], ["hi there"]]
@@ -217,7 +217,7 @@ def test_perplexity_equals_exp_of_the_mean_token_loss(isolated_home: Path) -> No
 
 
 def test_intent_accuracy_uses_the_last_utterance_and_act_minus_one(isolated_home: Path) -> None:
-    from rl4lms.data_pools.dialog import EOU_TOKEN
+    from rl4lms.scoring.dialog import EOU_TOKEN
     from rl4lms.metrics.intent import IntentAccuracyMetric, last_utterance
     from rl4lms.models.classifier import TextClassifier
 
@@ -237,9 +237,42 @@ def test_missing_wordnet_names_the_debian_packages(tmp_path: Path, monkeypatch: 
     from rl4lms.metrics import wordnet
 
     monkeypatch.setattr(wordnet, "DEBIAN_WORDNET_DIR", tmp_path)
-    with pytest.raises(wordnet.WordNetMissingError, match="apt-get install wordnet-base wordnet-sense-index"):
+    with pytest.raises(wordnet.WordNetMissingError, match="apt-get install --no-install-recommends wordnet-base wordnet-sense-index"):
         wordnet._build_nltk_copy(tmp_path / "copy")
     assert len(wordnet.lexnames_lines()) == 45 and wordnet.lexnames_lines()[3] == "03\tnoun.Tops\t1"
+
+
+def test_validation_refuses_meteor_without_wordnet(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  isolated_home: Path) -> None:
+    import yaml
+
+    from rl4lms.metrics import wordnet
+
+    monkeypatch.setattr(wordnet, "DEBIAN_WORDNET_DIR", tmp_path)
+    monkeypatch.setattr(wordnet, "_nltk_data_dirs", lambda: [])
+    monkeypatch.setenv("RL4LMS_CACHE", str(tmp_path / "cache"))  # without the copy other tests built
+    config = yaml.safe_load(Path("task_configs/synthetic_arithmetic/tiny_gpt2_ppo.yml").read_text())
+    config["train_evaluation"]["metrics"].append({"id": "meteor"})
+    config["reward_fn"] = {"id": "intent_accuracy", "args": {"shape": True}}
+    path = tmp_path / "meteor.yml"
+    path.write_text(yaml.safe_dump(config))
+    wordnet_errors = [e for e in _config_errors(path) if "METEOR needs WordNet" in e]
+    assert [e.split(":")[0] for e in wordnet_errors] == ["reward_fn.id", "train_evaluation.metrics[1].id"]
+    assert all(e.endswith("apt-get install --no-install-recommends wordnet-base wordnet-sense-index") for e in wordnet_errors)
+    config["reward_fn"]["args"]["shape"] = False
+    config["train_evaluation"]["metrics"].pop()
+    path.write_text(yaml.safe_dump(config))
+    assert not any("WordNet" in e for e in _config_errors(path))
+
+
+def _config_errors(path: Path) -> list:
+    from rl4lms.config import ConfigError, load_config
+
+    try:
+        load_config(path)
+    except ConfigError as error:
+        return error.errors
+    return []
 
 
 def test_bert_score_of_empty_texts_is_zero() -> None:

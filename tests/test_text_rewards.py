@@ -89,7 +89,7 @@ def test_learned_reward_is_batched_and_matches_the_classifier(isolated_home: Pat
 
 @pytest.mark.wordnet
 def test_intent_reward_mixes_intent_match_and_meteor(isolated_home: Path) -> None:
-    from rl4lms.data_pools.dialog import EOU_TOKEN
+    from rl4lms.scoring.dialog import EOU_TOKEN
     from rl4lms.metrics.intent import IntentScorer
 
     prompts = [f"hello{EOU_TOKEN}how are you? {EOU_TOKEN}"] * 2

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from conftest import DEFAULT_CONFIG, REPO, write_small_config
 
+pytestmark = pytest.mark.slow  # every test here trains, kills and resumes runs
+
 SCRIPT = REPO / "scripts" / "training" / "train_text_generation.py"
 
 

@@ -14,7 +14,7 @@ rollouts. Here :func:`text_algorithm` builds that wrapper as a subclass whose me
   and calls ``self.policy.evaluate_actions(obs, actions)``, RL4LMs' per-transition evaluation;
 * the rollout, KL penalty and controller, checkpoints and the trainer loop are the project's.
   Values the user's ``train()`` records with ``self.logger.record`` or
-  ``self.tracker.log_training_infos`` become the iteration's training statistics.
+  ``self._tracker.log_training_infos`` become the iteration's training statistics.
 
 The buffer serves raw GAE advantages (SB3's buffers do; such ``train()`` methods normalize per
 minibatch themselves). Such an algorithm runs in one process: its ``train()`` does its own
@@ -64,7 +64,8 @@ class SB3AlgorithmAdapter(LMOnPolicyAlgorithm):
     buffer is the episode buffer); ``stats_window_size``, ``tensorboard_log``, ``monitor_wrapper``,
     ``supported_action_spaces`` and SB3 1.x's ``create_eval_env`` steer SB3's own logging, env
     wrapping and checks, which the trainer replaces; ``policy_kwargs``, ``verbose``, ``seed``,
-    ``device``, ``_init_setup_model`` as in SB3.
+    ``device``, ``_init_setup_model`` as in SB3; ``tracker`` (RL4LMs') becomes ``self._tracker``
+    when the user's constructor passes it on instead of keeping it.
     """
 
     supports_multiprocess = False
@@ -77,7 +78,7 @@ class SB3AlgorithmAdapter(LMOnPolicyAlgorithm):
                  stats_window_size: int = 100, tensorboard_log: Optional[str] = None, monitor_wrapper: bool = True,
                  policy_kwargs: Optional[Dict[str, Any]] = None, verbose: int = 0, seed: Optional[int] = None,
                  device: str = "auto", _init_setup_model: bool = True, supported_action_spaces: Any = None,
-                 create_eval_env: bool = False) -> None:
+                 create_eval_env: bool = False, tracker: Optional[TrainingInfoTracker] = None) -> None:
         if use_sde:
             raise ValueError("alg.args.use_sde must be false: state-dependent exploration has no meaning for "
                              "token sampling")
@@ -86,6 +87,8 @@ class SB3AlgorithmAdapter(LMOnPolicyAlgorithm):
                              "episode buffer, whose get() serves SB3-style transitions")
         if callable(learning_rate):
             learning_rate = float(learning_rate(1.0))
+        if tracker is not None:  # a constructor that passes everything on (RL4LMs' ``**args`` form)
+            self._tracker = tracker
         super().__init__(policy=policy, env=env, learning_rate=learning_rate, n_steps=n_steps, gamma=gamma,
                          gae_lambda=gae_lambda, ent_coef=ent_coef, vf_coef=vf_coef, max_grad_norm=max_grad_norm,
                          normalize_advantage=getattr(self, "normalize_advantage", True),

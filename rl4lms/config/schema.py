@@ -55,10 +55,13 @@ NONE = type(None)
 
 CONFIG_SCHEMA = Section({
     "tokenizer": Section({
-        "model_name": Key(STR, doc="hub id, local folder or embedded tiny model (rl4lms/tiny-gpt2, rl4lms/tiny-t5)"),
+        "model_name": Key(STR, doc="hub id, local folder, embedded tiny model (rl4lms/tiny-gpt2, rl4lms/tiny-t5) or "
+                                   "packaged model (rl4lms/smollm2-135m-instruct)"),
         "padding_side": Key(STR, "left", choices=("left", "right")),
         "truncation_side": Key(STR, "left", choices=("left", "right")),
         "pad_token_as_eos_token": Key(BOOL, True, doc="use EOS as pad when the tokenizer has no pad token (RL4LMs' default)"),
+        "gguf_file": Key(STR + (NONE,), None, doc="a GGUF checkpoint's file name in the folder model_name (converted "
+                                                  "once into $RL4LMS_CACHE)"),
     }),
     "reward_fn": Component("reward_fn", required=False, doc="required by every algorithm but supervised"),
     "datapool": Component("datapool"),
@@ -70,6 +73,9 @@ CONFIG_SCHEMA = Section({
             "terminate_on_eos": Key(BOOL, True),
             "prompt_truncation_side": Key(STR, "left", choices=("left", "right")),
             "context_start_token": Key(INT + (NONE,), None),
+            "chat_template": Key(BOOL, False, doc="write each prompt as the user turn of the tokenizer's chat template "
+                                                  "(instruct models), in rollouts and evaluation"),
+            "system_prompt": Key(STR + (NONE,), None, doc="a system turn before each prompt (with chat_template)"),
         }),
     }),
     "alg": Component("alg", extra_keys={

@@ -97,6 +97,13 @@ def smoke_config(raw: Dict[str, Any]) -> Dict[str, Any]:
     kind = "seq2seq" if "seq2seq" in str(policy.get("id", "")) else "causal"
     policy.setdefault("args", {})["model_name"] = TINY_POLICY_MODELS[kind]
     config.setdefault("tokenizer", {})["model_name"] = TINY_POLICY_MODELS[kind]
+    # The tiny models are no GGUF checkpoints and their tokenizer has no chat template.
+    for section in (policy["args"], config["tokenizer"], (config.get("env") or {}).get("args") or {}):
+        for key in ("gguf_file", "chat_template", "system_prompt"):
+            section.pop(key, None)
+    peft = policy["args"].get("peft_config")
+    if isinstance(peft, dict) and "target_modules" in peft:  # module names of another architecture
+        peft["target_modules"] = "all-linear"
 
     pool = config.setdefault("datapool", {})
     pool_args = pool.setdefault("args", {}) or {}

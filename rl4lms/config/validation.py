@@ -8,6 +8,7 @@ import inspect
 import logging
 import math
 import typing
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from rl4lms.config.schema import CONFIG_SCHEMA, INJECTED_ARGS, POSITIVE_ARGS, Component, ComponentList, Key, Section
@@ -105,6 +106,14 @@ def _resolved_hints(target: Callable) -> Dict[str, Any]:
     return hints
 
 
+def _built_algorithm_class(cls: type) -> type:
+    """The class the trainer builds for ``alg.id``: an RL4LMs-style stable-baselines3 subclass runs
+    inside its adapter, which takes what the subclass passes on with ``**args``."""
+    from rl4lms.algorithms.sb3_compat import is_sb3_algorithm, text_algorithm
+
+    return text_algorithm(cls) if is_sb3_algorithm(cls) else cls
+
+
 def _constructor_parameters(cls: type, kind: str) -> Tuple[Dict[str, inspect.Parameter], Dict[str, Any], bool]:
     """Named parameters (with type hints) of the constructor, ``prepare`` for pools.
 
@@ -114,6 +123,8 @@ def _constructor_parameters(cls: type, kind: str) -> Tuple[Dict[str, inspect.Par
     """
     params: Dict[str, inspect.Parameter] = {}
     hints: Dict[str, Any] = {}
+    if kind == "alg":
+        cls = _built_algorithm_class(cls)
     owners = [cls] if kind == "datapool" else [c for c in cls.__mro__ if "__init__" in vars(c)]
     for owner in owners:
         target: Callable = owner.prepare if kind == "datapool" else vars(owner)["__init__"]
@@ -285,12 +296,34 @@ def _check_accelerator_section(validator: _Validator, config: Dict[str, Any]) ->
                                                        "use bf16")
 
 
+def _check_chat_template(validator: _Validator, config: Dict[str, Any]) -> None:
+    """``env.args.chat_template`` needs a tokenizer with a chat template, told without loading it where
+    its files are at hand (tiny models have none; a local folder's tokenizer config says); a hub
+    tokenizer is checked when it loads."""
+    env_args = (config.get("env") or {}).get("args") or {}
+    tokenizer = config.get("tokenizer") or {}
+    if env_args.get("system_prompt") is not None and not env_args.get("chat_template"):
+        validator.error("env.args.system_prompt", "needs env.args.chat_template: true")
+    name = tokenizer.get("model_name")
+    if not env_args.get("chat_template") or not isinstance(name, str) or tokenizer.get("gguf_file"):
+        return
+    from rl4lms.models.chat_template import folder_has_chat_template
+    from rl4lms.models.tiny import TINY_MODELS
+
+    has_template = False if name in TINY_MODELS else (
+        folder_has_chat_template(Path(name).expanduser()) if Path(name).expanduser().is_dir() else None)
+    if has_template is False:
+        validator.error("env.args.chat_template", f"tokenizer '{name}' has no chat template: set it false, or use "
+                                                  "an instruct model's tokenizer (e.g. rl4lms/smollm2-135m-instruct)")
+
+
 def validate_config(config: Dict[str, Any], source: Optional[str] = None) -> Dict[str, Any]:
     """Validate a config dict against the schema and component signatures; return it with defaults."""
     validator = _Validator()
     result = validator.section(CONFIG_SCHEMA, config, "")
     _check_reward_sections(validator, result)
     _check_accelerator_section(validator, result)
+    _check_chat_template(validator, result)
     if validator.errors:
         raise ConfigError(validator.errors, source)
     return result

@@ -9,9 +9,7 @@ from typing import List, Optional
 from rl4lms.data_pools.sources import (DataSourceError, data_cache_dir, download, fixture_path, hub_split_name,
                                        load_rows, offline_hint, truncated)
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
-
-EOU_TOKEN = "<EOU>"
-"""Marks the end of an utterance in DailyDialog contexts and targets."""
+from rl4lms.scoring.dialog import EOU_TOKEN
 
 
 class DailyDialog(TextGenPool):

@@ -8,7 +8,7 @@ import numpy as np
 
 from rl4lms.data_pools.sources import hub_split_name, load_rows, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
-from rl4lms.metrics.final_answer import ANSWER_MARKER, extract_answer
+from rl4lms.scoring.answers import ANSWER_MARKER, extract_answer
 
 GSM8K_DATASET = "openai/gsm8k"
 DEFAULT_PROMPT = "Question: {question}\nAnswer:"

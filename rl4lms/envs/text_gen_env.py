@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 
 from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, Sample
 from rl4lms.envs.observation import Observation, ObservationLayout
+from rl4lms.models.chat_template import ChatPrompt
 from rl4lms.rewards.base import AnyRewardFunction, BatchedRewardFunction
 
 
@@ -21,6 +22,8 @@ class TextGenEnv(gym.Env):
     tokens were generated or, with ``terminate_on_eos``, on the EOS token; both count as
     ``terminated`` because the finished text is final (there is nothing to bootstrap).
     Per-step reward functions are called every step; batched ones once, at the end.
+    With ``chat_template`` every prompt is the user turn of a chat written by the tokenizer's chat
+    template (after ``system_prompt``, if given), as instruct models expect.
     """
 
     metadata = {"render_modes": []}
@@ -28,7 +31,8 @@ class TextGenEnv(gym.Env):
     def __init__(self, tokenizer: PreTrainedTokenizerBase, reward_function: Optional[AnyRewardFunction],
                  samples: Sequence[Sample], max_episode_length: int = 512, max_prompt_length: Optional[int] = None,
                  terminate_on_eos: bool = False, context_start_token: Optional[int] = None,
-                 prompt_truncation_side: str = "left") -> None:
+                 prompt_truncation_side: str = "left", chat_template: bool = False,
+                 system_prompt: Optional[str] = None) -> None:
         super().__init__()
         if len(samples) == 0:
             raise EmptyDataPoolError("TextGenEnv needs at least one sample; the data pool split is empty")
@@ -47,6 +51,9 @@ class TextGenEnv(gym.Env):
         self.terminate_on_eos = terminate_on_eos
         self.context_start_token = context_start_token
         self.prompt_truncation_side = prompt_truncation_side
+        if system_prompt is not None and not chat_template:
+            raise ValueError("env.args.system_prompt needs env.args.chat_template: true")
+        self.chat_prompt = ChatPrompt(tokenizer, system_prompt) if chat_template else None
         # The context holds the optional start token followed by up to max_episode_length actions.
         self.context_length = max_episode_length + (context_start_token is not None)
         vocab = len(tokenizer)
@@ -79,9 +86,11 @@ class TextGenEnv(gym.Env):
 
     def tokenize_prompt(self, text: str, truncation_side: Optional[str] = None) -> Tuple[List[int], bool]:
         """Token ids of a prompt with the special tokens the tokenizer adds (T5's closing ``</s>``;
-        none for GPT-2), as RL4LMs encodes prompts, cut to ``max_prompt_length`` on
-        ``truncation_side`` (default: ``prompt_truncation_side``; the text is cut, not the special
-        tokens); and whether it was cut."""
+        none for GPT-2), as RL4LMs encodes prompts, or written by the chat template, cut to
+        ``max_prompt_length`` on ``truncation_side`` (default: ``prompt_truncation_side``; the text is
+        cut, not the special tokens or the template); and whether it was cut."""
+        if self.chat_prompt is not None:
+            return self.chat_prompt.encode(text, self.max_prompt_length, truncation_side or self.prompt_truncation_side)
         ids = self.tokenizer(text)["input_ids"]
         if len(ids) <= self.max_prompt_length:
             return ids, False

@@ -3,7 +3,7 @@
 TF-IDF weighted n-gram vectors (n = 1..4), document frequencies over the references of the
 evaluated corpus, clipped cosine similarity with a Gaussian length penalty (sigma 6), times 10.
 Texts are tokenized close to COCO's PTB tokenizer: NLTK word tokens
-(:func:`rl4lms.metrics.tokenize.word_tokenize`), lower-cased, without the punctuation tokens that
+(:func:`rl4lms.scoring.tokenize.word_tokenize`), lower-cased, without the punctuation tokens that
 COCO removes (PTB's ``-LRB-`` / ``-RRB-`` / ``-LCB-`` / ``-RCB-`` are NLTK's parentheses and braces).
 RL4LMs' own copy (from CommonGen's evaluation) keeps case and punctuation, on spaCy tokens.
 """
@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
-from rl4lms.metrics.tokenize import word_tokenize
+from rl4lms.scoring.tokenize import word_tokenize
 
 NGram = Tuple[str, ...]
 COCO_PUNCTUATION = frozenset(["''", "'", "``", "`", "(", ")", "{", "}", ".", "?", "!", ",", ":", "-", "--", "...",

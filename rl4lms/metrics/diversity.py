@@ -1,6 +1,6 @@
 """Diversity of a split's generations (RL4LMs' ``diversity`` metric: GEM-metrics' ``NGramStats`` and ``MSTTR``).
 
-Texts are word-tokenized (:func:`rl4lms.metrics.tokenize.word_tokenize`) and lower-cased. For n = 1..3:
+Texts are word-tokenized (:func:`rl4lms.scoring.tokenize.word_tokenize`) and lower-cased. For n = 1..3:
 ``vocab_size-n`` (distinct n-grams), ``unique-n`` (n-grams seen once), ``distinct-n`` (distinct /
 total), ``entropy-n`` (bits), and for n > 1 ``cond_entropy-n``, GEM's next-word entropy
 ``-sum p(x, y) log2(p(x, y) / p(x))``, where p(x) is the frequency of the (n-1)-gram x among all
@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
-from rl4lms.metrics.tokenize import word_tokenize
+from rl4lms.scoring.tokenize import word_tokenize
 
 PUNCTUATION = frozenset(string.punctuation)
 

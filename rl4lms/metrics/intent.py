@@ -5,7 +5,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-from rl4lms.data_pools.dialog import EOU_TOKEN
+from rl4lms.scoring.dialog import EOU_TOKEN
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.models.classifier import TextClassifier
 

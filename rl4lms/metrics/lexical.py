@@ -16,8 +16,8 @@ from sacrebleu.metrics import BLEU, CHRF, TER
 from rl4lms.metrics.base import BaseMetric, MetricResult, SentenceMetric, mean_score
 from rl4lms.metrics.bleu import nmt_corpus_bleu
 from rl4lms.metrics.py_rouge import rouge_l_f, rouge_l_scorer
-from rl4lms.metrics.tokenize import word_tokenize
-from rl4lms.metrics.wordnet import load_wordnet
+from rl4lms.scoring.tokenize import word_tokenize
+from rl4lms.metrics.wordnet import load_wordnet, wordnet_missing
 
 ROUGE_TYPES = ("rouge1", "rouge2", "rougeL", "rougeLsum")
 
@@ -47,6 +47,12 @@ class MeteorMetric(SentenceMetric):
         self.params = {"alpha": alpha, "beta": beta, "gamma": gamma}
         self.wordnet = load_wordnet()
         self.meteor_score = meteor_score
+
+    @staticmethod
+    def requirement_errors(**_: Any) -> List[str]:
+        """WordNet, which validation checks before any model loads."""
+        missing = wordnet_missing()
+        return [missing] if missing else []
 
     def sentence_scores(self, prompt_texts: List[str], generated_texts: List[str],
                         reference_texts: List[List[str]], meta_infos: Optional[List[Dict[str, Any]]] = None

@@ -4,7 +4,7 @@ Two things stop ``import rouge`` (py-rouge 1.1) from working as shipped: it impo
 ``pkg_resources``, which setuptools 81 removed, only to find the word lists next to its own module;
 and its tokenizer is ``nltk.word_tokenize``, which needs NLTK's Punkt download. py-rouge reduces
 every text to ``[A-Za-z0-9 ]`` before tokenizing, so the download-free tokenizer of
-:mod:`rl4lms.metrics.tokenize` gives the same tokens.
+:mod:`rl4lms.scoring.tokenize` gives the same tokens.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import types
 from functools import lru_cache
 from typing import Any, Dict, List
 
-from rl4lms.metrics.tokenize import word_tokenize
+from rl4lms.scoring.tokenize import word_tokenize
 
 PY_ROUGE_ARGS = ("max_n", "limit_length", "length_limit", "length_limit_type", "apply_avg", "apply_best",
                  "alpha", "weight_factor", "stemming")

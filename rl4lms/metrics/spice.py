@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
-from rl4lms.metrics.tokenize import word_tokenize
+from rl4lms.scoring.tokenize import word_tokenize
 from rl4lms.models.tiny import cache_dir
 
 SPICE_JAR = "spice-1.0.jar"
@@ -48,7 +48,7 @@ def missing_requirements(spice_home: Path, java: str = "java") -> List[str]:
     """What is missing to run SPICE, each with how to install it (empty when everything is there)."""
     missing = []
     if shutil.which(java) is None:
-        missing.append(f"Java ('{java}' is not on PATH): apt-get install default-jre-headless")
+        missing.append(f"Java ('{java}' is not on PATH): apt-get install --no-install-recommends default-jre-headless")
     if not (spice_home / SPICE_JAR).is_file():
         missing.append(f"{spice_home / SPICE_JAR}: download {SPICE_URL} and unzip it so that {SPICE_JAR} and its "
                        f"lib/ folder are in {spice_home}")

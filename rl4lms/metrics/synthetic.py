@@ -6,7 +6,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 
 from rl4lms.metrics.base import BaseMetric, MetricResult
-from rl4lms.rewards.synthetic import contains_iso_date, increasing_numbers_score
+from rl4lms.scoring.synthetic import contains_iso_date, increasing_numbers_score
 
 
 class _PerTextMetric(BaseMetric):

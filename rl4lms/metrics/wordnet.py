@@ -10,10 +10,11 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, List
+from typing import Any, List, Optional
 
 from rl4lms.models.tiny import cache_dir
 
@@ -31,13 +32,36 @@ LEXICOGRAPHER_FILES = (
 _SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 
-INSTALL_HINT = "apt-get install wordnet-base wordnet-sense-index"
+INSTALL_HINT = "apt-get install --no-install-recommends wordnet-base wordnet-sense-index"
 
 
 class WordNetMissingError(LookupError):
     """Neither NLTK's WordNet nor Debian's WordNet packages are installed."""
 
     install_hint = f"install it with: {INSTALL_HINT}"
+
+
+def _nltk_data_dirs() -> List[Path]:
+    """The folders NLTK searches for its data (``nltk.data.path``'s defaults), listed without
+    importing NLTK, which takes seconds."""
+    given = [Path(p) for p in os.environ.get("NLTK_DATA", "").split(os.pathsep) if p]
+    prefix = Path(sys.prefix)
+    return [*given, Path.home() / "nltk_data", prefix / "nltk_data", prefix / "share" / "nltk_data",
+            prefix / "lib" / "nltk_data", *(Path(p) for p in ("/usr/share/nltk_data", "/usr/local/share/nltk_data",
+                                                              "/usr/lib/nltk_data", "/usr/local/lib/nltk_data"))]
+
+
+def wordnet_missing() -> Optional[str]:
+    """Why METEOR cannot find WordNet (one line with the install command), or None if it can: NLTK's
+    corpus, the copy :func:`load_wordnet` built, or Debian's files. Cheap: it reads no database."""
+    corpora = [d / "corpora" for d in _nltk_data_dirs()] + [cache_dir() / "nltk_data" / "corpora"]
+    if any((c / "wordnet").is_dir() or (c / "wordnet.zip").is_file() for c in corpora):
+        return None
+    missing = [name for name in _DATABASE_FILES if not (DEBIAN_WORDNET_DIR / name).is_file()]
+    if not missing:
+        return None
+    return (f"METEOR needs WordNet, and neither NLTK's copy nor Debian's is installed (missing in "
+            f"{DEBIAN_WORDNET_DIR}: {', '.join(missing[:3])}{'...' if len(missing) > 3 else ''}); {INSTALL_HINT}")
 
 
 def lexnames_lines() -> List[str]:

@@ -11,6 +11,7 @@ from typing import Any, Optional, Type, TypeVar
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rl4lms.models.gguf import PACKAGED_MODELS, GGUFError, resolve_gguf, resolve_packaged
 from rl4lms.models.tiny import TINY_MODELS, resolve_tiny_model
 
 M = TypeVar("M")
@@ -33,10 +34,16 @@ class TransformersClass:
         return getattr(transformers, self.name)
 
 
-def resolve_model_name(name_or_path: str) -> str:
-    """Map an embedded tiny-model name to its local folder; return anything else unchanged."""
+def resolve_model_name(name_or_path: str, gguf_file: Optional[str] = None) -> str:
+    """Map an embedded tiny-model name, a packaged model's name or a GGUF checkpoint (``gguf_file`` in
+    the folder ``name_or_path``, or a path ending in ``.gguf``) to its local folder; return anything else
+    unchanged."""
     if name_or_path in TINY_MODELS:
         return str(resolve_tiny_model(name_or_path))
+    if name_or_path in PACKAGED_MODELS:
+        return resolve_packaged(name_or_path)
+    if gguf_file or name_or_path.endswith(".gguf"):
+        return resolve_gguf(name_or_path, gguf_file)
     return name_or_path
 
 
@@ -62,15 +69,23 @@ def hub_reachable(endpoint: str, timeout: float = 3.0) -> bool:
     return True
 
 
-def load_pretrained(loader: Any, name_or_path: str, what: str, **kwargs: Any) -> Any:
-    """``loader.from_pretrained`` with tiny-name resolution; failures name ``what`` and what to try
-    instead. A hub id is read from the local cache when the hub cannot be reached."""
-    resolved = resolve_model_name(name_or_path)
+def resolve_checkpoint(name_or_path: str, gguf_file: Optional[str] = None, what: str = "model") -> str:
+    """:func:`resolve_model_name`, with a missing package or GGUF file reported as a :class:`ModelLoadError`."""
+    try:
+        return resolve_model_name(name_or_path, gguf_file)
+    except GGUFError as error:
+        raise ModelLoadError(f"could not load {what} '{name_or_path}': {error}") from None
+
+
+def load_pretrained(loader: Any, name_or_path: str, what: str, gguf_file: Optional[str] = None, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` with tiny-name, packaged-model and GGUF resolution; failures name
+    ``what`` and what to try instead. A hub id is read from the local cache when the hub cannot be reached."""
+    resolved = resolve_checkpoint(name_or_path, gguf_file, what)
     local = Path(resolved).expanduser().exists()
     if resolved.startswith(("/", "./", "../", "~")) and not local:
         raise ModelLoadError(f"could not load {what} '{name_or_path}': the folder does not exist")
     alternatives = (f"pass a local folder made with save_pretrained, or use an embedded tiny model "
-                    f"({', '.join(TINY_MODELS)})")
+                    f"({', '.join(TINY_MODELS)}) or a packaged one ({', '.join(PACKAGED_MODELS)})")
     online = local or hub_reachable(hub_endpoint())
     try:
         return loader.from_pretrained(resolved, **kwargs, **({} if online else {"local_files_only": True}))
@@ -88,11 +103,12 @@ def load_model(model_cls: Type[M], name_or_path: str, **kwargs: Any) -> M:
 
 
 def load_tokenizer(model_name: str, padding_side: str = "left", truncation_side: str = "left",
-                   pad_token_as_eos_token: bool = False) -> PreTrainedTokenizerBase:
-    """Load a tokenizer as the ``tokenizer`` config section describes (RL4LMs' keys)."""
+                   pad_token_as_eos_token: bool = False, gguf_file: Optional[str] = None) -> PreTrainedTokenizerBase:
+    """Load a tokenizer as the ``tokenizer`` config section describes (RL4LMs' keys, and ``gguf_file``
+    for a GGUF checkpoint)."""
     from transformers import AutoTokenizer
 
-    tokenizer = load_pretrained(AutoTokenizer, model_name, "tokenizer")
+    tokenizer = load_pretrained(AutoTokenizer, model_name, "tokenizer", gguf_file)
     if tokenizer.pad_token is None:
         if not pad_token_as_eos_token:
             raise ModelLoadError(f"tokenizer '{model_name}' has no pad token: set tokenizer.pad_token_as_eos_token: "

@@ -26,7 +26,7 @@ from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokeni
 from rl4lms.envs.observation import ObservationLayout
 from rl4lms.generation.engine import GenerationEngine, build_engine
 from rl4lms.models.fused_activations import use_fused_activations
-from rl4lms.models.loading import load_model, resolve_model_name
+from rl4lms.models.loading import load_model, resolve_checkpoint, resolve_model_name
 from rl4lms.models.lora import add_lora_adapters, quantization_kwargs, save_model
 from rl4lms.policies.value_head import CRITIC_DIR, VALUE_HEAD_FILE, ValueHead, hidden_size, save_value_head
 
@@ -149,7 +149,10 @@ class LMActorCriticPolicy(BasePolicy):
     """Actor-critic over an ``AutoModelFor*LM``; subclasses say how prompt and response are fed.
 
     Args (``alg.policy.args``):
-        model_name: hub id, local folder or embedded tiny model of the actor (and the reference).
+        model_name: hub id, local folder, embedded tiny model (``rl4lms/tiny-gpt2``) or packaged model
+            (``rl4lms/smollm2-135m-instruct``) of the actor (and the reference).
+        gguf_file: a GGUF checkpoint's file name in the folder ``model_name``; it is converted once into
+            a safetensors folder under ``$RL4LMS_CACHE``, which the run then loads.
         generation_kwargs: Hugging Face ``generate`` settings for rollouts (``max_new_tokens``,
             ``do_sample``, ``top_k``, ...); evaluation replaces them with ``train_evaluation.generation_kwargs``.
         shared_backbone: the value head sits on the actor's hidden states (True) or on a separate critic LM.
@@ -208,13 +211,16 @@ class LMActorCriticPolicy(BasePolicy):
                  quantization: Optional[str] = None, model: Optional[PreTrainedModel] = None,
                  value_head: Optional[nn.Module] = None, ref_model: Optional[PreTrainedModel] = None,
                  generation_engine: str = "hf", vllm: Optional[Dict[str, Any]] = None,
-                 with_value_head: bool = True, with_reference: bool = True) -> None:
+                 with_value_head: bool = True, with_reference: bool = True,
+                 gguf_file: Optional[str] = None) -> None:
         super().__init__(observation_space, action_space, optimizer_class=torch.optim.AdamW,
                          optimizer_kwargs=optimizer_kwargs or {})
         if apply_model_parallel:
             logger.info("apply_model_parallel is ignored: run multi-device training through `accelerate launch`")
         if prompt_truncation_side not in ("left", "right"):
             raise ValueError(f"policy.args.prompt_truncation_side must be 'left' or 'right', got {prompt_truncation_side!r}")
+        if gguf_file is not None:
+            model_name = resolve_checkpoint(model_name, gguf_file)
         self.model_name = model_name
         self.tokenizer = tokenizer
         self.prompt_truncation_side = prompt_truncation_side

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from rl4lms.metrics.final_answer import AnswerChecker, Extraction
+from rl4lms.scoring.answers import AnswerChecker, Extraction
 from rl4lms.rewards.base import ScoreReward
 
 

@@ -40,6 +40,11 @@ class IntentAccuracyReward(ScoreReward):
         self.intent_coeff = intent_coeff
         self.auto_coeff = auto_coeff
 
+    @staticmethod
+    def requirement_errors(shape: bool = True, **_: Any) -> List[str]:
+        """WordNet when ``shape`` adds METEOR."""
+        return MeteorMetric.requirement_errors() if shape else []
+
     def scores(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
                meta_infos: Optional[List[Dict[str, Any]]]) -> List[float]:
         rewards = [self.intent_coeff * s for s in self.intent.scores(prompt_texts, gen_texts, meta_infos)]

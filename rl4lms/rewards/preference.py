@@ -104,6 +104,11 @@ class CommonGenPreferenceReward(ScoreReward):
         self.meteor_coeff = meteor_coeff
         self.meteor = MeteorMetric() if meteor_coeff else None
 
+    @staticmethod
+    def requirement_errors(meteor_coeff: float = 0.0, **_: Any) -> List[str]:
+        """WordNet when ``meteor_coeff`` adds METEOR."""
+        return MeteorMetric.requirement_errors() if meteor_coeff else []
+
     def scores(self, prompt_texts: List[str], gen_texts: List[str], ref_texts: List[List[str]],
                meta_infos: Optional[List[Dict[str, Any]]]) -> List[float]:
         infos = meta_infos or [{} for _ in gen_texts]

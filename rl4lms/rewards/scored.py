@@ -28,6 +28,8 @@ class MeteorReward(MetricReward):
         super().__init__(shaping_fn, shaping_fn_args)
         self.metric = MeteorMetric()
 
+    requirement_errors = staticmethod(MeteorMetric.requirement_errors)
+
 
 class RougeReward(ScoreReward):
     """ROUGE F-measure of type ``rouge_type`` (rouge1, rouge2, rougeL, rougeLsum), stemmed."""

@@ -1,6 +1,6 @@
 """TRL's classic ``PPOTrainer`` (trl 0.4-0.11) on this project's PPO core.
 
-The trainer translates; the math is the project's: :class:`rl4lms.rlhf.ppo_trainer.PPOTrainer`
+The trainer translates; the math is the project's: :class:`rl4lms.rlhf.triplet_ppo_trainer.TripletPPOTrainer`
 scores the triplets (policy and reference forwards, the KL penalty of ``kl_penalty``, the score on
 the last response token) and runs :class:`rl4lms.algorithms.ppo.PPO`'s update. The translation:
 
@@ -54,7 +54,7 @@ from rl4lms.algorithms.advantages import token_kl
 from rl4lms.algorithms.rollout import pad_token_lists
 from rl4lms.generation.engine import generation_step_outputs
 from rl4lms.policies.base import masked_log_probs
-from rl4lms.rlhf.ppo_trainer import PPOTrainer as TripletPPOTrainer
+from rl4lms.rlhf.triplet_ppo_trainer import TripletPPOTrainer
 from rl4lms.training.distributed import check_launch, world_size
 from rl4lms.trl.core import set_seed
 from rl4lms.trl.modeling_value_head import _TRLModelWithValueHead

@@ -17,6 +17,7 @@ from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedTokenizerBase
 
 from rl4lms.envs.tool_env import RequestCallSyntax, Tool, ToolCallError, ToolEpisodeLoop
+from rl4lms.models.chat_template import ChatPrompt
 
 try:  # rich is optional: without it the histories print as plain text with [prompt]/[system]/[model] marks
     from rich import print as rich_print
@@ -149,6 +150,9 @@ class TextEnvironment(ToolEpisodeLoop):
         max_length: an episode of more tokens ends, marked truncated (None: no limit).
         generation_kwargs: for ``model.generate`` (``stop_strings`` and ``tokenizer`` are set here).
         max_tool_reponse: TRL 0.11's spelling of ``max_tool_response``, for its scripts.
+        chat_template: write ``prompt + task`` as the user turn of the tokenizer's chat template (an
+            instruct model's reading), as ``env.args.chat_template`` does for config runs.
+        system_prompt: a system turn before it (with ``chat_template``).
     """
 
     runs_tool_when_full = False
@@ -157,7 +161,8 @@ class TextEnvironment(ToolEpisodeLoop):
     def __init__(self, model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase,
                  tools: Union[Dict[str, Tool], Sequence[Tool]], reward_fn: Callable[..., Sequence[Any]], prompt: str,
                  max_turns: int = 4, max_tool_response: int = 100, max_length: Optional[int] = None,
-                 generation_kwargs: Optional[Dict[str, Any]] = None, max_tool_reponse: Optional[int] = None) -> None:
+                 generation_kwargs: Optional[Dict[str, Any]] = None, max_tool_reponse: Optional[int] = None,
+                 chat_template: bool = False, system_prompt: Optional[str] = None) -> None:
         if max_tool_reponse is not None:
             if max_tool_response != 100:
                 raise ValueError("pass max_tool_response or TRL's spelling max_tool_reponse, not both")
@@ -170,6 +175,9 @@ class TextEnvironment(ToolEpisodeLoop):
         self.prompt = prompt
         self.max_length = max_length
         self.generation_kwargs = dict(generation_kwargs or {})
+        if system_prompt is not None and not chat_template:
+            raise ValueError("system_prompt needs chat_template=True")
+        self.chat_prompt = ChatPrompt(tokenizer, system_prompt) if chat_template else None
         if getattr(self._language_model.config, "is_encoder_decoder", False):
             raise ValueError("TextEnvironment needs a causal LM: an encoder-decoder model cannot read its "
                              "own turns and the tool output back as one sequence")
@@ -215,14 +223,20 @@ class TextEnvironment(ToolEpisodeLoop):
     def current_device(self) -> torch.device:
         return next(self._language_model.parameters()).device
 
+    def _history(self, text: str) -> TextHistory:
+        """A new episode's history: ``text`` as it is, or as the user turn of the chat template."""
+        if self.chat_prompt is not None:
+            text, ids = self.chat_prompt.format(text), self.chat_prompt.tokens(text)
+        else:
+            ids = self.tokenizer(text)["input_ids"]
+        return TextHistory(text, torch.tensor(ids, dtype=torch.long, device=self.current_device))
+
     def run(self, queries: Sequence[str], **rewards_kwargs: Any) -> Tuple[
             List[torch.Tensor], List[torch.Tensor], List[torch.Tensor], List[Any], List[TextHistory]]:
         """Play ``prompt + task`` for each task in ``queries``; returns the query tokens, response
         tokens, response masks and rewards (``reward_fn(..., **rewards_kwargs)``) per task, and the
         histories."""
-        texts = [self.prompt + task for task in queries]
-        histories = [TextHistory(text, self.tokenizer(text, return_tensors="pt").input_ids[0].to(self.current_device))
-                     for text in texts]
+        histories = [self._history(self.prompt + task) for task in queries]
         self.compute_reward(self.play(histories), **rewards_kwargs)
         splits = [history.split_query_response_tokens() for history in histories]
         return ([query for query, _, _ in splits], [response for _, response, _ in splits],

@@ -32,7 +32,7 @@ def _as_list(tokens: Tokens) -> List[int]:
     return tokens.flatten().tolist() if isinstance(tokens, torch.Tensor) else [int(t) for t in tokens]
 
 
-class PPOTrainer:
+class TripletPPOTrainer:
     """Policy (with value head and reference) plus a PPO learner, driven by :meth:`step`.
 
     Args:
