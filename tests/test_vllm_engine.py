@@ -233,6 +233,7 @@ def test_lora_actor_sends_merged_weights(vllm_policy, tiny_tokenizer) -> None:
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_killed_vllm_run_resumes_and_matches_uninterrupted_run(tmp_path: Path) -> None:
     from test_trainer_resume import _command, _env, _jsonl, kill_after_checkpoint
 

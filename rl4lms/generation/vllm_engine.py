@@ -130,9 +130,11 @@ def preserved_process_state() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def full_weights(model: torch.nn.Module) -> List[Tuple[str, torch.Tensor]]:
-    """The actor's weights as a checkpoint names them (LoRA merged into the base weights)."""
-    return [(name, tensor.detach()) for name, tensor in merged_model(model).state_dict().items()]
+def engine_weights(model: torch.nn.Module, dtype: torch.dtype) -> List[Tuple[str, torch.Tensor]]:
+    """The actor's weights as a checkpoint names them (LoRA merged into the base weights), floating-point
+    ones in the engine's ``dtype`` (vLLM warns once per tensor that it casts itself)."""
+    return [(name, tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach())
+            for name, tensor in merged_model(model).state_dict().items()]
 
 
 def weights_version(model: torch.nn.Module) -> Tuple[int, ...]:
@@ -193,7 +195,7 @@ class VLLMEngine(GenerationEngine):
         from vllm import LLM
 
         model = self.policy.model
-        config = merged_model(model).config if hasattr(model, "peft_config") else model.config
+        config = model.get_base_model().config if hasattr(model, "get_base_model") else model.config  # LoRA: the base's
         self._config_dir = tempfile.TemporaryDirectory(prefix="rl4lms-vllm-")
         config.save_pretrained(self._config_dir.name)
         self.policy.tokenizer.save_pretrained(self._config_dir.name)
@@ -228,7 +230,7 @@ class VLLMEngine(GenerationEngine):
         """Load the actor's current weights into the engine (in place) and empty its prefix cache."""
         policy = self.policy
         with policy.generation_context():
-            weights = full_weights(policy.model)
+            weights = engine_weights(policy.model, self.llm.model_config.dtype)
 
         def reload(worker: Any) -> None:
             worker.model_runner.reload_weights(weights_iterator=iter(weights))

@@ -2,7 +2,7 @@
 
     python scripts/bench/rollout_engines.py [--models tiny <folder or model name> ...] [--prompts 32]
                                             [--new_tokens 128] [--eos off on] [--repeats 2] [--threads N]
-                                            [--paths generate_fp32 vllm_bf16 vllm_fp32] [--quick]
+                                            [--paths generate_fp32 vllm_bf16 vllm_fp32] [--no_ppo] [--quick]
 
 Needs vLLM (docs/vllm.md). Each model runs arithmetic prompts ("What is 23 + 58? Answer with just the
 number." through the tokenizer's chat template when it has one, else "23+58="), ``--prompts``
@@ -19,9 +19,10 @@ Per path it times, taking turns with the other paths (one warm-up round, then ``
 medians): ``sample`` (the engine's generation alone), ``rollout`` (GRPO's rollout: sampling, the
 log-prob forward, rewards; ``--prompts / 4`` prompts x 4 completions), ``grpo_iteration`` (rollout +
 one update pass over the 32 completions, beta 0) and ``ppo_iteration`` (rollout with value head and
-reference, one epoch). Tokens per second count the generated tokens. For the vLLM paths it also
-records the engine-trainer mismatch of the last GRPO rollout (``rollout_info/engine_*``) and, for
-``vllm_bf16``, how far the trainer's bf16-autocast log-probs are from float32 on the same tokens.
+reference, one epoch; ``--no_ppo`` leaves it out). Tokens per second count the generated tokens.
+For the vLLM paths it also records the engine-trainer mismatch of the last GRPO rollout
+(``rollout_info/engine_*``) and, for ``vllm_bf16``, how far the trainer's bf16-autocast log-probs are
+from float32 on the same tokens.
 It prints a table and writes JSON with the ratios to ``generate_fp32``.
 """
 from __future__ import annotations
@@ -167,7 +168,7 @@ def bench(model: str, eos: bool, args: argparse.Namespace, folder: Path) -> Dict
     results: Dict[str, Dict[str, Any]] = {path: {} for path in args.paths}
     params = 0
     extra: Dict[str, Dict[str, float]] = {path: {} for path in args.paths}
-    for kind in ("grpo", "ppo"):
+    for kind in ("grpo",) if args.no_ppo else ("grpo", "ppo"):
         algs = {path: build(kind, path, work, args, eos) for path in args.paths}
         phases: Dict[str, Dict[str, Callable[[], int]]] = {}
         for path, alg in algs.items():
@@ -208,9 +209,10 @@ def rollout_once(alg: LMOnPolicyAlgorithm) -> int:
 
 
 def table(runs: List[Dict[str, Any]], paths: List[str]) -> str:
-    phases = ("sample", "rollout", "grpo_iteration", "ppo_iteration")
+    timed_phases = runs[0]["results"][paths[0]]
+    phases = [phase for phase in ("sample", "rollout", "grpo_iteration", "ppo_iteration") if phase in timed_phases]
     head = "| model | EOS stop | path | " + " | ".join(f"{p} tok/s (s)" for p in phases) + \
-        " | speed-up sample / rollout / GRPO / PPO | engine |logp diff| mean / max, KL | bf16-fp32 |logp diff| mean |"
+        " | speed-up " + " / ".join(phases) + " | engine |logp diff| mean / max, KL | bf16-fp32 |logp diff| mean |"
     lines = [head, "|" + "---|" * (len(phases) + 6)]
     for run in runs:
         for path in paths:
@@ -237,6 +239,7 @@ def main() -> int:
     parser.add_argument("--prompt_length", type=int, default=64)
     parser.add_argument("--eos", nargs="+", default=["off", "on"], choices=["off", "on"])
     parser.add_argument("--paths", nargs="+", default=["generate_fp32", "vllm_bf16"], choices=list(PATHS))
+    parser.add_argument("--no_ppo", action="store_true", help="time GRPO's iteration only, not PPO's")
     parser.add_argument("--kv_cache_gib", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds (after a warm-up round)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
