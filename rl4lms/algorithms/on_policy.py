@@ -117,7 +117,7 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         rollout_buffer.reset()
         callback.on_rollout_start()
         kl_coeff = self.kl_controller.kl_coeff
-        stats = RolloutStats(kl_coeff)
+        stats = RolloutStats(kl_coeff, importance_sampling_cap=self.policy.engine.importance_sampling_cap)
         target_tokens = n_rollout_steps * self.n_generation_envs
         # Under DDP every process must collect the same number of batches (each update runs the
         # same number of synchronised backward passes), so a process goes on while any needs more.

@@ -41,19 +41,53 @@ def encode_prompts(env: TextGenEnv, samples: Sequence[Sample], device: torch.dev
 def scored_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
                  response_mask: torch.Tensor, out: PolicyOutput, ref_log_probs: torch.Tensor,
                  task_rewards: torch.Tensor, kl_coeff: float, action_masks: Optional[torch.Tensor] = None,
-                 loss_mask: Optional[torch.Tensor] = None, kl: Optional[torch.Tensor] = None) -> RolloutBatch:
+                 loss_mask: Optional[torch.Tensor] = None, kl: Optional[torch.Tensor] = None,
+                 engine_log_probs: Optional[torch.Tensor] = None,
+                 importance_sampling_cap: Optional[float] = None) -> RolloutBatch:
     """Episodes with their rollout-time log-probs and values and per-token rewards including the KL
     penalty. The KL compares the unmasked policy with the reference (the log-ratio, unless another
     per-token penalty ``kl`` of :func:`token_kl` is given); the PPO ratio uses the (possibly masked)
-    distribution the tokens were sampled from."""
+    distribution the tokens were sampled from. ``engine_log_probs``: the sampling engine's own
+    log-probs, when it is not the trainer's model; with ``importance_sampling_cap`` they give the
+    batch's truncated importance weights (:func:`truncated_importance_weights`)."""
     mask = (loss_mask if loss_mask is not None else response_mask).float()
     if kl is None:
         kl = token_kl(out.unmasked_log_probs, ref_log_probs)
     rewards, kl = kl_penalized_rewards(task_rewards, kl, mask, kl_coeff)
+    weights = None
+    if engine_log_probs is not None and importance_sampling_cap is not None:
+        weights = truncated_importance_weights(out.log_probs, engine_log_probs, mask, importance_sampling_cap)
     return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=response_ids,
                         response_mask=response_mask, log_probs=out.log_probs * mask, ref_log_probs=ref_log_probs * mask,
                         values=out.values * mask, rewards=rewards, kl=kl, scores=task_rewards.sum(1),
-                        action_masks=action_masks, loss_mask=loss_mask)
+                        action_masks=action_masks, loss_mask=loss_mask,
+                        engine_log_probs=None if engine_log_probs is None else engine_log_probs * mask,
+                        importance_weights=weights)
+
+
+def truncated_importance_weights(log_probs: torch.Tensor, engine_log_probs: torch.Tensor, mask: torch.Tensor,
+                                 cap: float) -> torch.Tensor:
+    """``min(pi_trainer / pi_engine, cap)`` per token ``[B, T]`` (1 outside ``mask``): the correction for
+    tokens sampled by an engine whose probabilities differ slightly from the trainer's (truncated
+    importance sampling, as verl's ``tis_imp_ratio_cap`` and TRL's ``vllm_importance_sampling_cap``)."""
+    ratio = torch.exp(log_probs - engine_log_probs).clamp(max=cap)
+    return torch.where(mask > 0, ratio, torch.ones_like(ratio))
+
+
+def engine_mismatch_stats(log_diffs: torch.Tensor, weights: Optional[torch.Tensor], cap: Optional[float]) -> Dict[str, float]:
+    """How far the sampling engine's log-probs are from the trainer's, over the tokens of a rollout:
+    ``log_diffs`` are ``log pi_trainer - log pi_engine`` of each sampled token, ``weights`` their
+    truncated importance weights (None without a correction). ``engine_kl`` is the ``k3`` estimate
+    of KL(engine || trainer) (the tokens were sampled from the engine)."""
+    if not len(log_diffs):
+        return {}
+    stats = {"rollout_info/engine_logprob_abs_diff_mean": float(log_diffs.abs().mean()),
+             "rollout_info/engine_logprob_abs_diff_max": float(log_diffs.abs().max()),
+             "rollout_info/engine_kl": float((torch.expm1(log_diffs) - log_diffs).mean())}
+    if weights is not None and cap is not None:
+        stats["rollout_info/engine_is_weight_mean"] = float(weights.mean())
+        stats["rollout_info/engine_is_capped_frac"] = float((weights >= cap).float().mean())
+    return stats
 
 
 @dataclass
@@ -65,12 +99,21 @@ class RolloutStats:
     kl: List[float] = field(default_factory=list)
     lengths: List[int] = field(default_factory=list)
     prompts_truncated: int = 0
+    importance_sampling_cap: Optional[float] = None
+    engine_log_diffs: List[torch.Tensor] = field(default_factory=list)
+    """Per token of a batch sampled by a separate engine: trainer minus engine log-prob."""
+    importance_weights: List[torch.Tensor] = field(default_factory=list)
 
     def add(self, batch: RolloutBatch, truncated: int) -> None:
         self.scores += batch.scores.tolist()
         self.kl += batch.kl.sum(1).tolist()
         self.lengths += batch.token_mask().sum(1).tolist()
         self.prompts_truncated += truncated
+        if batch.engine_log_probs is not None:
+            tokens = batch.token_mask() > 0
+            self.engine_log_diffs.append((batch.log_probs - batch.engine_log_probs)[tokens].float().cpu())
+            if batch.importance_weights is not None:
+                self.importance_weights.append(batch.importance_weights[tokens].float().cpu())
 
     def summary(self) -> Dict[str, float]:
         kl_reward = -self.kl_coeff * float(np.mean(self.kl))
@@ -83,6 +126,9 @@ class RolloutStats:
             "rollout_info/n_episodes": float(len(self.scores)),
             "rollout_info/prompts_truncated": float(self.prompts_truncated),
             "rollout_info/kl_coeff": self.kl_coeff,
+            **(engine_mismatch_stats(torch.cat(self.engine_log_diffs),
+                                     torch.cat(self.importance_weights) if self.importance_weights else None,
+                                     self.importance_sampling_cap) if self.engine_log_diffs else {}),
         }
 
 
@@ -116,7 +162,8 @@ class RolloutCollector:
             if policy.has_reference else out.unmasked_log_probs
         task_rewards = self.task_rewards(samples, response_ids, response_mask).to(device)
         return scored_batch(prompt_ids, prompt_mask, response_ids, response_mask, out, ref_log_probs, task_rewards,
-                            kl_coeff, sampled.action_masks), truncated
+                            kl_coeff, sampled.action_masks, engine_log_probs=sampled.engine_log_probs,
+                            importance_sampling_cap=policy.engine.importance_sampling_cap), truncated
 
     def task_rewards(self, samples: Sequence[Sample], response_ids: torch.Tensor,
                      response_mask: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,14 @@ LORA_ADAPTER_DIR = "lora_adapter"
 """Sub-folder of a saved model holding the LoRA adapters alone (``PeftModel.from_pretrained``)."""
 
 
+def merged_model(model: nn.Module) -> nn.Module:
+    """A LoRA (``peft``) model's copy with the adapters merged into the base weights (the model
+    itself is left as it is); any other model as it is."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    return copy.deepcopy(model).merge_and_unload()
+
+
 def save_model(model: nn.Module, out_dir: Path, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
     """``save_pretrained`` into ``out_dir``; a LoRA model is saved merged (what plain loaders read),
     with its adapters alone in ``out_dir/lora_adapter``. ``state_dict`` replaces the model's own
@@ -81,6 +89,6 @@ def save_model(model: nn.Module, out_dir: Path, state_dict: Optional[Dict[str, t
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(model, PeftModel):
         model.save_pretrained(out_dir / LORA_ADAPTER_DIR)
-        copy.deepcopy(model).merge_and_unload().save_pretrained(out_dir)
+        merged_model(model).save_pretrained(out_dir)
     else:
         model.save_pretrained(out_dir, state_dict=state_dict)

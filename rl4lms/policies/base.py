@@ -24,6 +24,7 @@ from torch import nn
 from transformers import GenerationConfig, LogitsProcessorList, PreTrainedTokenizerBase
 
 from rl4lms.envs.observation import ObservationLayout
+from rl4lms.generation.engine import GenerationEngine, build_engine
 from rl4lms.models.fused_activations import use_fused_activations
 from rl4lms.models.loading import load_model, resolve_checkpoint, resolve_model_name
 from rl4lms.models.lora import add_lora_adapters, quantization_kwargs, save_model
@@ -72,6 +73,8 @@ class SampledActions:
     action_masks: Optional[torch.Tensor] = None
     step_logits: Optional[torch.Tensor] = None
     step_hidden: Optional[torch.Tensor] = None
+    engine_log_probs: Optional[torch.Tensor] = None
+    """A separate engine's own log-probs ``[B, T]`` of the tokens it sampled (0 after the end)."""
 
 
 @dataclass
@@ -85,16 +88,6 @@ class DecodingState:
     """Causal LMs: the position id ``[B, 1]`` of the next token."""
     encoder_outputs: Any = None
     """Seq2seq: the encoded prompt."""
-
-
-def generation_step_outputs(out: Any, is_encoder_decoder: bool) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """The raw logits ``[B, T, V]`` and last-layer hidden states ``[B, T, H]`` at each generated
-    position of a ``generate(return_dict_in_generate=True, output_logits=True,
-    output_hidden_states=...)`` result: what the actor computed while sampling (no hidden states
-    when they were not asked for)."""
-    steps = out.decoder_hidden_states if is_encoder_decoder else out.hidden_states
-    hidden = None if steps is None else torch.stack([layers[-1][:, -1] for layers in steps], dim=1)
-    return torch.stack(out.logits, dim=1), hidden
 
 
 FUSED_OPTIMIZER_DEVICES = ("cpu", "cuda")
@@ -175,6 +168,11 @@ class LMActorCriticPolicy(BasePolicy):
             used as they are instead of loading ``model_name``: the actor (a ``peft`` model counts as
             LoRA: its reference is the model with the adapters off), its value head (shared backbone
             only) and the frozen reference (default: a copy of the actor).
+        generation_engine: what samples rollouts and evaluation outputs: "hf" (Hugging Face ``generate``
+            on the actor, the default) or "vllm" (vLLM in this process, fed the actor's weights after
+            every update; causal LMs without NLPO's masks; docs/vllm.md).
+        vllm: options of the vLLM engine (:class:`rl4lms.generation.vllm_engine.VLLMOptions`: ``dtype``,
+            ``kv_cache_gib``, ``enforce_eager``, ``gpu_memory_utilization``, ``importance_sampling_cap``...).
         with_value_head, with_reference: set by the algorithm, not in configs (critic-free algorithms
             build no value head or critic, and no reference when no KL term needs one). Without a
             value head the policy's values are zeros; without a reference :meth:`reference_log_probs`
@@ -192,6 +190,9 @@ class LMActorCriticPolicy(BasePolicy):
     entropy_needs_grad = True
     """Whether training differentiates the entropy; the algorithm sets False when its loss has no
     entropy term (``ent_coef: 0``), and the entropy is then a statistic only."""
+    samples_with_logits_processor = False
+    """True for policies whose sampling applies their own per-step logits processor (NLPO's masks),
+    which only the Hugging Face engine can run."""
     generation_context: Callable[[], ContextManager[None]] = contextlib.nullcontext
     """The context ``generate`` runs in (and evaluation, whose metrics may run the actor): sharded
     training (``rl4lms.training.sharding``) sets one that gathers the actor's weights."""
@@ -209,6 +210,7 @@ class LMActorCriticPolicy(BasePolicy):
                  terminate_on_eos: bool = True, peft_config: Optional[Dict[str, Any]] = None,
                  quantization: Optional[str] = None, model: Optional[PreTrainedModel] = None,
                  value_head: Optional[nn.Module] = None, ref_model: Optional[PreTrainedModel] = None,
+                 generation_engine: str = "hf", vllm: Optional[Dict[str, Any]] = None,
                  with_value_head: bool = True, with_reference: bool = True,
                  gguf_file: Optional[str] = None) -> None:
         super().__init__(observation_space, action_space, optimizer_class=torch.optim.AdamW,
@@ -262,6 +264,7 @@ class LMActorCriticPolicy(BasePolicy):
         if not self.temperature > 0:
             raise ValueError(f"generation_kwargs.temperature must be > 0, got {self.temperature}")
         self.generation_config()  # fail now, not at the first rollout, on bad generation_kwargs
+        self.engine: GenerationEngine = build_engine(self, generation_engine, vllm)
         self._set_eval_mode()
         trainable = [p for p in self.parameters() if p.requires_grad]
         self.optimizer = self.optimizer_class(trainable, lr=lr_schedule(1.0), weight_decay=weight_decay,
@@ -362,20 +365,17 @@ class LMActorCriticPolicy(BasePolicy):
     @torch.no_grad()
     def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, generation_config: GenerationConfig,
                  logits_processor: Optional[LogitsProcessorList] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Sample responses for left-padded prompts; returns ``(response_ids, response_mask)``.
+        """Sample responses for left-padded prompts through the policy's engine; returns
+        ``(response_ids, response_mask)``.
 
         The mask covers the generated tokens up to and including the first EOS (or all of them
         when ``terminate_on_eos`` is off); positions after it hold the pad id.
         """
-        extra = {"logits_processor": logits_processor} if logits_processor is not None else {}
-        with self.generation_context():
-            sequences = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask,
-                                            generation_config=generation_config, synced_gpus=False, **extra)
-        return self._finish_response(sequences, prompt_ids.shape[1])
+        out = self.engine.generate(prompt_ids, prompt_mask, generation_config, logits_processor=logits_processor)
+        return self._finish_response(out.response_ids)
 
-    def _finish_response(self, sequences: torch.Tensor, prompt_len: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Generated tokens of ``sequences`` and their mask, pad ids after each episode's end."""
-        response = self._response_from_sequences(sequences, prompt_len)
+    def _finish_response(self, response: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Generated tokens and their mask, pad ids after each episode's end."""
         mask = response_mask_after_eos(response, self.tokenizer.eos_token_id, self.terminate_on_eos)
         response = response.masked_fill(mask == 0, self.tokenizer.pad_token_id)
         return response, mask
@@ -384,20 +384,15 @@ class LMActorCriticPolicy(BasePolicy):
     def sample_actions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
                        generation_config: GenerationConfig,
                        logits_processor: Optional[LogitsProcessorList] = None) -> SampledActions:
-        """Rollout generation: the responses plus the actor's raw logits and last hidden states at
-        each generated position, returned by ``generate`` itself so the rollout needs no second
-        forward of the actor."""
-        config = copy.deepcopy(generation_config)
-        config.update(return_dict_in_generate=True, output_logits=True,
-                      output_hidden_states=self.value_head is not None)
-        # Each process decodes on its own: a sharded model is gathered first (``generation_context``),
-        # so the processes need not run the same number of steps (Hugging Face's ``synced_gpus``).
-        with self.generation_context():
-            out = self.model.generate(input_ids=prompt_ids, attention_mask=prompt_mask, generation_config=config,
-                                      logits_processor=logits_processor, synced_gpus=False)
-        response, mask = self._finish_response(out.sequences, prompt_ids.shape[1])
-        logits, hidden = generation_step_outputs(out, self.model.config.is_encoder_decoder)
-        return SampledActions(response, mask, step_logits=logits, step_hidden=hidden)
+        """Rollout generation: the responses plus what the engine computed while sampling (the
+        default engine: the actor's raw logits and last hidden states at each generated position,
+        so the rollout needs no second forward of the actor; vLLM: its own sampled-token log-probs)."""
+        out = self.engine.generate(prompt_ids, prompt_mask, generation_config, logits=True,
+                                   hidden=self.value_head is not None, logits_processor=logits_processor)
+        response, mask = self._finish_response(out.response_ids)
+        engine_log_probs = None if out.sampled_log_probs is None else out.sampled_log_probs * mask
+        return SampledActions(response, mask, step_logits=out.step_logits, step_hidden=out.step_hidden,
+                              engine_log_probs=engine_log_probs)
 
     @torch.no_grad()
     def rollout_outputs(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,

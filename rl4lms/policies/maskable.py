@@ -82,6 +82,8 @@ class _ActionMaskProcessor(LogitsProcessor):
 class MaskablePolicyMixin(LMActorCriticPolicy):
     """Adds the mask model, masked generation and the periodic mask-model refresh to a policy."""
 
+    samples_with_logits_processor = True
+
     def __init__(self, *args: Any, top_mask: float = 0.9, mask_type: str = "learned_top_p",
                  min_tokens_to_keep: int = 100, target_update_iterations: int = 20, **kwargs: Any) -> None:
         if mask_type not in MASK_TYPES:

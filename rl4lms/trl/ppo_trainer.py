@@ -54,7 +54,8 @@ from rl4lms.algorithms.advantages import (compute_gae, kl_penalized_rewards, mas
                                           whiten)
 from rl4lms.algorithms.ppo import ppo_loss
 from rl4lms.algorithms.rollout import pad_token_lists
-from rl4lms.policies.base import entropy_from_logits, generation_step_outputs, masked_log_probs
+from rl4lms.generation.engine import generation_step_outputs
+from rl4lms.policies.base import entropy_from_logits, masked_log_probs
 from rl4lms.policies.causal import forward_takes, positions_from_mask
 from rl4lms.rlhf.triplet_ppo_trainer import TripletPPOTrainer
 from rl4lms.training.distributed import check_launch, world_size

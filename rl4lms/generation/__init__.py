@@ -1,0 +1,1 @@
+"""Generation engines for rollouts and evaluation: Hugging Face ``generate`` (default) or vLLM."""
