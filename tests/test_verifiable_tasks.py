@@ -207,7 +207,12 @@ def test_there_are_configs_for_both_tasks() -> None:
     assert {p.parent.name for p in VERIFIABLE_CONFIGS} == {"synthetic_arithmetic", "gsm8k"}
 
 
-@pytest.mark.parametrize("path", VERIFIABLE_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def vllm_marked(paths: list) -> list:
+    """``paths`` as pytest parameters, those whose rollouts use the vLLM engine marked ``vllm``."""
+    return [pytest.param(p, marks=pytest.mark.vllm) if "generation_engine: vllm" in p.read_text() else p for p in paths]
+
+
+@pytest.mark.parametrize("path", vllm_marked(VERIFIABLE_CONFIGS), ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_smoke_run_reports_the_exact_match(path: Path, tmp_path: Path) -> None:
     assert main(["--config_path", str(path), "--smoke", "--base_path_to_store_results", str(tmp_path)]) == 0
     complete = json.loads((tmp_path / f"{path.parent.name}_{path.stem}_smoke" / "run_complete.json").read_text())
