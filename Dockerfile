@@ -6,7 +6,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     HF_HOME=/work/.hf \
     RL4LMS_CACHE=/work/.rl4lms_cache
 
-# WordNet for METEOR (see README, "Metrics").
+# WordNet for METEOR (see docs/guide/grue.md, "Rewards and metrics").
 RUN apt-get update && apt-get install -y --no-install-recommends wordnet-base wordnet-sense-index \
     && rm -rf /var/lib/apt/lists/*
 

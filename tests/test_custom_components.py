@@ -1,4 +1,5 @@
-"""The README's custom-component example, run as a user would: a module listed in custom_modules."""
+"""The docs' custom-component example (docs/guide/custom_components.md), run as a user would: a module
+listed in custom_modules."""
 from __future__ import annotations
 
 import re
@@ -16,7 +17,8 @@ pytestmark = pytest.mark.slow  # the custom-component example trains a run
 
 
 def _readme_example() -> str:
-    blocks = re.findall(r"```python\n(.*?)```", (REPO / "README.md").read_text(), flags=re.S)
+    page = REPO / "docs" / "guide" / "custom_components.md"
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
     return next(block for block in blocks if "my_pkg/components.py" in block)
 
 
