@@ -13,9 +13,6 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-EXIT_RUN_LOCKED = 3
-"""Exit status when another process is training the same run folder."""
-
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Fine-tune a language model with RL from one YAML config.")
@@ -74,7 +71,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.config_path is None:
         print("error: --config_path is required (or --describe <key path or id>)", file=sys.stderr)
         return 2
-    from rl4lms.config import ConfigError, load_config
+    from rl4lms.config import load_config
+    from rl4lms.errors import ConfigError
 
     if args.num_threads is not None and args.num_threads < 1:
         print(f"error: --num_threads must be >= 1, got {args.num_threads}", file=sys.stderr)
@@ -115,7 +113,8 @@ def failed(error: BaseException, status: int, prefix: str = "", launcher_alive: 
 
 def describe(target: str) -> int:
     """``--describe``: the config reference of ``target`` on stdout."""
-    from rl4lms.config.reference import DescribeError, describe as reference_of
+    from rl4lms.config.reference import describe as reference_of
+    from rl4lms.errors import DescribeError
 
     try:
         print(reference_of(target), end="")
@@ -129,21 +128,8 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     """Train (or finish) the run of a validated config; the exit status of the command."""
     import torch
 
-    from rl4lms.algorithms.on_policy import DistributedSetupError, NonFiniteLossError
-    from rl4lms.data_pools.sources import DataSourceError
-    from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError
-    from rl4lms.metrics.base import MetricOutputError
-    from rl4lms.metrics.wordnet import WordNetMissingError
-    from rl4lms.models.loading import ModelLoadError
-    from rl4lms.registry import RegistryError
-    from rl4lms.rewards.base import RewardOutputError
-    from rl4lms.training.artifacts import ArtifactWriteError
-    from rl4lms.training.builders import ComponentBuildError
-    from rl4lms.training.checkpoint import CheckpointFormatError
-    from rl4lms.training.distributed import LauncherGoneError
-    from rl4lms.manifest import DamagedArtifactError
-    from rl4lms.training.run_lock import RunLockedError
-    from rl4lms.training.trainer import ConfigMismatchError, OnPolicyTrainer
+    from rl4lms.errors import LauncherGoneError, RunStoppedError, SetupError
+    from rl4lms.training.trainer import OnPolicyTrainer
 
     if args.num_threads is not None:
         torch.set_num_threads(args.num_threads)
@@ -153,20 +139,15 @@ def train(args: argparse.Namespace, config: Dict[str, Any]) -> int:
     try:
         trainer = OnPolicyTrainer(config, experiment, args.base_path_to_store_results, args.log_to_wandb,
                                   args.project_name, args.entity_name, args.device)
-    except (ConfigMismatchError, ArtifactWriteError, DistributedSetupError, DamagedArtifactError) as error:
-        return failed(error, 2)
-    except RunLockedError as error:
-        return failed(error, EXIT_RUN_LOCKED)
+    except SetupError as error:
+        return failed(error, error.exit_status)
     try:
         summary = trainer.train_and_eval()
-    except (ModelLoadError, DataSourceError, WordNetMissingError, EmptyDataPoolError, RegistryError,
-            ComponentBuildError, ArtifactWriteError, CheckpointFormatError, DistributedSetupError,
-            DamagedArtifactError) as error:
-        return failed(error, 2)
-    except (NonFiniteLossError, RewardOutputError, MetricOutputError) as error:
-        return failed(error, 1, "training stopped: ")
-    except LauncherGoneError as error:
-        return failed(error, 1, "training stopped: ", launcher_alive=False)
+    except SetupError as error:
+        return failed(error, error.exit_status)
+    except RunStoppedError as error:
+        return failed(error, error.exit_status, "training stopped: ",
+                      launcher_alive=not isinstance(error, LauncherGoneError))
     finally:
         trainer.close()
     if trainer.is_main:

@@ -11,16 +11,13 @@ import json
 import os
 from pathlib import Path
 from typing import Any, BinaryIO, Dict, Iterable, Optional
+from rl4lms.errors import DamagedArtifactError
 
 MANIFEST_FILE = "manifest.json"
 _CHUNK = 2 ** 20
 
 FileDigest = Dict[str, Any]
 """``{"bytes": size, "sha256": hex digest}`` of one file."""
-
-
-class DamagedArtifactError(ValueError):
-    """A file of the run differs from what was written (flipped or missing bytes, a missing file)."""
 
 
 class HashingWriter:

@@ -25,6 +25,7 @@ import importlib
 import logging
 from importlib import metadata
 from typing import Any, Dict, Generic, List, Optional, Type, TypeVar, Union
+from rl4lms.errors import RegistryError
 
 T = TypeVar("T")
 
@@ -32,14 +33,6 @@ logger = logging.getLogger(__name__)
 
 ENTRY_POINT_GROUP = "rl4lms.components"
 """The Python entry-point group through which installed packages register components."""
-
-
-class RegistryError(KeyError):
-    """Raised for an unknown or conflicting registry id, or an entry point that cannot be loaded;
-    the message lists the valid ids or names the entry point."""
-
-    def __str__(self) -> str:  # KeyError would wrap the message in quotes
-        return str(self.args[0])
 
 
 def _entry_point_name(target: Any) -> str:

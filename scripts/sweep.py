@@ -11,8 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from rl4lms.config import ConfigError
-from rl4lms.sweep.executors import EXECUTORS, ExecutorError, make_executor
+from rl4lms.errors import SetupError
+from rl4lms.sweep.executors import EXECUTORS, make_executor
 from rl4lms.sweep.grid import load_sweep
 from rl4lms.sweep.report import write_report
 from rl4lms.sweep.runner import SUMMARY_FILE, SweepRunner
@@ -44,7 +44,7 @@ def main() -> int:
         executor = make_executor(args.executor, sweep, args.num_workers, args.ray_address, args.max_retries)
         print(f"sweep '{sweep.name}': {len(sweep.runs)} runs under {sweep.base_path} on {executor.describe()}")
         all_complete = SweepRunner(sweep, executor).run()
-    except (ConfigError, ExecutorError) as error:
+    except SetupError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(f"outcomes: {sweep.base_path / SUMMARY_FILE}")

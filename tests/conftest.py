@@ -132,7 +132,8 @@ def require_vllm() -> None:
 @pytest.hookimpl(trylast=True)  # after the fixtures: WordNet's copy goes to the test session's cache
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker(REAL_MODEL_MARK) is not None:
-        from rl4lms.models.gguf import GGUFError, packaged_gguf
+        from rl4lms.models.gguf import packaged_gguf
+        from rl4lms.errors import GGUFError
 
         try:
             packaged_gguf("rl4lms/smollm2-135m-instruct")
@@ -142,12 +143,13 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         require_vllm()
     if item.get_closest_marker(WORDNET_MARK) is None:
         return
-    from rl4lms.metrics.wordnet import WordNetMissingError, load_wordnet
+    from rl4lms.errors import WordNetMissingError
+    from rl4lms.metrics.wordnet import load_wordnet
 
     try:
         load_wordnet()
     except WordNetMissingError as error:
-        skip_unless_ci(f"needs WordNet for METEOR: {error.install_hint}")
+        skip_unless_ci(f"needs WordNet for METEOR: {error}")
 
 
 def fake_spice_home(folder: Path) -> Path:

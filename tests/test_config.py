@@ -12,7 +12,8 @@ import yaml
 
 from conftest import training_configs
 from rl4lms.config.loader import load_config
-from rl4lms.config.validation import ConfigError, validate_config
+from rl4lms.config.validation import validate_config
+from rl4lms.errors import ConfigError
 from rl4lms.registry import RewardFunctionRegistry
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rl4lms.config.reference import DescribeError, describe, reference
+from rl4lms.config.reference import describe, reference
+from rl4lms.errors import DescribeError
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "config_reference.md"
 

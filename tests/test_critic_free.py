@@ -25,11 +25,12 @@ from rl4lms.algorithms.rloo import RLOO
 from rl4lms.config import load_config
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.errors import ComponentBuildError
 from rl4lms.policies.base import ended_with_eos, weight_bytes
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
 from rl4lms.rewards.base import BatchedRewardFunction
 from rl4lms.scoring.synthetic import contains_iso_date, increasing_numbers_score
-from rl4lms.training.builders import ComponentBuildError, build_components
+from rl4lms.training.builders import build_components
 
 TASK = REPO / "task_configs" / "synthetic_increasing_numbers"
 ABS = 1e-6

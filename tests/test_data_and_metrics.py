@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from rl4lms.data_pools.synthetic import _DATE_PROMPTS, DatesPool, DummyPool, IncreasingNumbersPool
-from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, Sample, TextGenPool
+from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
+from rl4lms.errors import EmptyDataPoolError
 from rl4lms.metrics.synthetic import DateInText, IncreasingNumbersInText
 from rl4lms.registry import DataPoolRegistry, MetricRegistry, RewardFunctionRegistry
 from rl4lms.rewards.synthetic import IncreasingNumbersReward, SentencesWithDatesReward

@@ -198,7 +198,7 @@ def test_killed_fsdp_run_resumes_as_if_never_interrupted(two_process_runs: dict,
 @pytest.mark.slow
 @pytest.mark.skipif(ACCELERATE is None, reason="the accelerate launcher is not installed")
 def test_every_process_of_a_run_refused_by_the_lock_exits_alike(tmp_path: Path) -> None:
-    from rl4lms.cli import EXIT_RUN_LOCKED
+    from rl4lms.errors import RunLockedError
     from rl4lms.training.run_lock import RunLock
 
     config = write_small_config(tmp_path, n_iters=1, eval_every=1, save_every=1)
@@ -218,7 +218,8 @@ def test_every_process_of_a_run_refused_by_the_lock_exits_alike(tmp_path: Path) 
     assert result.stderr.count("Traceback (most recent call last)") == 1 and "ChildFailedError" in result.stderr
     # ... which lists each process with the lock's exit status.
     statuses = dict(re.findall(r"rank\s*:\s*(\d+) \(local_rank.*\n\s*exitcode\s*:\s*(-?\d+)", result.stderr))
-    assert statuses == {"0": str(EXIT_RUN_LOCKED), "1": str(EXIT_RUN_LOCKED)}, result.stderr[-3000:]
+    locked = str(RunLockedError.exit_status)
+    assert statuses == {"0": locked, "1": locked}, result.stderr[-3000:]
 
 
 @pytest.mark.slow

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, Sample
+from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.observation import OBSERVATION_KEYS, Observation
 from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.errors import EmptyDataPoolError
 from rl4lms.rewards.base import RewardFunction
 from rl4lms.rewards.synthetic import IncreasingNumbersReward
 from rl4lms.scoring.synthetic import increasing_numbers_score

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from rl4lms.data_pools.sources import DataSourceError, download, load_rows, offline_hint
+from rl4lms.data_pools.sources import download, load_rows, offline_hint
+from rl4lms.errors import DataSourceError
 from rl4lms.registry import DataPoolRegistry
 FIXTURE_POOLS = {
     "imdb": {}, "imdb_seq2seq": {}, "commongen": {"prefix": "generate a sentence with: ", "concept_end_token": "."},

@@ -16,8 +16,9 @@ import torch
 from conftest import REPO, write_small_config
 from test_run_safety import _error_line, _run
 from test_trainer_resume import _files
+from rl4lms.errors import DamagedArtifactError
 from rl4lms.training.checkpoint import STATE_FILE, newest_intact_checkpoint
-from rl4lms.manifest import MANIFEST_FILE, DamagedArtifactError, verify_files
+from rl4lms.manifest import MANIFEST_FILE, verify_files
 
 pytestmark = pytest.mark.slow  # each test works on a run trained through the command line
 

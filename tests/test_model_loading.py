@@ -10,7 +10,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from conftest import write_small_config
 from rl4lms.cli import main
-from rl4lms.models.loading import ModelLoadError, load_model, load_tokenizer, resolve_model_name
+from rl4lms.errors import ModelLoadError
+from rl4lms.models.loading import load_model, load_tokenizer, resolve_model_name
 from rl4lms.models.tiny import write_tiny_model
 
 

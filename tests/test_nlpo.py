@@ -77,10 +77,10 @@ def test_mask_model_refreshes_every_target_update_iterations(tiny_tokenizer) -> 
     alg = _nlpo(tiny_tokenizer)
     mask_model, model = alg.policy.mask_model, alg.policy.model
     first = next(mask_model.parameters()).detach().clone()
-    alg.learn(total_timesteps=alg.tokens_per_rollout)
+    alg.run_iteration()
     assert torch.equal(next(mask_model.parameters()), first), "refreshed after one update, expected two"
     assert int(alg.policy.updates_since_mask_refresh) == 1
-    alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
+    alg.run_iteration()
     assert int(alg.policy.updates_since_mask_refresh) == 0
     for ours, theirs in zip(mask_model.parameters(), model.parameters()):
         assert torch.equal(ours, theirs)

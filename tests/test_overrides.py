@@ -8,8 +8,9 @@ import yaml
 
 from conftest import DEFAULT_CONFIG, write_small_config
 from rl4lms.cli import main
-from rl4lms.config import ConfigError, load_config
+from rl4lms.config import load_config
 from rl4lms.config.overrides import apply_overrides, parse_override
+from rl4lms.errors import ConfigError
 
 
 def test_values_are_yaml_typed_and_list_indices_are_ints() -> None:

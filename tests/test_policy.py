@@ -17,7 +17,7 @@ from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies import causal
 from rl4lms.policies.base import (REFERENCE_PREFIX, LMActorCriticPolicy, entropy_from_logits, log_probs_and_entropy,
                                    masked_log_probs, response_mask_after_eos, with_fused_default)
-from rl4lms.policies.value_head import VALUE_HEAD_FILE
+from rl4lms.models.value_head import VALUE_HEAD_FILE
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
 from rl4lms.policies.seq2seq import Seq2SeqLMActorCriticPolicy
 from rl4lms.rewards.synthetic import IncreasingNumbersReward

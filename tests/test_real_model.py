@@ -11,10 +11,11 @@ import yaml
 
 from conftest import REPO
 from rl4lms.cli import main
-from rl4lms.config import ConfigError, load_config
+from rl4lms.config import load_config
+from rl4lms.errors import ChatTemplateError, ConfigError, ModelLoadError
 from rl4lms.models import gguf
-from rl4lms.models.chat_template import ChatPrompt, ChatTemplateError
-from rl4lms.models.loading import ModelLoadError, load_tokenizer
+from rl4lms.models.chat_template import ChatPrompt
+from rl4lms.models.loading import load_tokenizer
 
 SMOLLM2 = "rl4lms/smollm2-135m-instruct"
 ARITHMETIC = REPO / "task_configs" / "synthetic_arithmetic"

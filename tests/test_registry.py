@@ -12,9 +12,10 @@ from typing import Any, Dict, List, Optional
 import pytest
 
 from conftest import DEFAULT_CONFIG, REPO
-from rl4lms.config.validation import ConfigError, validate_config
+from rl4lms.config.validation import validate_config
+from rl4lms.errors import ConfigError, RegistryError
 from rl4lms.registry import (ALL_REGISTRIES, AlgorithmRegistry, DataPoolRegistry, MetricRegistry, PolicyRegistry,
-                             Registry, RegistryError, RewardFunctionRegistry)
+                             Registry, RewardFunctionRegistry)
 from rl4lms.rewards.base import BatchedRewardFunction
 
 

@@ -12,10 +12,11 @@ import torch
 
 from conftest import REPO, fake_spice_home
 from rl4lms.config.smoke import smoke_config
-from rl4lms.config.validation import ConfigError, validate_config
+from rl4lms.config.validation import validate_config
+from rl4lms.errors import ConfigError, SpiceUnavailableError
 from rl4lms.metrics.lexical import RougeLMaxMetric
 from rl4lms.metrics.py_rouge import rouge_l_scorer
-from rl4lms.metrics.spice import SpiceMetric, SpiceUnavailableError
+from rl4lms.metrics.spice import SpiceMetric
 from rl4lms.metrics.totto import ParentToTToMetric, ToTToBLEUMetric, padded_references, parent_tables
 
 TOTTO_ROWS = [json.loads(line) for line in (REPO / "rl4lms/data_pools/fixtures/totto/validation.jsonl").open()]
@@ -190,7 +191,7 @@ def test_common_gen_preference_reward_on_a_local_model(isolated_home: Path) -> N
 
 
 def test_common_gen_preference_reward_offline_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
-    from rl4lms.data_pools.sources import DataSourceError
+    from rl4lms.errors import DataSourceError
     from rl4lms.rewards import preference
 
     monkeypatch.setitem(preference.PREFERENCE_MODELS, "11b", ("t5-11b", "file:///nonexistent/prefs.pt"))

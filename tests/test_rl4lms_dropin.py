@@ -18,9 +18,10 @@ from rl4lms.algorithms.rollout import encode_prompts
 from rl4lms.cli import default_experiment_name, main
 from rl4lms.config import load_config
 from rl4lms.config.rl4lms_supervised import translate_rl4lms_supervised
-from rl4lms.config.validation import ConfigError, validate_config
+from rl4lms.config.validation import validate_config
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.errors import ConfigError
 from rl4lms.training.evaluation import generate_texts
 
 DEFAULT = REPO / "task_configs/synthetic_increasing_numbers/tiny_gpt2_ppo.yml"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import pytest
 import torch
@@ -16,6 +16,11 @@ from rl4lms.rlhf.reward_model import (PreferencePair, RewardModelTrainer, load_p
 from rl4lms.rlhf.sft import IGNORE_INDEX, SFTExample, SFTTrainer, load_sft_examples, pack_examples, pad_examples
 
 PIPELINE = REPO / "task_configs" / "rlhf_pipeline"
+
+
+def parameter_counts(model: torch.nn.Module) -> Tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad), sum(p.numel() for p in model.parameters())
 
 
 # --- SFT ------------------------------------------------------------------------------------------
@@ -183,7 +188,8 @@ def test_response_masks_leave_tool_tokens_out_of_the_loss(ppo_trainer) -> None:
 
 # --- tool environment -----------------------------------------------------------------------------
 def test_tool_call_parsing_and_the_calculator() -> None:
-    from rl4lms.envs.tool_env import ToolCall, ToolCallError, calculator, parse_tool_call, run_tool
+    from rl4lms.envs.tool_env import ToolCall, calculator, parse_tool_call, run_tool
+    from rl4lms.errors import ToolCallError
 
     assert parse_tool_call("I will compute <call>calculator(12 * (3 + 4))</call> then") == ToolCall(
         "calculator", "12 * (3 + 4)")
@@ -277,7 +283,6 @@ def test_lora_policy_trains_adapters_only_and_uses_the_base_as_reference(isolate
     from transformers import AutoModelForCausalLM
 
     from rl4lms.models.loading import resolve_model_name
-    from rl4lms.models.lora import parameter_counts
     from rl4lms.rlhf.triplet_ppo_trainer import TripletPPOTrainer
 
     trainer = TripletPPOTrainer("rl4lms/tiny-gpt2", device="cpu", ppo_args={"batch_size": 2, "n_epochs": 1},
@@ -339,7 +344,7 @@ def test_example_pipeline_runs_offline_end_to_end(tmp_path: Path, monkeypatch: p
 
 
 def test_pipeline_config_errors_name_the_key(tmp_path: Path) -> None:
-    from rl4lms.config.validation import ConfigError
+    from rl4lms.errors import ConfigError
     from rl4lms.rlhf.pipeline import run_pipeline
 
     bad = tmp_path / "bad.yml"
@@ -369,7 +374,6 @@ def test_pipeline_config_errors_name_the_key(tmp_path: Path) -> None:
 def test_reward_model_with_lora_trains_adapters_and_the_score_head(isolated_home: Path, tmp_path: Path) -> None:
     from transformers import AutoModelForSequenceClassification
 
-    from rl4lms.models.lora import parameter_counts
 
     pairs = [PreferencePair("count: 1 2 3", " 4 5 6", " 6 5 4")] * 4
     trainer = RewardModelTrainer("rl4lms/tiny-gpt2", pairs, batch_size=4, num_epochs=1, device="cpu",

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from rl4lms.algorithms.kl_controller import KLController
-from rl4lms.algorithms.on_policy import NonFiniteLossError
 from rl4lms.algorithms.ppo import PPO
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.observation import Observation
 from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.errors import NonFiniteLossError, RewardOutputError
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
-from rl4lms.rewards.base import BatchedRewardFunction, RewardFunction, RewardOutputError, ScoreReward
+from rl4lms.rewards.base import BatchedRewardFunction, RewardFunction, ScoreReward
 
 SAMPLES = [Sample(id=str(i), prompt_or_input_text=" ".join(str(i + k) for k in range(1 + i % 3))) for i in range(6)]
 
@@ -104,7 +104,7 @@ def test_kl_penalty_uses_the_current_coefficient(tiny_tokenizer) -> None:
 
 def test_rollout_collects_the_token_budget_and_counts_truncation(tiny_tokenizer) -> None:
     alg = make_ppo(tiny_tokenizer, LengthReward(), max_prompt_length=1)
-    alg.learn(alg.tokens_per_rollout, reset_num_timesteps=False)
+    alg.run_iteration()
     assert alg.num_timesteps >= 6 * 4
     assert alg.rollout_buffer.data is not None
     assert int(alg.rollout_buffer.data.response_mask.sum()) == alg.num_timesteps
@@ -112,13 +112,31 @@ def test_rollout_collects_the_token_budget_and_counts_truncation(tiny_tokenizer)
     assert alg.rollout_buffer.data.prompt_ids.shape[1] == 1
 
 
+
+def test_learn_runs_iterations_until_its_token_budget_as_sb3_does(tiny_tokenizer) -> None:
+    alg = make_ppo(tiny_tokenizer, LengthReward())
+    alg.run_iteration()
+    start, budget = alg.num_timesteps, 3 * alg.tokens_per_rollout
+    counts_before = []
+    run_iteration = alg.run_iteration
+
+    def counted_iteration() -> None:
+        counts_before.append(alg.num_timesteps)
+        run_iteration()
+
+    alg.run_iteration = counted_iteration
+    alg.learn(total_timesteps=budget, reset_num_timesteps=False)
+    assert alg.num_timesteps - start >= budget
+    assert counts_before[-1] - start < budget  # no iteration more than the budget needs
+    assert alg.iterations_done == 1 + len(counts_before)
+
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_error(tiny_tokenizer) -> None:
     alg = make_ppo(tiny_tokenizer, LengthReward())
     with torch.no_grad():
         alg.policy.value_head.summary.bias.fill_(float("nan"))
     with pytest.raises(NonFiniteLossError, match="ppo/loss/total"):
-        alg.learn(alg.tokens_per_rollout, reset_num_timesteps=False)
+        alg.run_iteration()
 
 
 @pytest.mark.parametrize("scores, message", [
@@ -181,7 +199,7 @@ def test_separate_critic_trains_its_own_backbone(tiny_tokenizer) -> None:
     assert critic is not None and critic is not alg.policy.model
     before = {name: p.detach().clone() for name, p in critic.named_parameters()}
     actor_before = alg.policy.model.transformer.h[0].mlp.c_fc.weight.detach().clone()
-    alg.learn(alg.tokens_per_rollout, reset_num_timesteps=False)
+    alg.run_iteration()
     changed = [name for name, p in critic.named_parameters() if not torch.equal(p, before[name])]
     assert any(name.startswith("transformer.h.") for name in changed)
     assert not torch.equal(alg.policy.model.transformer.h[0].mlp.c_fc.weight, actor_before)
@@ -217,5 +235,5 @@ def test_sb3_logger_writes_no_folders(tiny_tokenizer, tmp_path, monkeypatch: pyt
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     alg = make_ppo(tiny_tokenizer, LengthReward())
-    alg.learn(alg.tokens_per_rollout, reset_num_timesteps=False)
+    alg.run_iteration()
     assert list(tmp_path.iterdir()) == []

@@ -18,9 +18,8 @@ from conftest import REPO, write_small_config
 from test_distributed import ACCELERATE, _env, _free_port, _summary, _train_command, _with_accelerator
 from test_rollout import LengthReward, make_ppo
 
-from rl4lms.algorithms.on_policy import DistributedSetupError
-from rl4lms.config import ConfigError
 from rl4lms.config.validation import validate_config
+from rl4lms.errors import ConfigError, DistributedSetupError
 from rl4lms.training.distributed import check_launch, make_accelerator
 from rl4lms.training.sharding import (FSDPSettings, checkpoint_activations, fsdp_settings, tie_shared_parameters,
                                       transformer_blocks)

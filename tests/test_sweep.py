@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from conftest import REPO, write_small_config
-from rl4lms.cli import EXIT_RUN_LOCKED, main
-from rl4lms.config import ConfigError
-from rl4lms.sweep.executors import ExecutorError, LocalExecutor, make_executor
+from rl4lms.cli import main
+from rl4lms.errors import ConfigError, ExecutorError, RunLockedError
+from rl4lms.sweep.executors import LocalExecutor, make_executor
 from rl4lms.sweep.grid import RunResources, load_sweep
 from rl4lms.training.run_lock import RunLock
 
@@ -98,7 +98,7 @@ def test_a_run_folder_is_trained_by_one_process_at_a_time(tmp_path: Path) -> Non
     lock = RunLock(tmp_path / "run").acquire()
     try:
         args = ["--config_path", str(config), "--base_path_to_store_results", str(tmp_path), "--experiment_name", "run"]
-        assert main(args) == EXIT_RUN_LOCKED
+        assert main(args) == RunLockedError.exit_status
     finally:
         lock.release()
     assert main(args) == 0

@@ -266,7 +266,8 @@ def test_validation_refuses_meteor_without_wordnet(tmp_path: Path, monkeypatch: 
 
 
 def _config_errors(path: Path) -> list:
-    from rl4lms.config import ConfigError, load_config
+    from rl4lms.config import load_config
+    from rl4lms.errors import ConfigError
 
     try:
         load_config(path)

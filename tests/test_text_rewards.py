@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rl4lms.errors import RegistryError
 from rl4lms.metrics.lexical import BLEUMetric, MeteorMetric, RougeLMaxMetric, SacreBLEUMetric, TERMetric
-from rl4lms.registry import RegistryError, RewardFunctionRegistry
+from rl4lms.registry import RewardFunctionRegistry
 PROMPTS = ["generate a sentence with: dog frisbee catch.", "generate a sentence with: cat sofa sleep."]
 GENS = ["the dog jumps to catch a frisbee", "cat sofa sleep"]
 REFS = [["a dog leaps to catch the frisbee"], ["the cat sleeps on the sofa"]]

@@ -42,7 +42,7 @@ def test_natural_step_stays_within_the_kl_constraint(tiny_tokenizer) -> None:
                                   generation_kwargs={"do_sample": True, "top_k": 0}))
     before = copy.deepcopy(alg.policy.model)
     torch.manual_seed(0)
-    alg.learn(total_timesteps=alg.tokens_per_rollout)
+    alg.run_iteration()
     stats = alg.train_stats
     assert stats["trpo/line_search_success"] == 1.0
     assert stats["trpo/surrogate_improvement"] > 0

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rl4lms.models.value_head_models import (AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead,
-                                             ValueHeadMissingError)
+from rl4lms.errors import ValueHeadMissingError
+from rl4lms.models.value_head import AutoModelForCausalLMWithValueHead, AutoModelForSeq2SeqLMWithValueHead
 
 from test_rollout import LengthReward, make_ppo
 

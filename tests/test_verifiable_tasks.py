@@ -11,8 +11,9 @@ import pytest
 from conftest import REPO
 from rl4lms.cli import main
 from rl4lms.data_pools.gsm8k import GSM8K
-from rl4lms.data_pools.sources import DataSourceError, load_rows
+from rl4lms.data_pools.sources import load_rows
 from rl4lms.data_pools.synthetic import SyntheticArithmeticPool
+from rl4lms.errors import DataSourceError
 from rl4lms.metrics.final_answer import ExactMatchAnswerMetric
 from rl4lms.scoring.answers import extract_answer
 from rl4lms.registry import DataPoolRegistry, MetricRegistry, RewardFunctionRegistry

@@ -1,5 +1,10 @@
 """Learning-rate schedules by optimizer step, with the names and shapes of Hugging Face's
-``lr_scheduler_type`` (what RL4LMs' supervised configs set)."""
+``lr_scheduler_type`` (what RL4LMs' supervised configs set).
+
+The rate is a function of the step count, not the state of a torch ``LRScheduler``
+(``transformers.get_scheduler``), so a run resumed from a checkpoint needs no scheduler state and an
+RL algorithm can ask for the rate of any iteration; ``tests/test_algorithms.py`` checks every
+schedule against ``transformers.get_scheduler`` step by step."""
 from __future__ import annotations
 
 import math

@@ -1,37 +1,30 @@
 """Base class of the LM on-policy algorithms: an SB3 ``OnPolicyAlgorithm`` with batched rollouts."""
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Type
 
 import numpy as np
 import torch
-from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList
 from stable_baselines3.common.logger import Logger
 from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
 from stable_baselines3.common.vec_env import VecEnv
 
 from rl4lms.algorithms.advantages import masked_mean, masked_var, value_statistics
 from rl4lms.algorithms.buffer import RolloutBatch, TextRolloutBuffer
+from rl4lms.algorithms.gradient_step import check_finite, clipped_step
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.lr_schedule import check_schedule, lr_multiplier
 from rl4lms.algorithms.rollout import RolloutCollector, RolloutStats
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.errors import DistributedSetupError
 from rl4lms.policies.base import LMActorCriticPolicy
 
 if TYPE_CHECKING:  # accelerate and the sharding code are imported by the runs that use them (rl4lms.training)
     from accelerate import Accelerator
 
     from rl4lms.training.sharding import ShardedPolicy
-
-
-class NonFiniteLossError(FloatingPointError):
-    """Raised when a training loss becomes NaN or infinite."""
-
-
-class DistributedSetupError(ValueError):
-    """A launch or sharding set-up this project cannot train correctly; the message says what to change."""
 
 
 class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
@@ -66,6 +59,7 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
             check_schedule(lr_scheduler_type, 0)
         self.lr_scheduler_type = lr_scheduler_type
         self.iterations_done = 0
+        self._no_callback: Optional[CallbackList] = None
         """Rollout + update iterations finished so far (restored from checkpoints)."""
         self.text_env = env
         self.kl_controller = kl_controller
@@ -203,10 +197,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         return stats
 
     def check_finite(self, loss: torch.Tensor, name: str) -> None:
-        if not math.isfinite(float(loss.item())):
-            raise NonFiniteLossError(
-                f"{name} became {loss.item()} at timestep {self.num_timesteps}; lower alg.args.learning_rate, "
-                "check the reward function for NaN/inf, or raise alg.kl_div.coeff. The last checkpoint is intact.")
+        check_finite(loss, f"{name} became {{value}} at timestep {self.num_timesteps}; lower alg.args.learning_rate, "
+                     "check the reward function for NaN/inf, or raise alg.kl_div.coeff. The last checkpoint is intact.")
 
     def attach_accelerator(self, accelerator: Accelerator, sharded: Optional[ShardedPolicy] = None) -> None:
         """Train through ``accelerator``: DDP-wrapped trainable modules when several processes
@@ -259,11 +251,7 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         """
         self.check_finite(loss, name)
         if self.accelerator is None:
-            self.policy.optimizer.zero_grad()
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
-            self.policy.optimizer.step()
-            return float(grad_norm)
+            return clipped_step(loss, self.policy.optimizer, self.policy.parameters(), self.max_grad_norm)
         self.accelerator.backward(loss)
         self._pending_micro_steps += 1
         if self._pending_micro_steps < self.accelerator.gradient_accumulation_steps:
@@ -284,12 +272,32 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         self._pending_micro_steps = 0
         return float(grad_norm)
 
-    def learn(self, *args: Any, **kwargs: Any) -> "LMOnPolicyAlgorithm":
-        """SB3's ``learn`` (rollout + ``train``), then any gradients still accumulating are applied."""
-        super().learn(*args, **kwargs)
+    def run_iteration(self) -> None:
+        """One training iteration, the trainer's unit: a rollout of at least ``n_steps * n_envs``
+        generated tokens into the episode buffer, then the update on it (``train``), then any
+        gradients still accumulating."""
+        self.collect_rollouts(self.env, self.no_callback, self.rollout_buffer, self.n_steps)
+        self.train()
         self.apply_accumulated_gradients()
         self.iterations_done += 1
+
+    def learn(self, total_timesteps: int, *args: Any, **sb3_options: Any) -> "LMOnPolicyAlgorithm":
+        """SB3's entry point, for code that drives the algorithm as SB3 does: iterations
+        (:meth:`run_iteration`) until ``total_timesteps`` more tokens were generated. SB3's other
+        arguments (callback, logging, ``reset_num_timesteps``) are accepted and have no effect: the
+        trainer's tracker logs, and the token counter runs over the whole run."""
+        target = self.num_timesteps + total_timesteps
+        while self.num_timesteps < target:
+            self.run_iteration()
         return self
+
+    @property
+    def no_callback(self) -> BaseCallback:
+        """The SB3 callback that ``collect_rollouts`` takes, doing nothing."""
+        if self._no_callback is None:
+            self._no_callback = CallbackList([])
+            self._no_callback.init_callback(self)
+        return self._no_callback
 
     def current_learning_rate(self) -> float:
         """The learning rate of this iteration's update: ``learning_rate`` times the factor of

@@ -11,8 +11,9 @@ from rl4lms.algorithms.advantages import kl_penalized_rewards, token_kl
 from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.errors import RewardOutputError
 from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput, module_device, response_tokens
-from rl4lms.rewards.base import BatchedRewardFunction, RewardOutputError, reward_values
+from rl4lms.rewards.base import BatchedRewardFunction, reward_values
 
 
 def pad_token_lists(token_lists: Sequence[Sequence[int]], pad_token_id: int, device: torch.device,

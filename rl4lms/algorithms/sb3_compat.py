@@ -99,15 +99,21 @@ class SB3AlgorithmAdapter(LMOnPolicyAlgorithm):
     def whiten_advantages_in_buffer(self) -> bool:
         return False
 
-    def learn(self, *args: Any, **kwargs: Any) -> "SB3AlgorithmAdapter":
-        """An iteration; what ``train()`` recorded in SB3's logger becomes its training statistics."""
+    learn = OnPolicyAlgorithm.learn
+    """SB3's own ``learn`` loop, which such ``train()`` methods expect: it sets up SB3's logger and
+    ``_current_progress_remaining`` (and runs the user's ``learn`` override first, if any)."""
+
+    def run_iteration(self) -> None:
+        """An iteration through ``learn`` (one rollout, then the user's ``train()``); what ``train()``
+        recorded in SB3's logger becomes the iteration's training statistics."""
         self.train_stats = {}
-        super().learn(*args, **kwargs)
+        self.learn(total_timesteps=self.tokens_per_rollout, reset_num_timesteps=False)
+        self.apply_accumulated_gradients()
+        self.iterations_done += 1
         recorded = {key: float(value) for key, value in self.logger.name_to_value.items()
                     if isinstance(value, (int, float))}
         self.logger.dump(self.num_timesteps)
         self.train_stats = {**recorded, **self.train_stats}
-        return self
 
 
 def _init(self: Any, policy: Type[LMActorCriticPolicy], env: TextGenEnv, kl_controller: KLController,

@@ -55,7 +55,7 @@ def reference_pairs(samples: Sequence[Sample]) -> List[Tuple[Sample, str]]:
 
 
 class Supervised(LMOnPolicyAlgorithm):
-    """Teacher-forced cross-entropy on the references; each ``learn`` call is one shuffled epoch."""
+    """Teacher-forced cross-entropy on the references; each iteration (``run_iteration``) is one shuffled epoch."""
 
     needs_reward_function = False
 
@@ -100,8 +100,8 @@ class Supervised(LMOnPolicyAlgorithm):
             group["lr"] = lr
         return lr
 
-    def learn(self, total_timesteps: int, *args: Any, **kwargs: Any) -> "Supervised":
-        """One epoch over the (prompt, reference) pairs; ``total_timesteps`` is not used."""
+    def run_iteration(self) -> None:
+        """One epoch over the (prompt, reference) pairs."""
         self.policy.set_training_mode(True)
         device = module_device(self.policy)
         order = self.collector.rng.permutation(len(self.pairs))
@@ -126,7 +126,6 @@ class Supervised(LMOnPolicyAlgorithm):
         self.train_stats = {"supervised/loss": mean_nll, "supervised/perplexity": math.exp(min(mean_nll, 50.0)),
                             "supervised/n_pairs": float(len(self.pairs)), "supervised/tokens": float(total_tokens),
                             "supervised/learning_rate": lr}
-        return self
 
     def progress_stats(self) -> Dict[str, float]:
         return {"loss": self.train_stats.get("supervised/loss", float("nan"))}

@@ -11,7 +11,8 @@ import yaml
 from rl4lms.config.overrides import apply_overrides
 from rl4lms.config.rl4lms_supervised import translate_rl4lms_supervised
 from rl4lms.config.smoke import smoke_config
-from rl4lms.config.validation import ConfigError, validate_config
+from rl4lms.config.validation import validate_config
+from rl4lms.errors import ConfigError
 
 
 def custom_module_paths(config_path: Optional[Path]) -> list:

@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Sequence, Tuple, Union
 import yaml
 
 from rl4lms.config.schema import CONFIG_SCHEMA, Section
-from rl4lms.config.validation import ConfigError
+from rl4lms.errors import ConfigError
 
 PathPart = Union[str, int]
 

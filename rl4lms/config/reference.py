@@ -12,18 +12,15 @@ import importlib.util
 import inspect
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 from rl4lms.config.schema import CONFIG_SCHEMA, Component, ComponentList, Key, Section
+from rl4lms.errors import DescribeError
 from rl4lms.registry import ALL_REGISTRIES
 
 REGISTRY_TITLES = {"datapool": "Data pools", "reward_fn": "Reward functions", "metric": "Metrics",
                    "alg": "Algorithms", "policy": "Policies"}
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
-
-
-class DescribeError(ValueError):
-    """``--describe`` was given something that is neither a config path nor a component id."""
 
 
 def _module_file(module: str) -> Optional[Path]:

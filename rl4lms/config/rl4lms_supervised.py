@@ -39,7 +39,7 @@ import copy
 import logging
 from typing import Any, Dict, List
 
-from rl4lms.config.validation import ConfigError
+from rl4lms.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

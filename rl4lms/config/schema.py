@@ -57,44 +57,51 @@ CONFIG_SCHEMA = Section({
     "tokenizer": Section({
         "model_name": Key(STR, doc="hub id, local folder, embedded tiny model (rl4lms/tiny-gpt2, rl4lms/tiny-t5) or "
                                    "packaged model (rl4lms/smollm2-135m-instruct)"),
-        "padding_side": Key(STR, "left", choices=("left", "right")),
-        "truncation_side": Key(STR, "left", choices=("left", "right")),
+        "padding_side": Key(STR, "left", choices=("left", "right"), doc="side of the pad tokens in a batch"),
+        "truncation_side": Key(STR, "left", choices=("left", "right"),
+                               doc="side the tokenizer cuts over-long texts from"),
         "pad_token_as_eos_token": Key(BOOL, True, doc="use EOS as pad when the tokenizer has no pad token (RL4LMs' default)"),
         "gguf_file": Key(STR + (NONE,), None, doc="a GGUF checkpoint's file name in the folder model_name (converted "
                                                   "once into $RL4LMS_CACHE)"),
     }),
     "reward_fn": Component("reward_fn", required=False, doc="required by every algorithm but supervised"),
-    "datapool": Component("datapool"),
+    "datapool": Component("datapool", doc="the prompts (and references) of the train, val and test splits"),
     "env": Section({
         "n_envs": Key(INT, 1, minimum=1, doc="prompts per generation batch during rollouts"),
         "args": Section({
-            "max_prompt_length": Key(INT, minimum=1),
-            "max_episode_length": Key(INT, minimum=1),
-            "terminate_on_eos": Key(BOOL, True),
-            "prompt_truncation_side": Key(STR, "left", choices=("left", "right")),
-            "context_start_token": Key(INT + (NONE,), None),
+            "max_prompt_length": Key(INT, minimum=1, doc="prompt tokens kept (longer prompts are cut, and counted)"),
+            "max_episode_length": Key(INT, minimum=1, doc="generated tokens per episode at most"),
+            "terminate_on_eos": Key(BOOL, True,
+                                    doc="an episode ends at the EOS token (else it runs max_episode_length)"),
+            "prompt_truncation_side": Key(STR, "left", choices=("left", "right"),
+                                          doc="side over-long prompts are cut from"),
+            "context_start_token": Key(INT + (NONE,), None,
+                                       doc="token id that starts the generated context (seq2seq: the decoder start "
+                                           "token)"),
             "chat_template": Key(BOOL, False, doc="write each prompt as the user turn of the tokenizer's chat template "
                                                   "(instruct models), in rollouts and evaluation"),
             "system_prompt": Key(STR + (NONE,), None, doc="a system turn before each prompt (with chat_template)"),
         }),
     }),
-    "alg": Component("alg", extra_keys={
+    "alg": Component("alg", doc="the algorithm, its KL penalty (kl_div) and its policy", extra_keys={
         "kl_div": Section({
-            "coeff": Key(FLOAT, minimum=0.0),
-            "target_kl": Key(FLOAT + (NONE,), None),
+            "coeff": Key(FLOAT, minimum=0.0, doc="the KL penalty's coefficient (its start value with target_kl)"),
+            "target_kl": Key(FLOAT + (NONE,), None, doc="adapt coeff so the rollouts' KL approaches this "
+                                                    "target (null: a fixed coeff)"),
             "norm_reward": Key(BOOL, False, doc="standardize the per-token rewards of each rollout before GAE"),
         }, required=False, doc="required by the algorithms with a critic (not by supervised, grpo, rloo, "
                                 "reinforce_plus_plus)"),
-        "policy": Component("policy"),
+        "policy": Component("policy", doc="the language model being trained, its generation settings and value head"),
     }),
     "train_evaluation": Section({
-        "n_iters": Key(INT, minimum=1),
-        "eval_every": Key(INT, 10, minimum=1),
-        "save_every": Key(INT, 10, minimum=1),
-        "eval_batch_size": Key(INT, 32, minimum=1),
-        "metrics": ComponentList("metric"),
-        "generation_kwargs": Key(DICT, {}),
-        "save_checkpoints_to_keep": Key(INT, 2, minimum=1),
+        "n_iters": Key(INT, minimum=1, doc="training iterations (each a rollout and an update, or a supervised epoch)"),
+        "eval_every": Key(INT, 10, minimum=1, doc="evaluate on the val split every N iterations (and after the last)"),
+        "save_every": Key(INT, 10, minimum=1, doc="write a checkpoint every N iterations (and after the last)"),
+        "eval_batch_size": Key(INT, 32, minimum=1, doc="prompts per generation batch in evaluation"),
+        "metrics": ComponentList("metric", doc="metrics of the val and test evaluations"),
+        "generation_kwargs": Key(DICT, {}, doc="generation settings of evaluation, over the policy's own (e.g. "
+                                                "do_sample: false)"),
+        "save_checkpoints_to_keep": Key(INT, 2, minimum=1, doc="newest checkpoints kept; older ones are pruned"),
     }),
     "accelerator": Section({
         "mixed_precision": Key(STR, "no", choices=("no", "bf16", "fp16"), doc="autocast of the training forwards"),

@@ -12,8 +12,9 @@ import inspect
 import logging
 from typing import Any, Dict, List, Optional
 
-from rl4lms.config.validation import ConfigError, requirement_errors
-from rl4lms.registry import DataPoolRegistry, MetricRegistry, RegistryError
+from rl4lms.config.validation import requirement_errors
+from rl4lms.errors import ConfigError, RegistryError
+from rl4lms.registry import DataPoolRegistry, MetricRegistry
 
 logger = logging.getLogger(__name__)
 

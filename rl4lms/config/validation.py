@@ -12,19 +12,10 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from rl4lms.config.schema import CONFIG_SCHEMA, INJECTED_ARGS, POSITIVE_ARGS, Component, ComponentList, Key, Section
-from rl4lms.registry import ALL_REGISTRIES, RegistryError
+from rl4lms.errors import ConfigError, RegistryError
+from rl4lms.registry import ALL_REGISTRIES
 
 logger = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """One or more problems in a config; ``errors`` lists them, each starting with its key path."""
-
-    def __init__(self, errors: List[str], source: Optional[str] = None) -> None:
-        self.errors = errors
-        where = f" in {source}" if source else ""
-        listed = f" {errors[0]}" if len(errors) == 1 else "".join(f"\n  - {e}" for e in errors)
-        super().__init__(f"invalid config{where}:{listed}")
 
 
 def _type_names(types: tuple) -> str:

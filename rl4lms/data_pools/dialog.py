@@ -6,9 +6,10 @@ import zipfile
 from pathlib import Path
 from typing import List, Optional
 
-from rl4lms.data_pools.sources import (DataSourceError, data_cache_dir, download, fixture_path, hub_split_name,
-                                       load_rows, offline_hint, truncated)
+from rl4lms.data_pools.sources import (data_cache_dir, download, fixture_path, hub_split_name, load_rows, offline_hint,
+                                       truncated)
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
+from rl4lms.errors import DataSourceError
 from rl4lms.scoring.dialog import EOU_TOKEN
 
 

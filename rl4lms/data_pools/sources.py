@@ -13,15 +13,12 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, TypeVar
 
+from rl4lms.errors import DataSourceError
 from rl4lms.models.tiny import cache_dir
 
 FIXTURES_DIR = Path(__file__).resolve().parent / "fixtures"
 HUB_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 T = TypeVar("T")
-
-
-class DataSourceError(OSError):
-    """A data set could not be loaded (offline, missing file); the message says what to use instead."""
 
 
 def hub_split_name(split: str) -> str:

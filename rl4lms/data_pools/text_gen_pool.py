@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Sequence
 
 import numpy as np
+from rl4lms.errors import EmptyDataPoolError
 
 
 @dataclass(frozen=True)
@@ -15,10 +16,6 @@ class Sample:
     prompt_or_input_text: str
     references: List[str] = field(default_factory=list)
     meta_data: Dict[str, Any] = field(default_factory=dict)
-
-
-class EmptyDataPoolError(ValueError):
-    """Raised when a data pool split holds no samples."""
 
 
 class TextGenPool:

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from typing import Any, Dict, Iterable, List, Optional
 
-from rl4lms.data_pools.sources import DataSourceError, hub_split_name, load_rows, truncated
+from rl4lms.data_pools.sources import hub_split_name, load_rows, truncated
 from rl4lms.data_pools.text_gen_pool import Sample, TextGenPool
+from rl4lms.errors import DataSourceError
 
 
 def translation_rows(pool_id: str, dataset_name: str, configs: List[str], split: str,

@@ -8,8 +8,9 @@ import numpy as np
 from gymnasium import spaces
 from transformers import PreTrainedTokenizerBase
 
-from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, Sample
+from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.observation import Observation, ObservationLayout
+from rl4lms.errors import EmptyDataPoolError
 from rl4lms.models.chat_template import ChatPrompt
 from rl4lms.rewards.base import AnyRewardFunction, BatchedRewardFunction, reward_value, reward_values
 

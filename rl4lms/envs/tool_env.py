@@ -24,17 +24,14 @@ from typing import Callable, Dict, Iterable, List, Optional, Protocol, Sequence,
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from rl4lms.errors import ToolCallError
+
 CALL_OPEN, CALL_CLOSE = "<call>", "</call>"
 RESULT_OPEN, RESULT_CLOSE = "<result>", "</result>"
 _CALL = re.compile(r"<call>\s*([A-Za-z_]\w*)\s*\((.*)\)\s*</call>\s*$", re.S)
 
 Tool = Callable[[str], str]
 GenerateFn = Callable[[List[torch.Tensor]], List[torch.Tensor]]
-
-
-class ToolCallError(ValueError):
-    """The text closes a tool call that cannot be parsed (in the project's syntax: one that is not
-    ``<call>name(argument)</call>``)."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import GenerationConfig, LogitsProcessorList
 
+from rl4lms.errors import VLLMUnavailableError
 from rl4lms.generation.engine import EnginePolicy, GeneratedTokens, GenerationEngine
 from rl4lms.models.lora import merged_model
 
@@ -38,10 +39,6 @@ UNSUPPORTED_SETTINGS = {"num_beams": 1, "num_beam_groups": 1, "penalty_alpha": N
                         "encoder_repetition_penalty": 1.0, "bad_words_ids": None, "force_words_ids": None,
                         "suppress_tokens": None, "begin_suppress_tokens": None, "sequence_bias": None,
                         "exponential_decay_length_penalty": None, "guidance_scale": None, "min_length": 0}
-
-
-class VLLMUnavailableError(ValueError):
-    """vLLM is not installed, or cannot serve this policy; the message says what to do."""
 
 
 @dataclass

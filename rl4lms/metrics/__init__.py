@@ -1,3 +1,4 @@
-from rl4lms.metrics.base import BaseMetric, MetricOutputError, MetricResult
+from rl4lms.errors import MetricOutputError
+from rl4lms.metrics.base import BaseMetric, MetricResult
 
 __all__ = ["BaseMetric", "MetricOutputError", "MetricResult"]

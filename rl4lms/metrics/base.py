@@ -10,10 +10,6 @@ MetricResult = Dict[str, Tuple[Optional[List[float]], float]]
 """Maps a metric name such as ``"synthetic/dates_in_text"`` to (per-sample scores or None, corpus score)."""
 
 
-class MetricOutputError(ValueError):
-    """A metric returned per-sample scores that do not line up with the samples."""
-
-
 class BaseMetric(ABC):
     """A metric computed over a split's generations."""
 

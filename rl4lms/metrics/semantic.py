@@ -5,9 +5,10 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from rl4lms.errors import ModelLoadError
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.models.classifier import TextClassifier
-from rl4lms.models.loading import ModelLoadError, default_device, resolve_model_name
+from rl4lms.models.loading import default_device, resolve_model_name
 
 
 def classifier_inputs(prompt_texts: List[str], generated_texts: List[str], include_prompt: bool) -> List[str]:

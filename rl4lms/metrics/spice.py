@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from rl4lms.errors import SpiceRunError, SpiceUnavailableError
 from rl4lms.metrics.base import BaseMetric, MetricResult
 from rl4lms.scoring.tokenize import word_tokenize
 from rl4lms.models.tiny import cache_dir
@@ -30,14 +31,6 @@ SPICE_JAR = "spice-1.0.jar"
 CORENLP_JARS = ("stanford-corenlp-3.6.0.jar", "stanford-corenlp-3.6.0-models.jar")
 SPICE_URL = "https://panderson.me/images/SPICE-1.0.zip"
 CORENLP_URL = "http://nlp.stanford.edu/software/stanford-corenlp-full-2015-12-09.zip"
-
-
-class SpiceUnavailableError(ValueError):
-    """Java, the SPICE jar or Stanford CoreNLP's jars are missing; the message says how to install them."""
-
-
-class SpiceRunError(RuntimeError):
-    """The SPICE jar failed on the evaluated texts."""
 
 
 def default_spice_home() -> Path:

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 from typing import Any, List, Optional
 
+from rl4lms.errors import WordNetMissingError
 from rl4lms.models.tiny import cache_dir
 
 DEBIAN_WORDNET_DIR = Path(os.environ.get("RL4LMS_WORDNET_DIR", "/usr/share/wordnet"))
@@ -33,12 +34,6 @@ _SYNTACTIC_CATEGORY = {"noun": 1, "verb": 2, "adj": 3, "adv": 4}
 
 
 INSTALL_HINT = "apt-get install --no-install-recommends wordnet-base wordnet-sense-index"
-
-
-class WordNetMissingError(LookupError):
-    """Neither NLTK's WordNet nor Debian's WordNet packages are installed."""
-
-    install_hint = f"install it with: {INSTALL_HINT}"
 
 
 def _nltk_data_dirs() -> List[Path]:

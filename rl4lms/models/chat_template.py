@@ -4,15 +4,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from rl4lms.errors import ChatTemplateError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 _SLOT = "\x00rl4lms-prompt\x00"
-
-
-class ChatTemplateError(ValueError):
-    """A chat-template option was given for a tokenizer that has no chat template."""
 
 
 def has_chat_template(tokenizer: PreTrainedTokenizerBase) -> bool:

@@ -15,14 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Dict, Optional
 
+from rl4lms.errors import GGUFError
 from rl4lms.models.tiny import build_once, cache_dir
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
-
-
-class GGUFError(OSError):
-    """A GGUF checkpoint or the package that ships it is missing; the message says how to get it."""
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,12 @@ from typing import Any, Optional, Type, TypeVar
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rl4lms.manifest import MANIFEST_FILE, DamagedArtifactError, verify_files
-from rl4lms.models.gguf import PACKAGED_MODELS, GGUFError, resolve_gguf, resolve_packaged
+from rl4lms.errors import DamagedArtifactError, GGUFError, ModelLoadError
+from rl4lms.manifest import MANIFEST_FILE, verify_files
+from rl4lms.models.gguf import PACKAGED_MODELS, resolve_gguf, resolve_packaged
 from rl4lms.models.tiny import TINY_MODELS, resolve_tiny_model
 
 M = TypeVar("M")
-
-
-class ModelLoadError(OSError):
-    """A model or tokenizer could not be loaded; the message says what to try instead."""
 
 
 class TransformersClass:

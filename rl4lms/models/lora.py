@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
@@ -60,12 +60,6 @@ def add_lora_adapters(model: nn.Module, peft_config: Any, task_type: Optional[st
         return get_peft_model(model, config)
     except ValueError as error:  # e.g. target_modules that the model does not have
         raise ValueError(f"{key}: {error}") from error
-
-
-def parameter_counts(model: nn.Module) -> Tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
 
 
 LORA_ADAPTER_DIR = "lora_adapter"

@@ -28,7 +28,7 @@ from rl4lms.generation.engine import GenerationEngine, build_engine
 from rl4lms.models.fused_activations import use_fused_activations
 from rl4lms.models.loading import load_model, resolve_checkpoint, resolve_model_name
 from rl4lms.models.lora import add_lora_adapters, quantization_kwargs, save_model
-from rl4lms.policies.value_head import CRITIC_DIR, VALUE_HEAD_FILE, ValueHead, hidden_size, save_value_head
+from rl4lms.models.value_head import CRITIC_DIR, VALUE_HEAD_FILE, ValueHead, hidden_size, save_value_head
 
 if TYPE_CHECKING:  # transformers' modelling code loads with the first model, not with this module
     from transformers import PreTrainedModel

@@ -12,14 +12,11 @@ import numbers
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, TypeVar, Union
 
+from rl4lms.errors import RewardOutputError
 from rl4lms.registry import RewardFunctionRegistry
 
 if TYPE_CHECKING:
     from rl4lms.envs.observation import Observation
-
-
-class RewardOutputError(ValueError):
-    """A reward function returned something unusable (not numbers, a wrong count, NaN or infinite values)."""
 
 
 def _shown(value: Any) -> str:

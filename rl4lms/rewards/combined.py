@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
-from rl4lms.registry import RegistryError, RewardFunctionRegistry
+from rl4lms.errors import RegistryError
+from rl4lms.registry import RewardFunctionRegistry
 from rl4lms.rewards.base import BatchedRewardFunction, ScoreReward
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 import yaml
 
-from rl4lms.config.validation import ConfigError
+from rl4lms.errors import ConfigError
 from rl4lms.rlhf.reward_model import RewardModelTrainer, load_preference_pairs
 from rl4lms.rlhf.sft import SFTTrainer, load_sft_examples
 from rl4lms.training.artifacts import write_json_atomic

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from rl4lms.models.loading import default_device, load_model, load_tokenizer
 from rl4lms.models.lora import add_lora_adapters, save_model
-from rl4lms.rlhf.training import GradientStepper, minibatches, read_records, run_epochs
+from rl4lms.rlhf.supervised_stage import GradientStepper, minibatches, read_records, run_epochs
 
 logger = logging.getLogger(__name__)
 

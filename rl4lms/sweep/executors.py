@@ -10,14 +10,11 @@ from concurrent.futures import ThreadPoolExecutor
 from queue import Queue
 from typing import Dict, List, Optional, Sequence
 
+from rl4lms.errors import ExecutorError
 from rl4lms.sweep.grid import RunResources, RunSpec, Sweep
 from rl4lms.sweep.runner import SweepExecutor, SweepProgress, local_node, train_run
 
 EXECUTORS = ("local", "ray")
-
-
-class ExecutorError(RuntimeError):
-    """An executor that cannot start (bad worker count, ray missing, cluster unreachable): one line for the user."""
 
 
 def visible_devices(device_count: Optional[int] = None) -> List[str]:

@@ -10,7 +10,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from rl4lms.config import ConfigError, load_config
+from rl4lms.config import load_config
+from rl4lms.errors import ConfigError
 
 SWEEP_KEYS = ("name", "configs", "variants", "grid", "overrides", "smoke", "resources", "base_path_to_store_results")
 RESOURCE_KEYS = ("num_cpus", "num_gpus")

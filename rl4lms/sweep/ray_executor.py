@@ -11,7 +11,7 @@ import socket
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from rl4lms.sweep.executors import ExecutorError
+from rl4lms.errors import ExecutorError
 from rl4lms.sweep.grid import RunResources, RunSpec, Sweep
 from rl4lms.sweep.runner import RunOutcome, SweepExecutor, SweepProgress, last_attempt, train_run
 

@@ -21,7 +21,7 @@ from threading import Lock
 from abc import ABC, abstractmethod
 from typing import Any, Callable, Dict, List, Optional
 
-from rl4lms.cli import EXIT_RUN_LOCKED
+from rl4lms.errors import RunLockedError
 from rl4lms.sweep.grid import RunSpec, Sweep
 from rl4lms.training.artifacts import write_json_atomic
 from rl4lms.training.trainer import COMPLETE_FILE
@@ -113,7 +113,7 @@ def train_run(spec: RunSpec, sweep_name: str, base_path: Path, env: Dict[str, st
     tail = process.stderr.decode(errors="replace")[-2000:]
     if process.returncode == 0:
         return RunOutcome(spec.name, "completed", 0, seconds, node=node)
-    status = "running_elsewhere" if process.returncode == EXIT_RUN_LOCKED else "failed"
+    status = "running_elsewhere" if process.returncode == RunLockedError.exit_status else "failed"
     return RunOutcome(spec.name, status, process.returncode, seconds, tail, node)
 
 

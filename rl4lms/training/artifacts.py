@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional
 
+from rl4lms.errors import ArtifactWriteError
 from rl4lms.manifest import FileDigest, write_manifest
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
@@ -24,10 +25,6 @@ _WRITER_FAILURE_TEXTS = ("inline_container", "PytorchStreamWriter", "file write 
 
 STAGING_PREFIX = ".staging_"
 """Name prefix of the folder :func:`write_folder_atomic` fills before renaming it into place."""
-
-
-class ArtifactWriteError(OSError):
-    """A file of the run could not be written (unwritable folder, full disk); earlier files are intact."""
 
 
 def _is_write_failure(error: BaseException) -> bool:

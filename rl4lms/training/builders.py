@@ -8,17 +8,14 @@ from typing import Any, Dict, Iterator, List
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.algorithms.sb3_compat import is_sb3_algorithm, text_algorithm
-from rl4lms.data_pools.text_gen_pool import EmptyDataPoolError, TextGenPool
+from rl4lms.data_pools.text_gen_pool import TextGenPool
 from rl4lms.envs.text_gen_env import TextGenEnv
+from rl4lms.errors import ComponentBuildError, EmptyDataPoolError
 from rl4lms.metrics.base import BaseMetric
 from rl4lms.models.loading import load_tokenizer
 from rl4lms.registry import AlgorithmRegistry, DataPoolRegistry, MetricRegistry, PolicyRegistry, RewardFunctionRegistry
 
 SPLITS = ("train", "val", "test")
-
-
-class ComponentBuildError(ValueError):
-    """A component named in the config rejected its arguments or data; the message names the section."""
 
 
 @contextmanager

@@ -19,15 +19,12 @@ import numpy as np
 import torch
 
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
+from rl4lms.errors import CheckpointFormatError, DamagedArtifactError
 from rl4lms.training.artifacts import STAGING_PREFIX, write_folder_atomic
-from rl4lms.manifest import DamagedArtifactError, FileDigest, HashingWriter, verify_files
+from rl4lms.manifest import FileDigest, HashingWriter, verify_files
 
 STATE_FILE = "trainer_state.pt"
 _PREFIX = "checkpoint_"
-
-
-class CheckpointFormatError(ValueError):
-    """A checkpoint that cannot be read safely (an older pickle format) or at all."""
 
 
 def _capture_rng() -> Dict[str, Any]:

@@ -11,8 +11,9 @@ import json
 from pathlib import Path
 from typing import Any, Dict
 
+from rl4lms.errors import DamagedArtifactError
 from rl4lms.training.artifacts import write_json_atomic
-from rl4lms.manifest import MANIFEST_FILE, DamagedArtifactError, file_digest, verify_files
+from rl4lms.manifest import MANIFEST_FILE, file_digest, verify_files
 
 COMPLETE_FILE = "run_complete.json"
 MODEL_FOLDER = "model"

@@ -18,7 +18,7 @@ from accelerate import Accelerator, DistributedType
 from accelerate.utils import DistributedDataParallelKwargs, str_to_bool
 from torch.distributed.tensor import DTensor
 
-from rl4lms.algorithms.on_policy import DistributedSetupError
+from rl4lms.errors import DistributedSetupError
 from rl4lms.policies.base import LMActorCriticPolicy
 
 logger = logging.getLogger(__name__)
@@ -124,10 +124,6 @@ def share_main_failure(accelerator: Optional[Accelerator], failure: Optional[Bas
         raise failure
     shared.reported_by_main_process = True
     raise shared
-
-
-class LauncherGoneError(RuntimeError):
-    """The launcher of a multi-process run is gone (killed); the processes stopped at an iteration boundary."""
 
 
 class LauncherWatch:

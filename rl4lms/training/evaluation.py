@@ -9,7 +9,8 @@ import torch
 from rl4lms.algorithms.rollout import encode_prompts
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
-from rl4lms.metrics.base import BaseMetric, MetricOutputError
+from rl4lms.errors import MetricOutputError
+from rl4lms.metrics.base import BaseMetric
 from rl4lms.policies.base import LMActorCriticPolicy, module_device, response_tokens
 
 

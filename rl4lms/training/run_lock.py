@@ -5,12 +5,9 @@ import fcntl
 import os
 from pathlib import Path
 from typing import Optional
+from rl4lms.errors import RunLockedError
 
 LOCK_FILE = ".run.lock"
-
-
-class RunLockedError(RuntimeError):
-    """Another live process holds the run folder."""
 
 
 class RunLock:

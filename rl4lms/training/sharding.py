@@ -39,8 +39,8 @@ from torch.distributed.tensor import DTensor
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
+from rl4lms.errors import DistributedSetupError
 from rl4lms.policies.base import REFERENCE_PREFIX, LMActorCriticPolicy
-from rl4lms.algorithms.on_policy import DistributedSetupError
 from rl4lms.training.distributed import full_tensor, world_size
 
 logger = logging.getLogger(__name__)

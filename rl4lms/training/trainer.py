@@ -2,14 +2,14 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
+from transformers import set_seed
 
+from rl4lms.errors import ConfigMismatchError, LauncherGoneError
 from rl4lms.training.artifacts import write_folder_atomic, write_json_atomic, writing
 from rl4lms.training.completion import (COMPLETE_FILE, MODEL_FOLDER, read_complete, verify_final_model,
                                         write_complete)
@@ -18,9 +18,8 @@ from rl4lms.training.builders import RunComponents, build_components
 from rl4lms.training.checkpoint import (checkpoint_iteration, latest_checkpoint, load_checkpoint,
                                         newest_intact_checkpoint, process_random_state, prune_checkpoints,
                                         save_checkpoint, trainable_state)
-from rl4lms.training.distributed import (LauncherGoneError, LauncherWatch, any_launcher_gone, check_launch,
-                                         gather_from_processes, main_process_value, make_accelerator,
-                                         share_main_failure, weights_checksum)
+from rl4lms.training.distributed import (LauncherWatch, any_launcher_gone, check_launch, gather_from_processes,
+                                         main_process_value, make_accelerator, share_main_failure, weights_checksum)
 from rl4lms.training.evaluation import evaluate_samples
 from rl4lms.training.run_lock import RunLock
 from rl4lms.training.sharding import ShardedPolicy, fsdp_settings, memory_footprint
@@ -30,10 +29,6 @@ RESUMABLE_CHANGES = {("train_evaluation", "n_iters")}
 ENVIRONMENT_FILE = "environment.json"
 
 
-class ConfigMismatchError(ValueError):
-    """The run folder holds a run made with a different config, or more iterations than asked for."""
-
-
 def _config_differences(old: Dict[str, Any], new: Dict[str, Any], prefix: tuple = ()) -> List[tuple]:
     if isinstance(old, dict) and isinstance(new, dict):
         out = []
@@ -41,12 +36,6 @@ def _config_differences(old: Dict[str, Any], new: Dict[str, Any], prefix: tuple 
             out += _config_differences(old.get(key), new.get(key), prefix + (key,))
         return out
     return [] if old == new else [prefix]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 class OnPolicyTrainer:
@@ -210,7 +199,7 @@ class OnPolicyTrainer:
                 return summary
             if self.is_main:
                 complete.unlink()  # n_iters was raised: continue training the finished run
-        seed_everything(self.config["seed"])
+        set_seed(self.config["seed"])
         # A sharded policy is built on the CPU; sharding moves each process's shards to its device.
         self.parts = build_components(self.config, "cpu" if self.sharding else self.device)
         alg = self.parts.alg
@@ -228,7 +217,7 @@ class OnPolicyTrainer:
         with progress:  # closed before an error is reported, so the error stays the last line
             for iteration in range(start + 1, self.n_iters + 1):
                 self._stop_if_launcher_gone(iteration - 1)
-                alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
+                alg.run_iteration()
                 if self.tracker is not None:
                     self.tracker.log_iteration(iteration, alg.rollout_stats, alg.train_stats, alg.num_timesteps)
                 progress.set_postfix({k: f"{v:.3f}" for k, v in alg.progress_stats().items()}, refresh=False)

@@ -5,12 +5,12 @@ The tensor statistics are the project's own (:mod:`rl4lms.algorithms.advantages`
 """
 from __future__ import annotations
 
-import random
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
+from transformers import set_seed  # noqa: F401  (TRL's trl.core.set_seed)
 
 from rl4lms.algorithms.advantages import masked_mean as _masked_mean
 from rl4lms.algorithms.advantages import masked_var as _masked_var
@@ -33,15 +33,6 @@ class LengthSampler:
 
     def __call__(self) -> int:
         return int(np.random.choice(self.values))
-
-
-def set_seed(seed: int) -> None:
-    """Seed python's, numpy's and torch's generators (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
 
 
 def _filter_top_k_top_p(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

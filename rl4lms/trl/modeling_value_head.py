@@ -1,6 +1,6 @@
 """TRL's ``AutoModelForCausalLMWithValueHead`` / ``AutoModelForSeq2SeqLMWithValueHead``.
 
-The project's value-head models (:mod:`rl4lms.models.value_head_models`) with TRL's behaviour:
+The project's value-head models (:mod:`rl4lms.models.value_head`) with TRL's behaviour:
 
 * ``from_pretrained`` takes TRL's keyword arguments: ``summary_dropout_prob`` (dropout before the
   head, default 0.1 as in TRL; a ``summary_dropout_prob`` in the LM's config wins, as in TRL),
@@ -33,10 +33,9 @@ from safetensors.torch import load_file
 
 from rl4lms.models.loading import load_model, resolve_model_name
 from rl4lms.models.lora import add_lora_adapters, quantization_kwargs
-from rl4lms.models.value_head_models import AutoModelForCausalLMWithValueHead as _CausalWithValueHead
-from rl4lms.models.value_head_models import AutoModelForSeq2SeqLMWithValueHead as _Seq2SeqWithValueHead
-from rl4lms.models.value_head_models import _ModelWithValueHead
-from rl4lms.policies.value_head import save_value_head
+from rl4lms.models.value_head import AutoModelForCausalLMWithValueHead as _CausalWithValueHead
+from rl4lms.models.value_head import AutoModelForSeq2SeqLMWithValueHead as _Seq2SeqWithValueHead
+from rl4lms.models.value_head import _ModelWithValueHead, save_value_head
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,8 @@ import torch
 from accelerate.utils import extract_model_from_parallel
 from transformers import PreTrainedTokenizerBase
 
-from rl4lms.envs.tool_env import RequestCallSyntax, Tool, ToolCallError, ToolEpisodeLoop
+from rl4lms.envs.tool_env import RequestCallSyntax, Tool, ToolEpisodeLoop
+from rl4lms.errors import ToolCallError
 from rl4lms.models.chat_template import ChatPrompt
 
 try:  # rich is optional: without it the histories print as plain text with [prompt]/[system]/[model] marks

@@ -251,7 +251,7 @@ def bench_size(size: str, args: argparse.Namespace, folder: Path) -> Dict[str, A
 
     def iteration() -> Dict[str, float]:
         start = clock()
-        alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
+        alg.run_iteration()
         total = clock() - start
         return {"total": total, "rollout": total - alg.update_seconds[-1], "update": alg.update_seconds[-1]}
 

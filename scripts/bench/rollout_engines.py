@@ -119,7 +119,7 @@ def timed(fn: Callable[[], Any]) -> float:
 def one_iteration(alg: LMOnPolicyAlgorithm) -> int:
     """One trainer iteration; returns the tokens it generated."""
     before = alg.num_timesteps
-    alg.learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
+    alg.run_iteration()
     return alg.num_timesteps - before
 
 

@@ -55,7 +55,7 @@ from rl4lms.models.loading import load_tokenizer, resolve_model_name  # noqa: E4
 from rl4lms.policies.base import PolicyOutput, masked_log_probs, module_device, weight_bytes  # noqa: E402
 from rl4lms.policies.causal import CausalLMActorCriticPolicy  # noqa: E402
 from rl4lms.policies.maskable import MaskableCausalLMActorCriticPolicy  # noqa: E402
-from rl4lms.policies.value_head import hidden_size  # noqa: E402
+from rl4lms.models.value_head import hidden_size  # noqa: E402
 from rl4lms.rewards.synthetic import IncreasingNumbersReward  # noqa: E402
 
 TARGETS = {"rollout / generate": 1.5, "per_token / rollout": 5.0, "memory / policy weights": 2.2,

@@ -3,7 +3,7 @@ import argparse
 import json
 import sys
 
-from rl4lms.config.validation import ConfigError
+from rl4lms.errors import ConfigError
 from rl4lms.rlhf.pipeline import run_pipeline
 
 

@@ -1,30 +1,67 @@
-"""Language models with a value head that save and load as one Hugging Face folder (TRL's
-``AutoModelForCausalLMWithValueHead`` / ``AutoModelForSeq2SeqLMWithValueHead``).
+"""A value head on a language model's hidden states, and language models that carry one.
 
-``save_pretrained`` writes the LM's folder plus ``value_head.safetensors``. This is the same layout
-as a training run's ``model/`` folder, so a trained policy loads here with its value head.
-``from_pretrained`` refuses a folder without value-head weights unless a new head is asked for
-explicitly: a silently re-initialised critic would look trained and is not.
+:class:`ValueHead` is the critic of the actor-critic policies (``rl4lms.policies``) and of the
+TRL-style models below; a saved policy or model keeps it as ``value_head.safetensors`` next to the
+LM's own files.
+
+:class:`AutoModelForCausalLMWithValueHead` / :class:`AutoModelForSeq2SeqLMWithValueHead` (TRL's
+names) save and load as one Hugging Face folder: ``save_pretrained`` writes the LM's folder plus
+``value_head.safetensors``, the same layout as a training run's ``model/`` folder, so a trained
+policy loads here with its value head. ``from_pretrained`` refuses a folder without value-head
+weights unless a new head is asked for explicitly: a silently re-initialised critic would look
+trained and is not. (``rl4lms.trl.modeling_value_head`` adds TRL's own loading flags on top.)
 """
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Tuple, Type
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
+from rl4lms.errors import ValueHeadMissingError
 from rl4lms.models.loading import load_model, resolve_model_name
-from rl4lms.policies.value_head import CRITIC_DIR, VALUE_HEAD_FILE, ValueHead, hidden_size, save_value_head
+
+VALUE_HEAD_FILE = "value_head.safetensors"
+"""The value head's weights inside a ``save_pretrained`` folder, next to the LM's own files."""
+CRITIC_DIR = "critic"
+"""Sub-folder of a saved policy with a separate critic LM: that LM and the value head it feeds."""
+
+
+def hidden_size(config: Any) -> int:
+    """Width of a model's hidden states, whatever its config calls it."""
+    for attribute in ("hidden_size", "d_model", "n_embd"):
+        if getattr(config, attribute, None):
+            return int(getattr(config, attribute))
+    raise ValueError(f"cannot tell the hidden size of a {type(config).__name__} model config")
+
+
+class ValueHead(nn.Module):
+    """Linear map from a hidden state to a value estimate, computed in float32 (parameter names as
+    TRL's ``v_head``: ``summary.weight``, ``summary.bias``), with optional dropout before it (TRL's
+    ``summary_dropout_prob``; active in training mode only)."""
+
+    def __init__(self, hidden_size: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
+        self.summary = nn.Linear(hidden_size, 1)
+        nn.init.normal_(self.summary.weight, std=1.0 / (hidden_size + 1) ** 0.5)
+        nn.init.zeros_(self.summary.bias)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.summary(self.dropout(hidden.float())).squeeze(-1)
+
+
+def save_value_head(head: nn.Module, out_dir: Path, state_dict: Optional[Dict[str, torch.Tensor]] = None) -> None:
+    """``head``'s weights (or ``state_dict``, a gathered copy of them) as ``out_dir/value_head.safetensors``."""
+    state = head.state_dict() if state_dict is None else state_dict
+    save_file({k: v.contiguous() for k, v in state.items()}, str(out_dir / VALUE_HEAD_FILE))
+
 
 logger = logging.getLogger(__name__)
-
-
-class ValueHeadMissingError(FileNotFoundError):
-    """The folder has LM weights but no ``value_head.safetensors``."""
 
 
 class _ModelWithValueHead(nn.Module):

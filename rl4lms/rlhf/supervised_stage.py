@@ -1,7 +1,6 @@
 """What the supervised RLHF stages share: JSON Lines records, seeded minibatches and the gradient step."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Sequence, TypeVar, Union
 
@@ -9,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rl4lms.algorithms.gradient_step import check_finite, clipped_step
 from rl4lms.data_pools.sources import read_jsonl
 
 T = TypeVar("T")
@@ -48,13 +48,9 @@ class GradientStepper:
         self.name = name
 
     def step(self, loss: torch.Tensor) -> float:
-        value = float(loss.item())
-        if not math.isfinite(value):
-            raise FloatingPointError(f"{self.name} became {value}; lower the learning rate or check the data")
-        self.optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.parameters, self.max_grad_norm)
-        self.optimizer.step()
+        """One clipped AdamW step on ``loss``; returns the loss."""
+        value = check_finite(loss, f"{self.name} became {{value}}; lower the learning rate or check the data")
+        clipped_step(loss, self.optimizer, self.parameters, self.max_grad_norm)
         return value
 
 
