@@ -74,6 +74,27 @@ def test_timing_leaves_out_each_process_first_step_and_takes_the_median_round_ra
     assert summary["ratio"] == 2.0
     assert summary["medians"]["ours"]["step_s"] == 1.0 and summary["medians"]["trl"]["update_s"] == 1.5
     assert summary["cpu_ratio"] == 2.0 and summary["medians"]["trl"]["step_cpu_s"] == 6.0
+    assert "vllm_ratio" not in summary
+
+    with_vllm = bench.timing_summary({"ours": [steps(9.0, 1.0)], "trl": [steps(9.0, 3.0)],
+                                      "ours_vllm": [steps(9.0, 0.5)]})
+    assert with_vllm["ratio"] == 3.0 and with_vllm["vllm_ratio"] == 6.0 and with_vllm["vllm_cpu_ratio"] == 6.0
+    parity = {"statistics": [], "prompt_ids_match": True,
+              "weights": {"max_abs_weight_diff": 0.0, "tensors_compared": 1, "max_abs_weight_change": 0.0,
+                          "relative_update_diff": 0.0}}
+    report = bench.markdown([{"settings": {"model": "tiny-gpt2", "prompts": 1, "generations": 1, "new_tokens": 1,
+                                           "steps": 2},
+                              "timing": with_vllm, "parity": parity,
+                              "reward_curve": {"ours": [0.1], "trl": [0.2], "ours_vllm": [0.3]}}])
+    assert "trl / (ours + vLLM) step time, median of the per-round ratios: **6.00**" in report
+    assert "| reward, rl4lms + vLLM | 0.300 |" in report
+
+
+def test_the_vllm_side_samples_with_the_engine_and_the_others_with_generate(bench):
+    settings = bench.Settings(model="smollm2")
+    assert "generation_engine" not in bench.project_config(settings)["alg"]["policy"]["args"]
+    args = bench.project_config(settings, "vllm")["alg"]["policy"]["args"]
+    assert args["generation_engine"] == "vllm" and args["vllm"]["dtype"] == "bfloat16"
 
 
 def test_a_step_record_splits_the_step_into_generation_scoring_and_the_rest(bench):

