@@ -445,6 +445,19 @@ def bench_model(settings: Settings, trl_python: str, rounds: int, work: Path,
             "runs": runs, "reward_curve": curve}
 
 
+def timing_table(timing: Dict[str, Any], side: str, label: str) -> List[str]:
+    """Markdown rows: ``side``'s median seconds per phase next to TRL's, and TRL's over ``side``'s."""
+    lines = [f"| per step (median) | {label}, s | TRL 1.16, s | trl / ours | {label}, CPU s | TRL 1.16, CPU s | "
+             "trl / ours (CPU) |", "|---|---|---|---|---|---|---|"]
+    for phase, cpu_phase in zip(PHASES, CPU_PHASES):
+        cells = []
+        for key in (phase, cpu_phase):
+            o, t = timing["medians"][side][key], timing["medians"]["trl"][key]
+            cells.append(f"{o:.3f} | {t:.3f} | {t / o if o else float('nan'):.2f}")
+        lines.append(f"| {phase[:-2]} | {' | '.join(cells)} |")
+    return lines
+
+
 def markdown(results: List[Dict[str, Any]]) -> str:
     lines = []
     for result in results:
@@ -452,27 +465,13 @@ def markdown(results: List[Dict[str, Any]]) -> str:
         timing = result["timing"]
         lines.append(f"\n### {s['model']}: {s['prompts']} prompts x {s['generations']} generations x "
                      f"{s['new_tokens']} tokens, {s['steps']} steps per process\n")
-        lines.append("| per step (median) | rl4lms grpo, s | TRL 1.16, s | trl / ours | rl4lms grpo, CPU s | "
-                     "TRL 1.16, CPU s | trl / ours (CPU) |\n|---|---|---|---|---|---|---|")
-        for phase, cpu_phase in zip(PHASES, CPU_PHASES):
-            cells = []
-            for key in (phase, cpu_phase):
-                o, t = timing["medians"]["ours"][key], timing["medians"]["trl"][key]
-                cells.append(f"{o:.3f} | {t:.3f} | {t / o if o else float('nan'):.2f}")
-            lines.append(f"| {phase[:-2]} | {' | '.join(cells)} |")
+        lines += timing_table(timing, "ours", "rl4lms grpo")
         lines.append(f"\ntrl / ours step time, median of the per-round ratios: **{timing['ratio']:.2f}** wall-clock "
                      f"(rounds: {', '.join(f'{r:.2f}' for r in timing['per_round_ratio'])}), "
                      f"**{timing['cpu_ratio']:.2f}** CPU "
                      f"(rounds: {', '.join(f'{r:.2f}' for r in timing['per_round_cpu_ratio'])})\n")
         if "ours_vllm" in timing["medians"]:
-            lines.append("\n| per step (median), vLLM side | rl4lms grpo + vLLM, s | trl / ours+vLLM | "
-                         "rl4lms grpo + vLLM, CPU s | trl / ours+vLLM (CPU) |\n|---|---|---|---|---|")
-            for phase, cpu_phase in zip(PHASES, CPU_PHASES):
-                cells = []
-                for key in (phase, cpu_phase):
-                    v, t = timing["medians"]["ours_vllm"][key], timing["medians"]["trl"][key]
-                    cells.append(f"{v:.3f} | {t / v if v else float('nan'):.2f}")
-                lines.append(f"| {phase[:-2]} | {' | '.join(cells)} |")
+            lines += [""] + timing_table(timing, "ours_vllm", "rl4lms grpo + vLLM")
             lines.append(f"\ntrl / (ours + vLLM) step time, median of the per-round ratios: "
                          f"**{timing['vllm_ratio']:.2f}** wall-clock, **{timing['vllm_cpu_ratio']:.2f}** CPU")
         parity = result["parity"]
