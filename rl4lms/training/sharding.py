@@ -131,7 +131,12 @@ def _checkpointed_forward(forward: Any, *args: Any, **kwargs: Any) -> Any:
 
 def checkpoint_activations(model: nn.Module) -> None:
     """Recompute each transformer block's activations in the backward pass (generation, without
-    gradients, is unchanged). The blocks' ``forward`` is wrapped in place, so parameter names stay."""
+    gradients, is unchanged). The blocks' ``forward`` is wrapped in place, so parameter names stay.
+
+    Not transformers' ``gradient_checkpointing_enable``: it recomputes only modules in training mode,
+    and the policies keep their modules in eval mode (no dropout in RL updates). Not torch's
+    ``apply_activation_checkpointing`` either: it lives in a private module and renames every
+    parameter under ``_checkpoint_wrapped_module``, which checkpoints and saved models would carry."""
     for block in transformer_blocks(model):
         block.forward = functools.partial(_checkpointed_forward, block.forward)
 

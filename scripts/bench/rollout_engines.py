@@ -28,6 +28,7 @@ It prints a table and writes JSON with the ratios to ``generate_fp32``.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -185,7 +186,8 @@ def bench(model: str, eos: bool, args: argparse.Namespace, folder: Path) -> Dict
                 if PATHS[path].get("dtype") == "bfloat16":
                     extra[path].update(bf16_vs_fp32(alg))
             alg.policy.engine.close()
-        del algs
+        del algs, phases, alg
+        gc.collect()  # the algorithms hold reference cycles; free their models before the next ones
     base = results.get("generate_fp32")
     ratios = {path: {phase: base[phase]["seconds"] / r[phase]["seconds"] for phase in r}
               for path, r in results.items() if base is not None and path != "generate_fp32"}
