@@ -59,8 +59,8 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
             check_schedule(lr_scheduler_type, 0)
         self.lr_scheduler_type = lr_scheduler_type
         self.iterations_done = 0
-        self._no_callback: Optional[CallbackList] = None
         """Rollout + update iterations finished so far (restored from checkpoints)."""
+        self._no_callback: Optional[CallbackList] = None
         self.text_env = env
         self.kl_controller = kl_controller
         self.n_generation_envs = n_envs
