@@ -31,7 +31,9 @@ SWEEP_SCRIPT = REPO / "scripts" / "sweep.py"
 # The files of a run that must not depend on where or in how many attempts it ran.
 RESULT_FILES = ("rollout_info.jsonl", "training_info.jsonl", "run_complete.json", "test_split_metrics.jsonl",
                 "val_split_metrics.jsonl", "model/model.safetensors", "model/value_head.safetensors")
-N_ITERS = 12
+N_ITERS = 40
+"""Iterations per run: enough that the run on the worker node is still training when that node is killed
+(its Ray worker notices the lost raylet within seconds, and only then does the training subprocess die)."""
 WORKER_RESOURCE = "rl4lms_test_worker_node"
 
 

@@ -15,15 +15,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Dict, Optional, Tuple, Type
+from typing import TYPE_CHECKING, Any, Dict, Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM, PreTrainedModel
 
 from rl4lms.errors import ValueHeadMissingError
-from rl4lms.models.loading import load_model, resolve_model_name
+from rl4lms.models.loading import TransformersClass, load_model, resolve_model_name
+
+if TYPE_CHECKING:  # transformers' model classes are imported on first use: validation need not pay for them
+    from transformers import PreTrainedModel
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 """The value head's weights inside a ``save_pretrained`` folder, next to the LM's own files."""
@@ -67,7 +69,7 @@ logger = logging.getLogger(__name__)
 class _ModelWithValueHead(nn.Module):
     """An LM (``pretrained_model``) plus ``v_head`` on its last (decoder) hidden state."""
 
-    transformers_parent_class: Type[Any]
+    transformers_parent_class: TransformersClass
     hidden_states_field: str
     """The output field whose last entry the value head reads."""
     lm_head_namings: Tuple[str, ...]
@@ -149,7 +151,7 @@ class _ModelWithValueHead(nn.Module):
 class AutoModelForCausalLMWithValueHead(_ModelWithValueHead):
     """A decoder-only LM with a value head."""
 
-    transformers_parent_class = AutoModelForCausalLM
+    transformers_parent_class = TransformersClass("AutoModelForCausalLM")
     hidden_states_field = "hidden_states"
     lm_head_namings = ("lm_head", "embed_out")
 
@@ -157,6 +159,6 @@ class AutoModelForCausalLMWithValueHead(_ModelWithValueHead):
 class AutoModelForSeq2SeqLMWithValueHead(_ModelWithValueHead):
     """An encoder-decoder LM with a value head on the decoder's hidden states."""
 
-    transformers_parent_class = AutoModelForSeq2SeqLM
+    transformers_parent_class = TransformersClass("AutoModelForSeq2SeqLM")
     hidden_states_field = "decoder_hidden_states"
     lm_head_namings = ("lm_head", "embed_out", "output_projection")
