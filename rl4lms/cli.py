@@ -102,7 +102,9 @@ def failed(error: BaseException, status: int, prefix: str = "", launcher_alive: 
     main process exits first. A stop request from then on ends a process with ``status``: every
     process exits alike.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    from rl4lms.training.distributed import world_size  # imported by train() already
+
+    if world_size() > 1:
         signal.signal(signal.SIGTERM, lambda *_: (sys.stderr.flush(), os._exit(status)))
     if not getattr(error, "reported_by_main_process", False):
         print(f"error: {prefix}{error}", file=sys.stderr)

@@ -50,6 +50,10 @@ def test_invalid_sweep_runs_are_reported_before_anything_runs(tmp_path: Path) ->
     with pytest.raises(ConfigError) as excinfo:
         load_sweep(tmp_path / "bad.yml")
     assert "grids: unknown key" in str(excinfo.value) and "configs: expected a non-empty list" in str(excinfo.value)
+    (tmp_path / "broken.yml").write_text("configs: [a.yml\ngrid: {}\n")
+    with pytest.raises(ConfigError, match=r"broken.yml, line \d+, column \d+: invalid YAML") as excinfo:
+        load_sweep(tmp_path / "broken.yml")
+    assert len(str(excinfo.value).splitlines()) == 1
 
 
 def _env() -> dict:

@@ -2,7 +2,7 @@
 statistics over padded token tensors."""
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 
@@ -75,6 +75,17 @@ def token_kl(log_probs: torch.Tensor, ref_log_probs: torch.Tensor, estimator: st
         log_p, ref_log_p = torch.log_softmax(logits.float(), -1), torch.log_softmax(ref_logits.float(), -1)
         return (log_p.exp() * (log_p - ref_log_p)).sum(-1)
     raise ValueError(f"KL penalty {estimator!r} is not one of {', '.join(KL_ESTIMATORS)}")
+
+
+def terminal_rewards(scores: Any, mask: torch.Tensor) -> torch.Tensor:
+    """``[B, T]`` rewards that are zero except each row's score on the last position where ``mask`` is
+    set: a whole episode's score, given at its last token."""
+    mask = mask.float()
+    last = mask.shape[1] - 1 - mask.flip(1).argmax(dim=1)
+    rewards = torch.zeros_like(mask)
+    rewards[torch.arange(len(mask), device=mask.device), last] = torch.as_tensor(
+        scores, dtype=mask.dtype, device=mask.device).reshape(-1)
+    return rewards
 
 
 def kl_penalized_rewards(task_rewards: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor,

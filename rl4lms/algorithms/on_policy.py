@@ -273,13 +273,17 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         return float(grad_norm)
 
     def run_iteration(self) -> None:
-        """One training iteration, the trainer's unit: a rollout of at least ``n_steps * n_envs``
-        generated tokens into the episode buffer, then the update on it (``train``), then any
-        gradients still accumulating."""
-        self.collect_rollouts(self.env, self.no_callback, self.rollout_buffer, self.n_steps)
-        self.train()
+        """One training iteration, the trainer's unit: :meth:`rollout_and_update`, then any gradients
+        still accumulating."""
+        self.rollout_and_update()
         self.apply_accumulated_gradients()
         self.iterations_done += 1
+
+    def rollout_and_update(self) -> None:
+        """A rollout of at least ``n_steps * n_envs`` generated tokens into the episode buffer, then the
+        update on it (``train``)."""
+        self.collect_rollouts(self.env, self.no_callback, self.rollout_buffer, self.n_steps)
+        self.train()
 
     def learn(self, total_timesteps: int, *args: Any, **sb3_options: Any) -> "LMOnPolicyAlgorithm":
         """SB3's entry point, for code that drives the algorithm as SB3 does: iterations

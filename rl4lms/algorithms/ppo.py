@@ -152,7 +152,7 @@ class PPO(LMOnPolicyAlgorithm):
         self.policy.set_training_mode(True)
         records: Dict[str, List[float]] = {}
         arrays: Dict[str, List[torch.Tensor]] = {"ratio": [], "advantages": []}
-        minibatch_values: Dict[str, List[float]] = {}
+        minibatch_values: Dict[str, List[torch.Tensor]] = {}
         stop_early = False
         for _ in range(self.n_epochs):
             epoch_kls = []
@@ -175,7 +175,7 @@ class PPO(LMOnPolicyAlgorithm):
                 arrays["ratio"].append(losses.ratio[mask > 0].cpu())
                 arrays["advantages"].append(batch.advantages[mask > 0].detach().cpu())
                 for name, value in value_statistics(batch.returns, batch.values, batch.advantages, mask).items():
-                    minibatch_values.setdefault(name, []).append(value.item())
+                    minibatch_values.setdefault(name, []).append(value)  # read after the update: no sync per step
             epoch_kl = float(np.mean(epoch_kls)) if self.early_stop_statistic == "approx_kl" else epoch_kls[-1]
             epoch_kl = self.mean_across_processes({"kl": epoch_kl})["kl"]
             if self.target_kl is not None and epoch_kl > 1.5 * self.target_kl:
@@ -183,7 +183,8 @@ class PPO(LMOnPolicyAlgorithm):
                 break
         self._n_updates += self.n_epochs
         self.update_arrays = {name: torch.cat(parts) for name, parts in arrays.items()}
-        self.minibatch_value_stats = {name: float(np.mean(values)) for name, values in minibatch_values.items()}
+        self.minibatch_value_stats = {name: float(np.mean([value.item() for value in values]))
+                                      for name, values in minibatch_values.items()}
         """:func:`value_statistics` of each minibatch, averaged over the update (TRL logs these; the
         ``train_stats`` of the same names are over the whole rollout)."""
         self.train_stats = {name: float(np.mean(values)) for name, values in records.items()}

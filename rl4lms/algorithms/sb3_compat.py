@@ -103,13 +103,11 @@ class SB3AlgorithmAdapter(LMOnPolicyAlgorithm):
     """SB3's own ``learn`` loop, which such ``train()`` methods expect: it sets up SB3's logger and
     ``_current_progress_remaining`` (and runs the user's ``learn`` override first, if any)."""
 
-    def run_iteration(self) -> None:
-        """An iteration through ``learn`` (one rollout, then the user's ``train()``); what ``train()``
-        recorded in SB3's logger becomes the iteration's training statistics."""
+    def rollout_and_update(self) -> None:
+        """Through ``learn`` (one rollout, then the user's ``train()``); what ``train()`` recorded in
+        SB3's logger becomes the iteration's training statistics."""
         self.train_stats = {}
         self.learn(total_timesteps=self.tokens_per_rollout, reset_num_timesteps=False)
-        self.apply_accumulated_gradients()
-        self.iterations_done += 1
         recorded = {key: float(value) for key, value in self.logger.name_to_value.items()
                     if isinstance(value, (int, float))}
         self.logger.dump(self.num_timesteps)

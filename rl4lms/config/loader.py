@@ -64,6 +64,14 @@ def yaml_error_line(path: Path, error: yaml.YAMLError) -> str:
     return line
 
 
+def read_yaml(path: Path) -> Any:
+    """The YAML document of ``path``; a syntax error becomes a :class:`ConfigError` of one line."""
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise ConfigError([yaml_error_line(path, error)]) from error
+
+
 def load_config(path: Union[str, Path], overrides: Sequence[str] = (), smoke: bool = False) -> Dict[str, Any]:
     """Parse ``path``, translate RL4LMs' supervised form, shrink it to a smoke run if asked, apply
     dot-path ``overrides``, import custom modules, validate and fill in defaults. Overrides address
@@ -71,10 +79,7 @@ def load_config(path: Union[str, Path], overrides: Sequence[str] = (), smoke: bo
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"config file '{path}' does not exist"])
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise ConfigError([yaml_error_line(path, error)]) from error
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ConfigError([f"{path}: the top level must be a mapping of sections"])
     raw = translate_rl4lms_supervised(raw)

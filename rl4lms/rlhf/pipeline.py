@@ -18,8 +18,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
-import yaml
-
+from rl4lms.config.loader import read_yaml
 from rl4lms.errors import ConfigError
 from rl4lms.rlhf.reward_model import RewardModelTrainer, load_preference_pairs
 from rl4lms.rlhf.sft import SFTTrainer, load_sft_examples
@@ -35,7 +34,7 @@ def load_pipeline_config(path: Union[str, Path]) -> Dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise ConfigError([f"pipeline config '{path}' does not exist"])
-    config = yaml.safe_load(path.read_text()) or {}
+    config = read_yaml(path) or {}
     errors = [f"{key}: unknown section; valid sections: {', '.join(SECTIONS)}" for key in config if key not in SECTIONS]
     errors += [f"{key}: required section is missing" for key in ("sft", "reward_model", "ppo") if key not in config]
     errors += [f"{key}: expected a mapping" for key in ("sft", "reward_model", "ppo")

@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from transformers import PreTrainedTokenizerBase
 
-from rl4lms.algorithms.advantages import KL_ESTIMATORS, token_kl
+from rl4lms.algorithms.advantages import KL_ESTIMATORS, terminal_rewards, token_kl
 from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.ppo import PPO
@@ -154,10 +154,7 @@ class TripletPPOTrainer:
         response_ids, response_mask = pad_token_lists(response_lists, pad, device, left=False)
         loss_mask = None if mask_lists is None else pad_token_lists(mask_lists, 0, device, left=False)[0]
         actions = (loss_mask if loss_mask is not None else response_mask).float()
-        last_action = actions.shape[1] - 1 - actions.flip(1).argmax(dim=1)
-        task_rewards = torch.zeros_like(actions)
-        task_rewards[torch.arange(len(query_lists), device=device), last_action] = torch.tensor(
-            [float(s) for s in scores], device=device)
+        task_rewards = terminal_rewards([float(s) for s in scores], actions)
         started = time.perf_counter()
         with torch.no_grad():
             policy.set_training_mode(False)

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from rl4lms.config import load_config
+from rl4lms.config.loader import read_yaml
 from rl4lms.errors import ConfigError
 
 SWEEP_KEYS = ("name", "configs", "variants", "grid", "overrides", "smoke", "resources", "base_path_to_store_results")
@@ -118,7 +119,7 @@ def load_sweep(path: Path) -> Sweep:
     """Parse and check a sweep file; every expanded run's config is validated up front."""
     if not path.is_file():
         raise ConfigError([f"sweep file '{path}' does not exist"])
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     errors = [f"{key}: unknown key; valid keys: {', '.join(SWEEP_KEYS)}" for key in raw if key not in SWEEP_KEYS]
     configs = raw.get("configs")
     if not isinstance(configs, list) or not configs or not all(isinstance(c, str) for c in configs):

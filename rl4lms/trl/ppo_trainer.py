@@ -50,8 +50,8 @@ from accelerate import Accelerator
 from accelerate.utils import ProjectConfiguration, gather_object
 from transformers import PreTrainedTokenizerBase
 
-from rl4lms.algorithms.advantages import (compute_gae, kl_penalized_rewards, masked_mean, token_kl, value_statistics,
-                                          whiten)
+from rl4lms.algorithms.advantages import (compute_gae, kl_penalized_rewards, masked_mean, terminal_rewards, token_kl,
+                                          value_statistics, whiten)
 from rl4lms.algorithms.ppo import ppo_loss
 from rl4lms.algorithms.rollout import pad_token_lists
 from rl4lms.generation.engine import generation_step_outputs
@@ -535,10 +535,7 @@ class PPOTrainer:
         the ``kl_penalty`` on the valid tokens of ``masks``, plus each score on its last valid token."""
         masks = masks.float()
         kl = self._kl_penalty(logprobs, ref_logprobs)
-        last = masks.shape[1] - 1 - masks.flip(1).argmax(dim=1)
-        task_rewards = torch.zeros_like(masks)
-        task_rewards[torch.arange(len(masks), device=masks.device), last] = torch.as_tensor(
-            scores, dtype=masks.dtype, device=masks.device).reshape(-1)
+        task_rewards = terminal_rewards(scores, masks)
         kl_coeff = self.kl_ctl.value
         rewards, kl = kl_penalized_rewards(task_rewards, kl, masks, kl_coeff)
         return rewards, -kl_coeff * kl, kl
