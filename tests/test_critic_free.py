@@ -26,6 +26,7 @@ from rl4lms.config import load_config
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.errors import ComponentBuildError
+from rl4lms.generation.engine import GeneratedTokens, HFGenerateEngine
 from rl4lms.policies.base import ended_with_eos, weight_bytes
 from rl4lms.policies.causal import CausalLMActorCriticPolicy
 from rl4lms.rewards.base import BatchedRewardFunction
@@ -378,3 +379,62 @@ def test_reinforce_plus_plus_needs_groups_only_for_its_group_baseline(tmp_path) 
                                 alg_args={"num_generations": 1, "group_baseline": True})
     with pytest.raises(ComponentBuildError, match="group_baseline compares the completions of one prompt"):
         build_components(load_config(config), "cpu")
+
+
+# --- an engine without logits (vLLM's case): the update computes the old log-probs ------------------
+class LogitFreeEngine(HFGenerateEngine):
+    """``generate`` that returns what a separate engine returns: the tokens and its own log-probs of
+    them (here from the same model's logits), no logits for the trainer."""
+
+    importance_sampling_cap = 2.0
+
+    def generate(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, config: Any, logits: bool = False,
+                 hidden: bool = False, logits_processor: Any = None) -> GeneratedTokens:
+        out = super().generate(prompt_ids, prompt_mask, config, logits=True, logits_processor=logits_processor)
+        log_probs = torch.log_softmax(out.step_logits.float(), -1).gather(-1, out.response_ids[..., None])[..., 0]
+        return GeneratedTokens(out.response_ids, sampled_log_probs=log_probs)
+
+
+def _train_once(tokenizer: Any, logit_free: bool, **kwargs: Any) -> Any:
+    alg = make_alg(tokenizer, n_steps=8, **kwargs)
+    for module in alg.policy.model.modules():  # no dropout: the update's forward equals a rollout forward
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    if logit_free:
+        alg.policy.engine = LogitFreeEngine(alg.policy)
+    forwards = []
+    evaluate = alg.policy.evaluate_episodes
+    alg.policy.evaluate_episodes = lambda *args: forwards.append(len(args[0])) or evaluate(*args)
+    _rollout(alg)
+    alg.forwards_in_rollout = list(forwards)
+    alg.train()
+    alg.forwards = forwards
+    return alg
+
+
+@pytest.mark.parametrize("batch_size", [16, 4])
+def test_rollout_without_logits_leaves_the_old_log_probs_to_the_update(tiny_tokenizer, batch_size: int) -> None:
+    baseline = _train_once(tiny_tokenizer, logit_free=False, batch_size=batch_size)
+    deferred = _train_once(tiny_tokenizer, logit_free=True, batch_size=batch_size)
+    data = deferred.rollout_buffer.data
+    n_minibatches = math.ceil(len(data) / batch_size)
+    assert len(data) == len(baseline.rollout_buffer.data) and deferred.forwards_in_rollout == []
+    # One optimizer step: the update's forward is the only one. Several: one forward before them.
+    assert len(deferred.forwards) == (n_minibatches if n_minibatches == 1 else 2 * n_minibatches)
+    assert torch.allclose(data.log_probs, baseline.rollout_buffer.data.log_probs, atol=1e-5)
+    assert torch.allclose(data.ref_log_probs, data.log_probs)
+    assert torch.allclose(data.importance_weights, torch.ones_like(data.log_probs), atol=1e-4)
+    # The same gradient; Adam's first step (about lr = 1e-3 per weight) leaves float noise only.
+    assert deferred.train_stats["grpo/grad_norm"] == pytest.approx(baseline.train_stats["grpo/grad_norm"], rel=1e-5)
+    for ours, theirs in zip(deferred.policy.model.parameters(), baseline.policy.model.parameters()):
+        assert torch.allclose(ours, theirs, atol=1e-4)
+    assert deferred.train_stats["grpo/loss/total"] == pytest.approx(baseline.train_stats["grpo/loss/total"], abs=1e-5)
+    assert deferred.train_stats["objective/logprobs"] == pytest.approx(
+        baseline.train_stats["objective/logprobs"], abs=1e-5)
+    assert deferred.rollout_stats["rollout_info/engine_logprob_abs_diff_max"] < 1e-4
+    assert deferred.rollout_stats["rollout_info/engine_is_weight_mean"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_a_reference_model_keeps_the_rollout_forward(tiny_tokenizer) -> None:
+    alg = _train_once(tiny_tokenizer, logit_free=True, beta=0.04)
+    assert alg.forwards_in_rollout and alg.rollout_stats["rollout_info/engine_logprob_abs_diff_max"] < 1e-4

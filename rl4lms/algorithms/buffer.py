@@ -26,8 +26,11 @@ class RolloutBatch:
     prompt_mask: torch.Tensor
     response_ids: torch.Tensor
     response_mask: torch.Tensor
-    log_probs: torch.Tensor
-    ref_log_probs: torch.Tensor
+    log_probs: Optional[torch.Tensor]
+    """The trainer's log-probs of the sampled tokens when the rollout was collected (the ratio's old
+    log-probs). None (with ``ref_log_probs``) while a critic-free update has still to compute them
+    (:attr:`rl4lms.algorithms.rollout.RolloutCollector.defer_log_probs`)."""
+    ref_log_probs: Optional[torch.Tensor]
     values: torch.Tensor
     rewards: torch.Tensor
     kl: torch.Tensor
@@ -96,6 +99,7 @@ def concat_batches(batches: List[RolloutBatch], pad_token_id: int) -> RolloutBat
     for f in fields(RolloutBatch):
         parts = [getattr(b, f.name) for b in batches]
         if parts[0] is None:
+            joined[f.name] = None
             continue
         if parts[0].dim() == 1:
             joined[f.name] = torch.cat(parts)
@@ -169,12 +173,18 @@ class TextRolloutBuffer:
         """The order in which :meth:`minibatches` serves the episodes: a random :attr:`permutation`."""
         return self.permutation(n_episodes)
 
-    def minibatches(self, batch_size: int) -> Iterator[RolloutBatch]:
-        """Episodes in :meth:`episode_order`, ``batch_size`` at a time (the last one may be smaller)."""
+    def minibatch_indices(self, batch_size: int) -> List[torch.Tensor]:
+        """The rows of each minibatch: :meth:`episode_order`, ``batch_size`` at a time (the last may
+        be smaller)."""
         data = self._finalized()
-        order = self.episode_order(len(data))
-        for start in range(0, len(order), batch_size):
-            yield data.select(order[start:start + batch_size].to(data.prompt_ids.device))
+        order = self.episode_order(len(data)).to(data.prompt_ids.device)
+        return list(order.split(batch_size))
+
+    def minibatches(self, batch_size: int) -> Iterator[RolloutBatch]:
+        """The episodes of each of :meth:`minibatch_indices`."""
+        data = self._finalized()
+        for index in self.minibatch_indices(batch_size):
+            yield data.select(index)
 
     # --- stable-baselines3's per-transition view (RL4LMs-style algorithms) ------------------------
     def get(self, batch_size: Optional[int] = None) -> Iterator[DictRolloutBufferSamples]:

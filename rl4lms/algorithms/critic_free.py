@@ -14,7 +14,11 @@ How the config maps onto a rollout:
   (RL4LMs' meaning of ``n_steps``, as for PPO).
 * The update makes ``num_iterations`` passes (TRL's mu) over the rollout in minibatches of
   ``batch_size`` completions (whole groups). The ratio's old log-probs are the rollout's, taken from
-  the logits ``generate`` computed while sampling.
+  the logits ``generate`` computed while sampling. An engine that returns no logits (vLLM) would
+  need a forward of the actor for them; without a reference model the rollout leaves them to the
+  update instead. When the update is one optimizer step (``num_iterations: 1`` and every minibatch
+  in one gradient accumulation) they are the update forward's own, detached (the ratio is 1, as in
+  TRL); otherwise a forward computes them before the first step.
 
 The KL to the reference comes in two places, either or both: ``alg.args.beta`` weighs GRPO's ``k3``
 estimate ``exp(ref - logp) - (ref - logp) - 1`` added to each token's loss; ``alg.kl_div.coeff`` puts
@@ -33,11 +37,12 @@ import numpy as np
 import torch
 
 from rl4lms.algorithms.advantages import flat_groups, masked_mean, token_kl
-from rl4lms.algorithms.buffer import GroupRolloutBuffer, RolloutBatch, TextRolloutBuffer
+from rl4lms.algorithms.buffer import GroupRolloutBuffer, RolloutBatch, TextRolloutBuffer, concat_batches
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.losses import (IMPORTANCE_SAMPLING_LEVELS, LOSS_TYPES, aggregate_token_losses,
                                      clipped_surrogate, importance_ratio)
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
+from rl4lms.algorithms.rollout import engine_log_diffs, engine_mismatch_stats, with_trainer_log_probs
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy, ended_with_eos
@@ -179,6 +184,7 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
         super()._setup_model()
         config = self.policy.generation_config(max_new_tokens=self.text_env.max_episode_length)
         self.max_completion_length = int(config.max_new_tokens)
+        self.collector.defer_log_probs = True
 
     def make_rollout_buffer(self) -> TextRolloutBuffer:
         return GroupRolloutBuffer(self.text_env.tokenizer.pad_token_id, self.num_generations, self.estimate_advantages,
@@ -280,10 +286,13 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
             mask = mask * finished[:, None].to(mask.dtype)
         return mask
 
-    def minibatch_loss(self, batch: RolloutBatch) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """The loss of one minibatch and its statistics (TRL's names where TRL has them)."""
+    def minibatch_loss(self, batch: RolloutBatch) -> Tuple[torch.Tensor, Dict[str, float], RolloutBatch]:
+        """The loss of one minibatch, its statistics (TRL's names where TRL has them) and the batch
+        with its old log-probs (this forward's own, detached, when the rollout left them out)."""
         out = self.policy.evaluate_episodes(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
                                            batch.response_mask, batch.action_masks)
+        if batch.log_probs is None:
+            batch = with_trainer_log_probs(batch, out, self.policy.engine.importance_sampling_cap)
         mask = self.loss_mask(batch)
         assert batch.advantages is not None
         advantages = batch.advantages
@@ -311,21 +320,36 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
             }
             if self.beta > 0:
                 stats["kl"] = masked_mean(kl, mask).item()
-        return total, stats
+        return total, stats, batch
+
+    def optimizer_steps_per_update(self, n_minibatches: int) -> int:
+        """How many optimizer steps an update over ``n_minibatches`` minibatches takes."""
+        accumulation = 1 if self.accelerator is None else self.accelerator.gradient_accumulation_steps
+        return math.ceil(self.num_iterations * n_minibatches / accumulation)
 
     def train(self) -> None:
         """``num_iterations`` passes of minibatch updates over the buffered rollout."""
         self._update_learning_rate(self.policy.optimizer)
+        buffer = self.rollout_buffer
+        deferred = buffer.data is not None and buffer.data.log_probs is None
+        if deferred and self.optimizer_steps_per_update(math.ceil(len(buffer.data) / self.batch_size)) > 1:
+            self.fill_rollout_log_probs()  # the policy changes before the last minibatch's forward
+            deferred = False
         self.policy.set_training_mode(True)
         records: Dict[str, List[float]] = {}
-        for _ in range(self.num_iterations):
-            for batch in self.rollout_buffer.minibatches(self.batch_size):
-                total, stats = self.minibatch_loss(batch)
+        completed: List[Tuple[torch.Tensor, RolloutBatch]] = []
+        for iteration in range(self.num_iterations):
+            for index in buffer.minibatch_indices(self.batch_size):
+                total, stats, batch = self.minibatch_loss(buffer.data.select(index))
                 grad_norm = self.optimization_step(total, f"{self.short_name}/loss/total")
                 if not math.isnan(grad_norm):  # NaN: this call only accumulated gradients
                     stats[f"{self.short_name}/grad_norm"] = grad_norm
                 for name, value in stats.items():
                     records.setdefault(name, []).append(value)
+                if deferred and iteration == 0:
+                    completed.append((index, batch))
+        if deferred:
+            self.completed_rollout(completed)
         self._n_updates += self.num_iterations
         if isinstance(self.policy, MaskablePolicyMixin):
             self.policy.after_update()
@@ -333,6 +357,36 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
         self.train_stats.update(self.reward_stats())
         self.train_stats.update(self.objective_stats())
         self.train_stats[f"{self.short_name}/learning_rate"] = self.current_learning_rate()
+
+    @torch.no_grad()
+    def fill_rollout_log_probs(self) -> None:
+        """The old log-probs the rollout left out, from a forward over its episodes (``batch_size`` at
+        a time, in evaluation mode as a rollout's forward)."""
+        buffer = self.rollout_buffer
+        data = buffer.data
+        assert data is not None
+        self.policy.set_training_mode(False)
+        rows = torch.arange(len(data), device=data.prompt_ids.device)
+        completed = []
+        for index in rows.split(self.batch_size):
+            batch = data.select(index)
+            out = self.policy.evaluate_episodes(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
+                                               batch.response_mask, batch.action_masks)
+            completed.append((index, with_trainer_log_probs(batch, out, self.policy.engine.importance_sampling_cap)))
+        self.completed_rollout(completed)
+
+    def completed_rollout(self, completed: List[Tuple[torch.Tensor, RolloutBatch]]) -> None:
+        """Put the minibatches that got their old log-probs (their rows in the rollout and the batch)
+        back into the buffer in rollout order, and add the engine-trainer mismatch of the rollout to
+        its statistics."""
+        buffer = self.rollout_buffer
+        rows = torch.cat([index for index, _ in completed])
+        joined = concat_batches([batch for _, batch in completed], buffer.pad_token_id)
+        buffer.data = joined.select(torch.argsort(rows))
+        diffs = engine_log_diffs(buffer.data)
+        if diffs is not None:
+            cap = self.policy.engine.importance_sampling_cap
+            self.rollout_stats.update(self.mean_across_processes(engine_mismatch_stats(*diffs, cap)))
 
     def reward_stats(self) -> Dict[str, float]:
         """TRL's ``reward``, ``reward_std`` (of the task rewards) and ``frac_reward_zero_std`` (the

@@ -1,7 +1,7 @@
 """Batched rollout collection: one ``generate`` and one batched forward per batch of prompts."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -12,7 +12,7 @@ from rl4lms.algorithms.buffer import RolloutBatch
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.errors import RewardOutputError
-from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput, module_device, response_tokens
+from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput, SampledActions, module_device, response_tokens
 from rl4lms.rewards.base import BatchedRewardFunction, reward_values
 
 
@@ -66,6 +66,37 @@ def scored_batch(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_i
                         importance_weights=weights)
 
 
+def batch_without_log_probs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, sampled: SampledActions,
+                            task_rewards: torch.Tensor) -> RolloutBatch:
+    """Episodes of a policy that is its own reference (no KL term), whose log-probs the update will
+    compute in its own forward (:attr:`RolloutCollector.defer_log_probs`): ``log_probs``,
+    ``ref_log_probs`` and ``importance_weights`` stay None until :func:`with_trainer_log_probs`."""
+    mask = sampled.response_mask.float()
+    zeros = torch.zeros_like(mask)
+    return RolloutBatch(prompt_ids=prompt_ids, prompt_mask=prompt_mask, response_ids=sampled.response_ids,
+                        response_mask=sampled.response_mask, log_probs=None, ref_log_probs=None, values=zeros,
+                        rewards=task_rewards * mask, kl=zeros, scores=task_rewards.sum(1),
+                        action_masks=sampled.action_masks, engine_log_probs=sampled.engine_log_probs)
+
+
+def with_trainer_log_probs(batch: RolloutBatch, out: PolicyOutput,
+                           importance_sampling_cap: Optional[float]) -> RolloutBatch:
+    """A batch of :func:`batch_without_log_probs` completed with the trainer's log-probs from ``out``
+    (a forward over its episodes, computed without gradient or detached): the old log-probs, the
+    reference's (the policy is its own), and the truncated importance weights, which also scale
+    the advantages when the batch already has them."""
+    mask = batch.token_mask()
+    log_probs = out.log_probs.detach()
+    weights = None
+    if batch.engine_log_probs is not None and importance_sampling_cap is not None:
+        weights = truncated_importance_weights(log_probs, batch.engine_log_probs, mask, importance_sampling_cap)
+    advantages = batch.advantages
+    if advantages is not None and weights is not None:
+        advantages = advantages * weights
+    return replace(batch, log_probs=log_probs * mask, ref_log_probs=out.unmasked_log_probs.detach() * mask,
+                   importance_weights=weights, advantages=advantages)
+
+
 def truncated_importance_weights(log_probs: torch.Tensor, engine_log_probs: torch.Tensor, mask: torch.Tensor,
                                  cap: float) -> torch.Tensor:
     """``min(pi_trainer / pi_engine, cap)`` per token ``[B, T]`` (1 outside ``mask``): the correction for
@@ -73,6 +104,17 @@ def truncated_importance_weights(log_probs: torch.Tensor, engine_log_probs: torc
     importance sampling, as verl's ``tis_imp_ratio_cap`` and TRL's ``vllm_importance_sampling_cap``)."""
     ratio = torch.exp(log_probs - engine_log_probs).clamp(max=cap)
     return torch.where(mask > 0, ratio, torch.ones_like(ratio))
+
+
+def engine_log_diffs(batch: RolloutBatch) -> Optional[Tuple[torch.Tensor, Optional[torch.Tensor]]]:
+    """The trainer-minus-engine log-prob of each action token of ``batch`` and its importance weight
+    (None without a correction); None when the trainer's model sampled the batch or its log-probs
+    are not computed yet."""
+    if batch.engine_log_probs is None or batch.log_probs is None:
+        return None
+    tokens = batch.token_mask() > 0
+    weights = None if batch.importance_weights is None else batch.importance_weights[tokens].float().cpu()
+    return (batch.log_probs - batch.engine_log_probs)[tokens].float().cpu(), weights
 
 
 def engine_mismatch_stats(log_diffs: torch.Tensor, weights: Optional[torch.Tensor], cap: Optional[float]) -> Dict[str, float]:
@@ -110,11 +152,11 @@ class RolloutStats:
         self.kl += batch.kl.sum(1).tolist()
         self.lengths += batch.token_mask().sum(1).tolist()
         self.prompts_truncated += truncated
-        if batch.engine_log_probs is not None:
-            tokens = batch.token_mask() > 0
-            self.engine_log_diffs.append((batch.log_probs - batch.engine_log_probs)[tokens].float().cpu())
-            if batch.importance_weights is not None:
-                self.importance_weights.append(batch.importance_weights[tokens].float().cpu())
+        diffs = engine_log_diffs(batch)
+        if diffs is not None:
+            self.engine_log_diffs.append(diffs[0])
+            if diffs[1] is not None:
+                self.importance_weights.append(diffs[1])
 
     def summary(self) -> Dict[str, float]:
         kl_reward = -self.kl_coeff * float(np.mean(self.kl))
@@ -139,6 +181,10 @@ class RolloutCollector:
     def __init__(self, policy: LMActorCriticPolicy, env: TextGenEnv, seed: Optional[int] = None) -> None:
         self.policy = policy
         self.env = env
+        self.defer_log_probs = False
+        """Set by an algorithm whose update computes the old log-probs itself when the rollout has
+        none (critic-free algorithms): a policy without reference whose sampling engine returned no
+        logits (vLLM) then skips the rollout's forward (:func:`batch_without_log_probs`)."""
         # The prompt sampler has its own generator (saved with checkpoints): SB3 reseeds the env
         # on reset, which must not replay the same prompts after a resume.
         self.rng = np.random.default_rng(seed)
@@ -157,6 +203,9 @@ class RolloutCollector:
         config = policy.generation_config(max_new_tokens=env.max_episode_length)
         sampled = policy.sample_actions(prompt_ids, prompt_mask, config)
         response_ids, response_mask = sampled.response_ids, sampled.response_mask
+        if self.defer_log_probs and not policy.has_reference and policy.rollout_needs_forward(sampled):
+            task_rewards = self.task_rewards(samples, response_ids, response_mask).to(device)
+            return batch_without_log_probs(prompt_ids, prompt_mask, sampled, task_rewards), truncated
         out = policy.rollout_outputs(prompt_ids, prompt_mask, sampled)
         # A policy built without a reference (no KL term needs one) is its own: the KL is zero.
         ref_log_probs = policy.reference_log_probs(prompt_ids, prompt_mask, response_ids, response_mask) \

@@ -400,14 +400,20 @@ class LMActorCriticPolicy(BasePolicy):
         """Log-probs, entropy and values of sampled responses. With a shared backbone they come from
         the logits and hidden states ``generate`` already computed; a separate critic LM or an
         :meth:`evaluate_actions` override needs :meth:`evaluate_episodes`."""
-        needs_hidden = self.value_head is not None
-        if (self.critic_model is not None or sampled.step_logits is None
-                or (needs_hidden and sampled.step_hidden is None) or type(self).overrides_evaluate_actions):
+        if self.rollout_needs_forward(sampled):
             return self.evaluate_episodes(prompt_ids, prompt_mask, sampled.response_ids, sampled.response_mask,
                                           sampled.action_masks)
         values = self.value_head(sampled.step_hidden) if self.value_head is not None else None
         return self._outputs_from_logits(self.temperature_scaled(sampled.step_logits), values, sampled.response_ids,
                                          sampled.response_mask, sampled.action_masks, self.entropy_needs_grad)
+
+    def rollout_needs_forward(self, sampled: SampledActions) -> bool:
+        """Whether :meth:`rollout_outputs` needs a forward of its own: a separate critic LM, an
+        :meth:`evaluate_actions` override, or an engine that returned no logits (or no hidden
+        states for the value head) while sampling."""
+        return (self.critic_model is not None or sampled.step_logits is None
+                or (self.value_head is not None and sampled.step_hidden is None)
+                or type(self).overrides_evaluate_actions)
 
     def temperature_scaled(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits / temperature``; at temperature 1 the logits themselves (the same values without

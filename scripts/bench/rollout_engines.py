@@ -17,8 +17,10 @@ length) and on (real length spread). The paths:
 
 Per path it times, taking turns with the other paths (one warm-up round, then ``--repeats`` rounds;
 medians): ``sample`` (the engine's generation alone), ``rollout`` (GRPO's rollout: sampling, the
-log-prob forward, rewards; ``--prompts / 4`` prompts x 4 completions), ``grpo_iteration`` (rollout +
-one update pass over the 32 completions, beta 0) and ``ppo_iteration`` (rollout with value head and
+log-prob forward, rewards; ``--prompts / 4`` prompts x 4 completions; with vLLM, GRPO's one-step
+update computes the log-probs in its own forward, so its rollout has none), ``rollout_forward`` (the
+same rollout with the log-prob forward, as every rollout did before that change), ``grpo_iteration``
+(rollout + one update pass over the 32 completions, beta 0) and ``ppo_iteration`` (rollout with value head and
 reference, one epoch; ``--no_ppo`` leaves it out). Tokens per second count the generated tokens.
 For the vLLM paths it also records the engine-trainer mismatch of the last GRPO rollout
 (``rollout_info/engine_*``) and, for ``vllm_bf16``, how far the trainer's bf16-autocast log-probs are
@@ -176,6 +178,7 @@ def bench(model: str, eos: bool, args: argparse.Namespace, folder: Path) -> Dict
             phases[path] = {f"{kind}_iteration": lambda alg=alg: one_iteration(alg)}
             if kind == "grpo":
                 phases[path] = {"sample": lambda alg=alg: sample_once(alg), "rollout": lambda alg=alg: rollout_once(alg),
+                                "rollout_forward": lambda alg=alg: rollout_once(alg, with_forward=True),
                                 **phases[path]}
         for path, measured in turns(phases, args.repeats).items():
             results[path].update(measured)
@@ -204,15 +207,23 @@ def sample_once(alg: LMOnPolicyAlgorithm) -> int:
     return int(response_mask.sum())
 
 
-def rollout_once(alg: LMOnPolicyAlgorithm) -> int:
-    """GRPO's rollout of one batch (sampling, the log-prob forward, rewards)."""
-    batch, _ = alg.collector.collect(alg.draw_prompts(), 0.0)
+def rollout_once(alg: LMOnPolicyAlgorithm, with_forward: bool = False) -> int:
+    """GRPO's rollout of one batch: sampling and rewards, and the log-prob forward unless the engine
+    computed the log-probs while sampling (``generate``) or GRPO's one-step update computes them in
+    its own forward (vLLM). ``with_forward``: the forward even then (the rollout before that change)."""
+    deferred = alg.collector.defer_log_probs
+    alg.collector.defer_log_probs = deferred and not with_forward
+    try:
+        batch, _ = alg.collector.collect(alg.draw_prompts(), 0.0)
+    finally:
+        alg.collector.defer_log_probs = deferred
     return int(batch.response_mask.sum())
 
 
 def table(runs: List[Dict[str, Any]], paths: List[str]) -> str:
     timed_phases = runs[0]["results"][paths[0]]
-    phases = [phase for phase in ("sample", "rollout", "grpo_iteration", "ppo_iteration") if phase in timed_phases]
+    phases = [phase for phase in ("sample", "rollout", "rollout_forward", "grpo_iteration", "ppo_iteration")
+              if phase in timed_phases]
     head = "| model | EOS stop | path | " + " | ".join(f"{p} tok/s (s)" for p in phases) + \
         " | speed-up " + " / ".join(phases) + " | engine |logp diff| mean / max, KL | bf16-fp32 |logp diff| mean |"
     lines = [head, "|" + "---|" * (len(phases) + 6)]
