@@ -395,17 +395,18 @@ class LogitFreeEngine(HFGenerateEngine):
         return GeneratedTokens(out.response_ids, sampled_log_probs=log_probs)
 
 
-def _train_once(tokenizer: Any, logit_free: bool, **kwargs: Any) -> Any:
+def _train_once(tokenizer: Any, logit_free: bool, defer: bool = True, **kwargs: Any) -> Any:
     alg = make_alg(tokenizer, n_steps=8, **kwargs)
     for module in alg.policy.model.modules():  # no dropout: the update's forward equals a rollout forward
         if isinstance(module, torch.nn.Dropout):
             module.p = 0.0
     if logit_free:
         alg.policy.engine = LogitFreeEngine(alg.policy)
+    alg.collector.defer_log_probs = defer
     forwards = []
     evaluate = alg.policy.evaluate_episodes
     alg.policy.evaluate_episodes = lambda *args: forwards.append(len(args[0])) or evaluate(*args)
-    _rollout(alg)
+    alg.rollout_log_probs = _rollout(alg).log_probs
     alg.forwards_in_rollout = list(forwards)
     alg.train()
     alg.forwards = forwards
@@ -438,3 +439,20 @@ def test_rollout_without_logits_leaves_the_old_log_probs_to_the_update(tiny_toke
 def test_a_reference_model_keeps_the_rollout_forward(tiny_tokenizer) -> None:
     alg = _train_once(tiny_tokenizer, logit_free=True, beta=0.04)
     assert alg.forwards_in_rollout and alg.rollout_stats["rollout_info/engine_logprob_abs_diff_max"] < 1e-4
+
+
+def test_a_surely_one_step_update_does_not_ask_generate_for_logits(tiny_tokenizer) -> None:
+    # Without EOS stopping every completion has 6 tokens: one generation batch of 2 x 4 completions
+    # holds the rollout's 8 x 2 tokens, and batch_size 8 makes the update one optimizer step.
+    settings = dict(terminate_on_eos=False, batch_size=8)
+    baseline = _train_once(tiny_tokenizer, logit_free=False, defer=False, **settings)
+    deferred = _train_once(tiny_tokenizer, logit_free=False, **settings)
+    assert deferred.update_is_one_step()
+    assert deferred.rollout_log_probs is None and baseline.rollout_log_probs is not None
+    assert deferred.forwards_in_rollout == [] and len(deferred.forwards) == 1
+    assert torch.allclose(deferred.rollout_buffer.data.log_probs, baseline.rollout_log_probs, atol=1e-5)
+    assert deferred.train_stats["grpo/grad_norm"] == pytest.approx(baseline.train_stats["grpo/grad_norm"], rel=1e-5)
+    assert not [name for name in deferred.rollout_stats if "engine" in name]
+    # EOS stopping could end every completion after one token: the budget may need more batches.
+    assert not make_alg(tiny_tokenizer, n_steps=8, batch_size=8).update_is_one_step()
+    assert not make_alg(tiny_tokenizer, n_steps=8, batch_size=4, terminate_on_eos=False).update_is_one_step()

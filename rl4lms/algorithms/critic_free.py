@@ -18,7 +18,9 @@ How the config maps onto a rollout:
   need a forward of the actor for them; without a reference model the rollout leaves them to the
   update instead. When the update is one optimizer step (``num_iterations: 1`` and every minibatch
   in one gradient accumulation) they are the update forward's own, detached (the ratio is 1, as in
-  TRL); otherwise a forward computes them before the first step.
+  TRL); otherwise a forward computes them before the first step. When the update is surely one
+  step (:meth:`CriticFreeAlgorithm.update_is_one_step`), ``generate`` is not asked for its logits
+  either.
 
 The KL to the reference comes in two places, either or both: ``alg.args.beta`` weighs GRPO's ``k3``
 estimate ``exp(ref - logp) - (ref - logp) - 1`` added to each token's loss; ``alg.kl_div.coeff`` puts
@@ -132,6 +134,8 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
         self.sampling = GroupSampling()
         self.max_completion_length = 0
         """Most tokens a completion may have (``dr_grpo``'s constant), set with the policy."""
+        self.min_completion_length = 1
+        """Fewest tokens a completion has (all of ``max_completion_length`` without EOS stopping)."""
         super().__init__(policy=policy, env=env, kl_controller=kl_controller, n_envs=n_envs,
                          learning_rate=learning_rate, n_steps=n_steps, gamma=1.0, gae_lambda=1.0, ent_coef=ent_coef,
                          vf_coef=0.0, max_grad_norm=max_grad_norm, normalize_advantage=False,
@@ -184,6 +188,8 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
         super()._setup_model()
         config = self.policy.generation_config(max_new_tokens=self.text_env.max_episode_length)
         self.max_completion_length = int(config.max_new_tokens)
+        self.min_completion_length = self.max_completion_length if not self.text_env.terminate_on_eos \
+            else max(int(config.min_new_tokens or 0), 1)
         self.collector.defer_log_probs = True
 
     def make_rollout_buffer(self) -> TextRolloutBuffer:
@@ -199,7 +205,18 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
     # --- rollouts ---------------------------------------------------------------------------------
     def collect_rollouts(self, *args: Any, **kwargs: Any) -> bool:
         self.sampling = GroupSampling()
+        self.collector.skip_step_outputs = self.update_is_one_step()
         return super().collect_rollouts(*args, **kwargs)
+
+    def update_is_one_step(self) -> bool:
+        """Whether the coming update is surely one optimizer step: one pass, no dynamic sampling, and
+        one generation batch both reaches the rollout's token budget (each completion has at least
+        ``min_completion_length`` tokens) and fits one gradient accumulation. Its forward then gives
+        the old log-probs, and the rollout need not compute them."""
+        completions = self.n_generation_envs * self.num_generations
+        return (self.num_iterations == 1 and not self.dynamic_sampling
+                and completions * self.min_completion_length >= self.tokens_per_rollout
+                and self.optimizer_steps_per_update(math.ceil(completions / self.batch_size)) == 1)
 
     def rollout_needs_more(self, buffer: TextRolloutBuffer, target_tokens: int) -> bool:
         """Kept tokens below the budget, and (with dynamic sampling) refill batches left."""

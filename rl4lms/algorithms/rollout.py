@@ -185,6 +185,10 @@ class RolloutCollector:
         """Set by an algorithm whose update computes the old log-probs itself when the rollout has
         none (critic-free algorithms): a policy without reference whose sampling engine returned no
         logits (vLLM) then skips the rollout's forward (:func:`batch_without_log_probs`)."""
+        self.skip_step_outputs = False
+        """With :attr:`defer_log_probs`, leave the log-probs to the update even when the engine could
+        return its logits with the tokens (set for an update known to be one optimizer step, whose
+        forward gives them anyway): the logits are then neither kept nor turned into log-probs."""
         # The prompt sampler has its own generator (saved with checkpoints): SB3 reseeds the env
         # on reset, which must not replay the same prompts after a resume.
         self.rng = np.random.default_rng(seed)
@@ -201,9 +205,11 @@ class RolloutCollector:
         device = module_device(policy)
         prompt_ids, prompt_mask, truncated = encode_prompts(env, samples, device)
         config = policy.generation_config(max_new_tokens=env.max_episode_length)
-        sampled = policy.sample_actions(prompt_ids, prompt_mask, config)
+        deferring = self.defer_log_probs and not policy.has_reference
+        sampled = policy.sample_actions(prompt_ids, prompt_mask, config,
+                                        step_outputs=not (deferring and self.skip_step_outputs))
         response_ids, response_mask = sampled.response_ids, sampled.response_mask
-        if self.defer_log_probs and not policy.has_reference and policy.rollout_needs_forward(sampled):
+        if deferring and policy.rollout_needs_forward(sampled):
             task_rewards = self.task_rewards(samples, response_ids, response_mask).to(device)
             return batch_without_log_probs(prompt_ids, prompt_mask, sampled, task_rewards), truncated
         out = policy.rollout_outputs(prompt_ids, prompt_mask, sampled)

@@ -382,13 +382,16 @@ class LMActorCriticPolicy(BasePolicy):
 
     @torch.no_grad()
     def sample_actions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                       generation_config: GenerationConfig,
-                       logits_processor: Optional[LogitsProcessorList] = None) -> SampledActions:
+                       generation_config: GenerationConfig, logits_processor: Optional[LogitsProcessorList] = None,
+                       step_outputs: bool = True) -> SampledActions:
         """Rollout generation: the responses plus what the engine computed while sampling (the
         default engine: the actor's raw logits and last hidden states at each generated position,
-        so the rollout needs no second forward of the actor; vLLM: its own sampled-token log-probs)."""
-        out = self.engine.generate(prompt_ids, prompt_mask, generation_config, logits=True,
-                                   hidden=self.value_head is not None, logits_processor=logits_processor)
+        so the rollout needs no second forward of the actor; vLLM: its own sampled-token log-probs).
+        ``step_outputs`` False: no logits or hidden states are kept (the caller's update computes the
+        log-probs in its own forward)."""
+        out = self.engine.generate(prompt_ids, prompt_mask, generation_config, logits=step_outputs,
+                                   hidden=step_outputs and self.value_head is not None,
+                                   logits_processor=logits_processor)
         response, mask = self._finish_response(out.response_ids)
         engine_log_probs = None if out.sampled_log_probs is None else out.sampled_log_probs * mask
         return SampledActions(response, mask, step_logits=out.step_logits, step_hidden=out.step_hidden,

@@ -121,12 +121,12 @@ class MaskablePolicyMixin(LMActorCriticPolicy):
 
     @torch.no_grad()
     def sample_actions(self, prompt_ids: torch.Tensor, prompt_mask: torch.Tensor,
-                       generation_config: GenerationConfig,
-                       logits_processor: Optional[LogitsProcessorList] = None) -> SampledActions:
+                       generation_config: GenerationConfig, logits_processor: Optional[LogitsProcessorList] = None,
+                       step_outputs: bool = True) -> SampledActions:
         """Generation restricted to the mask at every step; the masks are returned with the tokens."""
         processor = _ActionMaskProcessor(self, prompt_ids, prompt_mask)
         processors = LogitsProcessorList([processor, *(logits_processor or [])])
-        sampled = super().sample_actions(prompt_ids, prompt_mask, generation_config, processors)
+        sampled = super().sample_actions(prompt_ids, prompt_mask, generation_config, processors, step_outputs)
         sampled.action_masks = torch.stack(processor.masks, dim=1)[:, :sampled.response_ids.shape[1]]
         return sampled
 
