@@ -1,4 +1,5 @@
-"""Imports flow one way between the component folders: scoring <- data_pools, scoring <- metrics <- rewards.
+"""Imports flow one way between the component folders: scoring <- data_pools, scoring <- metrics <- rewards,
+and algorithms <- rlhf (the RLHF stages build on the algorithms' shared pieces, never the reverse).
 
 Checked on the source (every ``import`` statement, also those inside functions) and by importing each
 folder in a fresh interpreter, which must not pull in the folders above it.
@@ -18,6 +19,7 @@ FORBIDDEN: Dict[str, Set[str]] = {
     "scoring": {"data_pools", "metrics", "rewards"},
     "data_pools": {"metrics", "rewards"},
     "metrics": {"data_pools", "rewards"},
+    "algorithms": {"rlhf"},
 }
 
 

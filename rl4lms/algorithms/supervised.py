@@ -13,11 +13,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Type
 import torch
 from torch import nn
 
-from rl4lms.algorithms.advantages import masked_mean
 from rl4lms.algorithms.kl_controller import KLController
 from rl4lms.algorithms.lr_schedule import check_schedule, lr_multiplier
 from rl4lms.algorithms.on_policy import LMOnPolicyAlgorithm
 from rl4lms.algorithms.rollout import encode_prompts
+from rl4lms.algorithms.teacher_forcing import minibatches, teacher_forced_epoch
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.policies.base import LMActorCriticPolicy, module_device
@@ -55,7 +55,23 @@ def reference_pairs(samples: Sequence[Sample]) -> List[Tuple[Sample, str]]:
 
 
 class Supervised(LMOnPolicyAlgorithm):
-    """Teacher-forced cross-entropy on the references; each iteration (``run_iteration``) is one shuffled epoch."""
+    """Teacher-forced cross-entropy on the references; each iteration (``run_iteration``) is one shuffled epoch.
+
+    The loss and the epoch are :mod:`rl4lms.algorithms.teacher_forcing`'s, which the RLHF pipeline's
+    SFT stage runs too; here the policy's ``evaluate_episodes`` scores each reference after its prompt
+    (causal and seq2seq alike) and :meth:`optimization_step` steps.
+
+    Args (``alg.args``; the policy, env and KL controller are built from the config):
+        policy: the policy class (``alg.policy.id``); the env's train samples give the (prompt, reference) pairs.
+        env: the train split's :class:`rl4lms.envs.text_gen_env.TextGenEnv` (samples, tokenizer, lengths).
+        kl_controller: accepted because the trainer gives every algorithm one; unused (no KL term).
+        n_envs: as in the RL algorithms (``env.n_envs``); no effect on the epoch.
+        learning_rate: AdamW's peak learning rate; lr_scheduler_type, warmup_steps: its Hugging Face
+            schedule over the run's optimizer steps (``planned_iterations`` epochs).
+        batch_size: (prompt, reference) pairs per minibatch and optimizer step.
+        max_grad_norm: gradient clipping.
+        seed, device, verbose, policy_kwargs, _init_setup_model: as in stable-baselines3.
+    """
 
     needs_reward_function = False
 
@@ -100,32 +116,33 @@ class Supervised(LMOnPolicyAlgorithm):
             group["lr"] = lr
         return lr
 
+    def _target_log_probs(self, pairs: List[Tuple[Sample, str]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The policy's log-probs of the references' tokens after their prompts, and the tokens' mask."""
+        device = module_device(self.policy)
+        prompt_ids, prompt_mask, _ = encode_prompts(self.text_env, [sample for sample, _ in pairs], device)
+        target_ids, target_mask = encode_targets(self.text_env, [reference for _, reference in pairs], device)
+        return self.policy.evaluate_episodes(prompt_ids, prompt_mask, target_ids, target_mask).log_probs, target_mask
+
     def run_iteration(self) -> None:
         """One epoch over the (prompt, reference) pairs."""
         self.policy.set_training_mode(True)
-        device = module_device(self.policy)
-        order = self.collector.rng.permutation(len(self.pairs))
-        total_nll, total_tokens = 0.0, 0
         first_step = self._n_updates * self.steps_per_epoch  # one update per finished epoch
-        for batch_ix, start in enumerate(range(0, len(order), self.batch_size)):
-            lr = self._set_learning_rate(first_step + batch_ix)
-            chunk = [self.pairs[int(i)] for i in order[start:start + self.batch_size]]
-            prompt_ids, prompt_mask, _ = encode_prompts(self.text_env, [s for s, _ in chunk], device)
-            target_ids, target_mask = encode_targets(self.text_env, [r for _, r in chunk], device)
-            out = self.policy.evaluate_episodes(prompt_ids, prompt_mask, target_ids, target_mask)
-            loss = -masked_mean(out.log_probs, target_mask.float())
+        learning_rates: List[float] = []
+
+        def step(loss: torch.Tensor) -> None:
+            learning_rates.append(self._set_learning_rate(first_step + len(learning_rates)))
             self.optimization_step(loss, "supervised/loss")
-            tokens = int(target_mask.sum())
-            total_nll += loss.item() * tokens
-            total_tokens += tokens
+
+        epoch = teacher_forced_epoch(minibatches(self.pairs, self.batch_size, self.collector.rng),
+                                     self._target_log_probs, step)
         self.apply_accumulated_gradients()
-        self.num_timesteps += total_tokens
+        self.num_timesteps += epoch.n_tokens
         self._n_updates += 1
-        mean_nll = total_nll / max(total_tokens, 1)
+        mean_nll = epoch.token_mean_loss
         self.rollout_stats = {}
         self.train_stats = {"supervised/loss": mean_nll, "supervised/perplexity": math.exp(min(mean_nll, 50.0)),
-                            "supervised/n_pairs": float(len(self.pairs)), "supervised/tokens": float(total_tokens),
-                            "supervised/learning_rate": lr}
+                            "supervised/n_pairs": float(len(self.pairs)), "supervised/tokens": float(epoch.n_tokens),
+                            "supervised/learning_rate": learning_rates[-1]}
 
     def progress_stats(self) -> Dict[str, float]:
         return {"loss": self.train_stats.get("supervised/loss", float("nan"))}

@@ -18,13 +18,12 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
+from rl4lms.algorithms.teacher_forcing import IGNORE_INDEX, next_token_log_probs, teacher_forced_epoch
 from rl4lms.models.loading import default_device, load_model, load_tokenizer
 from rl4lms.models.lora import add_lora_adapters, save_model
 from rl4lms.rlhf.supervised_stage import GradientStepper, minibatches, read_records, run_epochs
 
 logger = logging.getLogger(__name__)
-
-IGNORE_INDEX = -100
 
 
 @dataclass(frozen=True)
@@ -98,7 +97,26 @@ def pad_examples(examples: Sequence[Tuple[List[int], List[int]]], max_seq_length
 
 class SFTTrainer:
     """Fine-tunes ``model_name`` (a causal LM) on ``examples``; ``save_pretrained`` writes a model folder
-    that RL configs can start from (``tokenizer.model_name`` / ``alg.policy.args.model_name``)."""
+    that RL configs can start from (``tokenizer.model_name`` / ``alg.policy.args.model_name``).
+
+    The loss and the epoch are :mod:`rl4lms.algorithms.teacher_forcing`'s (those of the ``supervised``
+    algorithm), on the rows' ``labels``; the step is :class:`rl4lms.rlhf.supervised_stage.GradientStepper`'s.
+
+    Args (the pipeline's ``sft`` section, less ``data``):
+        model_name: hub id, folder or tiny-model name of a causal LM.
+        examples: the training texts (:func:`load_sft_examples`).
+        max_seq_length: tokens per packed block, or the cut of an unpacked example.
+        packing: concatenate the examples into blocks (see the module docstring); False: one padded row each.
+        completion_only_loss: leave the prompt tokens out of the loss.
+        learning_rate: AdamW's learning rate (constant).
+        batch_size: rows (blocks or examples) per minibatch and optimizer step.
+        num_epochs: passes over the rows (:meth:`train`).
+        max_grad_norm: gradient clipping.
+        seed: seed of the minibatch order (and of torch, for dropout and LoRA's initialisation).
+        peft_config: LoRA adapters' arguments (:func:`rl4lms.models.lora.add_lora_adapters`); None: full fine-tuning.
+        pad_token_as_eos_token: use EOS as the pad token (for tokenizers without one).
+        device: where the model trains (default: the GPU when there is one).
+    """
 
     def __init__(self, model_name: str, examples: Sequence[SFTExample], max_seq_length: int = 128,
                  packing: bool = True, completion_only_loss: bool = False, learning_rate: float = 5e-5,
@@ -151,13 +169,15 @@ class SFTTrainer:
             batch = pad_examples(rows, self.max_seq_length, self.pad_token_id)
         return {k: v.to(self.device) for k, v in batch.items()}
 
+    def _target_log_probs(self, rows: List) -> Tuple[torch.Tensor, torch.Tensor]:
+        batch = self._collate(rows)
+        logits = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        return next_token_log_probs(logits, batch["labels"])
+
     def _epoch(self, _: int) -> Dict[str, float]:
-        losses, tokens = [], 0
-        for rows in minibatches(self.rows, self.batch_size, self.rng):
-            batch = self._collate(rows)
-            losses.append(self.stepper.step(self.model(**batch).loss))
-            tokens += int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-        return {"sft/loss": float(np.mean(losses)), "sft/trained_tokens": float(tokens)}
+        epoch = teacher_forced_epoch(minibatches(self.rows, self.batch_size, self.rng), self._target_log_probs,
+                                     self.stepper.step)
+        return {"sft/loss": epoch.mean_loss, "sft/trained_tokens": float(epoch.n_tokens)}
 
     def train(self) -> List[Dict[str, float]]:
         """``num_epochs`` passes over the (packed) rows; per-epoch mean loss and trained tokens."""

@@ -1,17 +1,18 @@
-"""What the supervised RLHF stages share: JSON Lines records, seeded minibatches and the gradient step."""
+"""What the supervised RLHF stages share: JSON Lines records, seeded minibatches (those of the
+``supervised`` algorithm, :func:`rl4lms.algorithms.teacher_forcing.minibatches`) and the gradient step."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Sequence, TypeVar, Union
+from typing import Any, Callable, Dict, List, Sequence, Union
 
-import numpy as np
 import torch
 from torch import nn
 
 from rl4lms.algorithms.gradient_step import check_finite, clipped_step
+from rl4lms.algorithms.teacher_forcing import minibatches
 from rl4lms.data_pools.sources import read_jsonl
 
-T = TypeVar("T")
+__all__ = ["read_records", "minibatches", "GradientStepper", "run_epochs"]
 
 
 def read_records(path: Union[str, Path], required: Sequence[str], what: str) -> List[Dict[str, Any]]:
@@ -29,15 +30,15 @@ def read_records(path: Union[str, Path], required: Sequence[str], what: str) -> 
     return rows
 
 
-def minibatches(items: Sequence[T], batch_size: int, rng: np.random.Generator) -> Iterator[List[T]]:
-    """``items`` in a fresh random order, ``batch_size`` at a time."""
-    order = rng.permutation(len(items))
-    for start in range(0, len(items), batch_size):
-        yield [items[int(ix)] for ix in order[start:start + batch_size]]
-
-
 class GradientStepper:
-    """AdamW over the trainable parameters, with gradient clipping and a finite-loss check."""
+    """AdamW over the trainable parameters, with gradient clipping and a finite-loss check.
+
+    Args:
+        model: the model whose parameters with ``requires_grad`` are trained.
+        learning_rate: AdamW's learning rate.
+        max_grad_norm: gradient clipping.
+        name: the loss's statistic name, in the error of a non-finite loss.
+    """
 
     def __init__(self, model: nn.Module, learning_rate: float, max_grad_norm: float, name: str) -> None:
         if not learning_rate > 0 or not max_grad_norm > 0:
