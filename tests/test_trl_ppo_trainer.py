@@ -1,6 +1,8 @@
 """rl4lms.trl.PPOTrainer: TRL 0.11's classic trainer on the project's PPO core."""
 from __future__ import annotations
 
+import copy
+
 import json
 from pathlib import Path
 
@@ -30,8 +32,10 @@ ARRAY_KEYS = {"objective/kl_dist", "objective/logprobs", "objective/ref_logprobs
 
 @pytest.fixture()
 def tokenizer(tiny_tokenizer):
-    tiny_tokenizer.pad_token = tiny_tokenizer.eos_token
-    return tiny_tokenizer
+    """TRL's examples pad with EOS; a copy, so the session's tokenizer keeps its own pad token."""
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _model(**kwargs) -> AutoModelForCausalLMWithValueHead:

@@ -2,6 +2,8 @@
 compute_rewards, compute_advantages, loss, _step_safety_checker) and TRL's minibatch statistics."""
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -12,8 +14,10 @@ from rl4lms.trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
 @pytest.fixture()
 def tokenizer(tiny_tokenizer):
-    tiny_tokenizer.pad_token = tiny_tokenizer.eos_token
-    return tiny_tokenizer
+    """TRL's examples pad with EOS; a copy, so the session's tokenizer keeps its own pad token."""
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def _trainer(tokenizer, **config) -> PPOTrainer:

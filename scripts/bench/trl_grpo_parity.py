@@ -30,9 +30,10 @@ process of ``steps`` steps, and the script reports
    after sampling (rewards, advantages, loss, gradient, update) is compared on identical input. The
    table lists the statistics under TRL's names, the difference and the verdict, and the largest
    weight difference after the step next to the step's largest change;
-2. **timing** per step: the whole step and its parts, generation (``generate`` and, on this side,
-   the log-probs read from its logits), scoring (the reward function) and the rest (update: forward,
-   backward, optimizer step, and TRL's bookkeeping), in wall-clock and in CPU seconds. The first
+2. **timing** per step: the whole step and its parts, generation (``generate``; neither side computes
+   old log-probs for a one-step update: both take them from the update's forward), scoring (the reward
+   function) and the rest (update: forward, backward, optimizer step, and TRL's bookkeeping), in
+   wall-clock and in CPU seconds. The first
    step of each process (a warm-up, and TRL's replayed one) is left out of the medians; the ratio is
    the median of the per-round ``trl / ours`` ratios of the per-round medians;
 3. **reward curve**: the mean reward of each step of the first round, both sides (their first
