@@ -397,9 +397,6 @@ class LogitFreeEngine(HFGenerateEngine):
 
 def _train_once(tokenizer: Any, logit_free: bool, defer: bool = True, **kwargs: Any) -> Any:
     alg = make_alg(tokenizer, n_steps=8, **kwargs)
-    for module in alg.policy.model.modules():  # no dropout: the update's forward equals a rollout forward
-        if isinstance(module, torch.nn.Dropout):
-            module.p = 0.0
     if logit_free:
         alg.policy.engine = LogitFreeEngine(alg.policy)
     alg.collector.defer_log_probs = defer
@@ -453,6 +450,10 @@ def test_a_surely_one_step_update_does_not_ask_generate_for_logits(tiny_tokenize
     assert torch.allclose(deferred.rollout_buffer.data.log_probs, baseline.rollout_log_probs, atol=1e-5)
     assert deferred.train_stats["grpo/grad_norm"] == pytest.approx(baseline.train_stats["grpo/grad_norm"], rel=1e-5)
     assert not [name for name in deferred.rollout_stats if "engine" in name]
+    fresh = make_alg(tiny_tokenizer, n_steps=8, **settings)
+    _rollout(fresh)
+    with pytest.raises(RuntimeError, match="computed by the update's forward"):
+        fresh.rollout_buffer.log_probs  # SB3's per-token view before train()
     # EOS stopping could end every completion after one token: the budget may need more batches.
     assert not make_alg(tiny_tokenizer, n_steps=8, batch_size=8).update_is_one_step()
     assert not make_alg(tiny_tokenizer, n_steps=8, batch_size=4, terminate_on_eos=False).update_is_one_step()

@@ -192,7 +192,7 @@ class TextRolloutBuffer:
         random order, ``batch_size`` at a time (all at once without it), with RL4LMs' fields
         ``observations`` (the env's observation before the token), ``actions``, ``old_values``,
         ``old_log_prob``, ``advantages`` and ``returns``. Each call builds the observations anew."""
-        data = self._finalized()
+        data = self._with_log_probs()
         if self.observation_layout is None:
             raise RuntimeError("this rollout buffer has no observation layout; it cannot serve transitions")
         obs, actions, rows, cols = self.observation_layout.transitions(data.prompt_ids, data.prompt_mask,
@@ -212,8 +212,16 @@ class TextRolloutBuffer:
             raise RuntimeError("the rollout buffer holds no finished rollout")
         return self.data
 
-    def _token_values(self, name: str) -> np.ndarray:
+    def _with_log_probs(self) -> RolloutBatch:
+        """The finished rollout, whose old log-probs must be known (not left to the update)."""
         data = self._finalized()
+        if data.log_probs is None:
+            raise RuntimeError("this rollout's old log-probs are computed by the update's forward "
+                               "(RolloutCollector.defer_log_probs); read them after train()")
+        return data
+
+    def _token_values(self, name: str) -> np.ndarray:
+        data = self._with_log_probs()
         return getattr(data, name)[data.token_mask() > 0].detach().cpu().numpy()
 
     # Flat arrays of every generated token's rollout value, return, advantage and log-prob, as

@@ -188,8 +188,8 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
         super()._setup_model()
         config = self.policy.generation_config(max_new_tokens=self.text_env.max_episode_length)
         self.max_completion_length = int(config.max_new_tokens)
-        self.min_completion_length = self.max_completion_length if not self.text_env.terminate_on_eos \
-            else max(int(config.min_new_tokens or 0), 1)
+        self.min_completion_length = self.max_completion_length if not self.policy.terminate_on_eos \
+            else min(max(int(config.min_new_tokens or 0), 1), self.max_completion_length)
         self.collector.defer_log_probs = True
 
     def make_rollout_buffer(self) -> TextRolloutBuffer:
@@ -209,13 +209,12 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
         return super().collect_rollouts(*args, **kwargs)
 
     def update_is_one_step(self) -> bool:
-        """Whether the coming update is surely one optimizer step: one pass, no dynamic sampling, and
-        one generation batch both reaches the rollout's token budget (each completion has at least
-        ``min_completion_length`` tokens) and fits one gradient accumulation. Its forward then gives
-        the old log-probs, and the rollout need not compute them."""
+        """Whether the coming update is surely one optimizer step: no dynamic sampling, and one
+        generation batch both reaches the rollout's token budget (each completion has at least
+        ``min_completion_length`` tokens) and, over ``num_iterations`` passes, fits one gradient
+        accumulation. Its forward then gives the old log-probs, and the rollout need not compute them."""
         completions = self.n_generation_envs * self.num_generations
-        return (self.num_iterations == 1 and not self.dynamic_sampling
-                and completions * self.min_completion_length >= self.tokens_per_rollout
+        return (not self.dynamic_sampling and completions * self.min_completion_length >= self.tokens_per_rollout
                 and self.optimizer_steps_per_update(math.ceil(completions / self.batch_size)) == 1)
 
     def rollout_needs_more(self, buffer: TextRolloutBuffer, target_tokens: int) -> bool:
@@ -340,9 +339,10 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
         return total, stats, batch
 
     def optimizer_steps_per_update(self, n_minibatches: int) -> int:
-        """How many optimizer steps an update over ``n_minibatches`` minibatches takes."""
+        """How many optimizer steps an update over ``n_minibatches`` minibatches takes (with any
+        micro-steps still accumulating from before it)."""
         accumulation = 1 if self.accelerator is None else self.accelerator.gradient_accumulation_steps
-        return math.ceil(self.num_iterations * n_minibatches / accumulation)
+        return math.ceil((self._pending_micro_steps + self.num_iterations * n_minibatches) / accumulation)
 
     def train(self) -> None:
         """``num_iterations`` passes of minibatch updates over the buffered rollout."""
@@ -377,12 +377,11 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
 
     @torch.no_grad()
     def fill_rollout_log_probs(self) -> None:
-        """The old log-probs the rollout left out, from a forward over its episodes (``batch_size`` at
-        a time, in evaluation mode as a rollout's forward)."""
+        """The old log-probs the rollout left out, from a forward without gradient over its episodes
+        (``batch_size`` at a time)."""
         buffer = self.rollout_buffer
         data = buffer.data
         assert data is not None
-        self.policy.set_training_mode(False)
         rows = torch.arange(len(data), device=data.prompt_ids.device)
         completed = []
         for index in rows.split(self.batch_size):
