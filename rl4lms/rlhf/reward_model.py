@@ -16,10 +16,11 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForSequenceClassification
 
+from rl4lms.algorithms.teacher_forcing import minibatches
 from rl4lms.models.classifier import load_classifier_tokenizer
 from rl4lms.models.loading import default_device, load_model
 from rl4lms.models.lora import add_lora_adapters, save_model
-from rl4lms.rlhf.supervised_stage import GradientStepper, minibatches, read_records, run_epochs
+from rl4lms.rlhf.supervised_stage import GradientStepper, read_records, run_epochs
 
 
 @dataclass(frozen=True)

@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from rl4lms.algorithms.teacher_forcing import IGNORE_INDEX, next_token_log_probs, teacher_forced_epoch
+from rl4lms.algorithms.teacher_forcing import IGNORE_INDEX, minibatches, next_token_log_probs, teacher_forced_epoch
 from rl4lms.models.loading import default_device, load_model, load_tokenizer
 from rl4lms.models.lora import add_lora_adapters, save_model
-from rl4lms.rlhf.supervised_stage import GradientStepper, minibatches, read_records, run_epochs
+from rl4lms.rlhf.supervised_stage import GradientStepper, read_records, run_epochs
 
 logger = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
-"""What the supervised RLHF stages share: JSON Lines records, seeded minibatches (those of the
-``supervised`` algorithm, :func:`rl4lms.algorithms.teacher_forcing.minibatches`) and the gradient step."""
+"""What the supervised RLHF stages share: JSON Lines records and the gradient step (their seeded
+minibatches are :func:`rl4lms.algorithms.teacher_forcing.minibatches`, the ``supervised`` algorithm's)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,10 +9,7 @@ import torch
 from torch import nn
 
 from rl4lms.algorithms.gradient_step import check_finite, clipped_step
-from rl4lms.algorithms.teacher_forcing import minibatches
 from rl4lms.data_pools.sources import read_jsonl
-
-__all__ = ["read_records", "minibatches", "GradientStepper", "run_epochs"]
 
 
 def read_records(path: Union[str, Path], required: Sequence[str], what: str) -> List[Dict[str, Any]]:
