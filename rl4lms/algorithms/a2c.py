@@ -35,8 +35,7 @@ class A2C(LMOnPolicyAlgorithm):
         self._update_learning_rate(self.policy.optimizer)
         data = self.rollout_buffer.data
         assert data is not None and data.advantages is not None and data.returns is not None
-        out = self.policy.evaluate_episodes(data.prompt_ids, data.prompt_mask, data.response_ids, data.response_mask,
-                                           data.action_masks)
+        out = self.batch_outputs(data)
         mask = data.token_mask()
         policy_loss = -masked_mean(data.advantages * out.log_probs, mask)
         value_loss = masked_mean((out.values - data.returns) ** 2, mask)

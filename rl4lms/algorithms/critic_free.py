@@ -305,8 +305,7 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
     def minibatch_loss(self, batch: RolloutBatch) -> Tuple[torch.Tensor, Dict[str, float], RolloutBatch]:
         """The loss of one minibatch, its statistics (TRL's names where TRL has them) and the batch
         with its old log-probs (this forward's own, detached, when the rollout left them out)."""
-        out = self.policy.evaluate_episodes(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
-                                           batch.response_mask, batch.action_masks)
+        out = self.batch_outputs(batch)
         if batch.log_probs is None:
             batch = with_trainer_log_probs(batch, out, self.policy.engine.importance_sampling_cap)
         mask = self.loss_mask(batch)
@@ -386,9 +385,8 @@ class CriticFreeAlgorithm(LMOnPolicyAlgorithm):
         completed = []
         for index in rows.split(self.batch_size):
             batch = data.select(index)
-            out = self.policy.evaluate_episodes(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
-                                               batch.response_mask, batch.action_masks)
-            completed.append((index, with_trainer_log_probs(batch, out, self.policy.engine.importance_sampling_cap)))
+            completed.append((index, with_trainer_log_probs(batch, self.batch_outputs(batch),
+                                                            self.policy.engine.importance_sampling_cap)))
         self.completed_rollout(completed)
 
     def completed_rollout(self, completed: List[Tuple[torch.Tensor, RolloutBatch]]) -> None:

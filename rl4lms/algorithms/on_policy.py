@@ -19,7 +19,7 @@ from rl4lms.algorithms.rollout import RolloutCollector, RolloutStats
 from rl4lms.data_pools.text_gen_pool import Sample
 from rl4lms.envs.text_gen_env import TextGenEnv
 from rl4lms.errors import DistributedSetupError
-from rl4lms.policies.base import LMActorCriticPolicy
+from rl4lms.policies.base import LMActorCriticPolicy, PolicyOutput
 
 if TYPE_CHECKING:  # accelerate and the sharding code are imported by the runs that use them (rl4lms.training)
     from accelerate import Accelerator
@@ -155,6 +155,12 @@ class LMOnPolicyAlgorithm(OnPolicyAlgorithm):
         """The few numbers shown on the progress bar after each iteration."""
         return {"reward": self.rollout_stats.get("rollout_info/ep_rew", float("nan")),
                 "kl": self.rollout_stats.get("rollout_info/kl_div_mean", float("nan"))}
+
+    def batch_outputs(self, batch: RolloutBatch) -> PolicyOutput:
+        """The policy's log-probs, entropy and values of ``batch``'s episodes (one batched forward, with
+        the action masks they were sampled under)."""
+        return self.policy.evaluate_episodes(batch.prompt_ids, batch.prompt_mask, batch.response_ids,
+                                             batch.response_mask, batch.action_masks)
 
     def objective_stats(self) -> Dict[str, float]:
         """TRL's ``objective/*``, ``ppo/*`` and ``tokens/*`` rollout statistics of the buffered rollout,

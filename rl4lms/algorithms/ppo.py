@@ -132,8 +132,7 @@ class PPO(LMOnPolicyAlgorithm):
     def minibatch_loss(self, batch: RolloutBatch) -> Tuple[torch.Tensor, PPOLoss, PolicyOutput, torch.Tensor]:
         """Total loss of one minibatch, its :class:`PPOLoss` and the new values/entropy. Past
         ``ratio_threshold`` the losses are multiplied by zero."""
-        out = self.policy.evaluate_episodes(batch.prompt_ids, batch.prompt_mask, batch.response_ids, batch.response_mask,
-                                           batch.action_masks)
+        out = self.batch_outputs(batch)
         mask = batch.token_mask()
         assert batch.advantages is not None and batch.returns is not None
         losses = ppo_loss(out.log_probs, batch.log_probs, batch.advantages, out.values, batch.values, batch.returns,
