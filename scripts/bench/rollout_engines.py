@@ -17,9 +17,10 @@ length) and on (real length spread). The paths:
 
 Per path it times, taking turns with the other paths (one warm-up round, then ``--repeats`` rounds;
 medians): ``sample`` (the engine's generation alone), ``rollout`` (GRPO's rollout: sampling, the
-log-prob forward, rewards; ``--prompts / 4`` prompts x 4 completions; with vLLM, GRPO's one-step
-update computes the log-probs in its own forward, so its rollout has none), ``rollout_forward`` (the
-same rollout with the log-prob forward, as every rollout did before that change), ``grpo_iteration``
+log-prob forward, rewards; ``--prompts / 4`` prompts x 4 completions; GRPO's update here is one
+optimizer step, which computes the log-probs in its own forward, so neither engine's rollout has
+them), ``rollout_forward`` (the same rollout with the log-probs: from ``generate``'s logits, or vLLM's
+trainer forward, as every rollout did before that change), ``grpo_iteration``
 (rollout + one update pass over the 32 completions, beta 0) and ``ppo_iteration`` (rollout with value head and
 reference, one epoch; ``--no_ppo`` leaves it out). Tokens per second count the generated tokens.
 For the vLLM paths it also records the engine-trainer mismatch of the last GRPO rollout
@@ -208,9 +209,9 @@ def sample_once(alg: LMOnPolicyAlgorithm) -> int:
 
 
 def rollout_once(alg: LMOnPolicyAlgorithm, with_forward: bool = False) -> int:
-    """GRPO's rollout of one batch: sampling and rewards, and the log-prob forward unless the engine
-    computed the log-probs while sampling (``generate``) or GRPO's one-step update computes them in
-    its own forward (vLLM). ``with_forward``: the forward even then (the rollout before that change)."""
+    """GRPO's rollout of one batch: sampling and rewards, and the old log-probs unless GRPO's one-step
+    update computes them in its own forward. ``with_forward``: the log-probs even then, from
+    ``generate``'s logits or (vLLM) the trainer's forward (the rollout before that change)."""
     deferred = alg.collector.defer_log_probs
     alg.collector.defer_log_probs = deferred and not with_forward
     try:
