@@ -40,7 +40,7 @@ def test_base_yaml_is_valid_and_defaults_are_filled(config: Dict[str, Any]) -> N
     assert config == original
     # Given values survive.
     assert validated["alg"]["args"]["learning_rate"] == 0.0005
-    assert validated["env"]["n_envs"] == 16
+    assert validated["env"]["n_envs"] == 32
     assert validated["train_evaluation"]["metrics"] == [{"id": "increasing_numbers", "args": {"min_tokens": 10}}]
     # Defaults of the schema are filled in.
     assert validated["tokenizer"]["pad_token_as_eos_token"] is True  # RL4LMs' default

@@ -262,10 +262,12 @@ def apply_threads(args: argparse.Namespace) -> None:
 
 
 def machine_description(device: str) -> str:
-    """Processor, torch threads and version (and the GPU's name on ``cuda``)."""
+    """Processor, torch threads and version (and the GPU's name on ``cuda``, the preloaded libraries if any)."""
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     if device.startswith("cuda"):
         machine += f", {torch.cuda.get_device_name()}"
+    if os.environ.get("LD_PRELOAD"):
+        machine += f", LD_PRELOAD={os.environ['LD_PRELOAD']}"
     return machine
 
 
