@@ -1,6 +1,7 @@
 """Shared fixtures: offline hub, tiny-model cache and wandb dirs inside pytest's temp folders."""
 from __future__ import annotations
 
+import copy
 import os
 import stat
 from pathlib import Path
@@ -31,6 +32,15 @@ def tiny_tokenizer(isolated_home: Path):
     from rl4lms.models.loading import load_tokenizer
 
     return load_tokenizer("rl4lms/tiny-gpt2")
+
+
+@pytest.fixture()
+def eos_padded_tokenizer(tiny_tokenizer):
+    """The tiny tokenizer padding with EOS, as TRL's examples do; a copy, so the session's tokenizer
+    keeps its own pad token (T5 tests use it as the decoder start)."""
+    tokenizer = copy.deepcopy(tiny_tokenizer)
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 REPO = Path(__file__).resolve().parent.parent

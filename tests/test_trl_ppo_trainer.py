@@ -1,8 +1,6 @@
 """rl4lms.trl.PPOTrainer: TRL 0.11's classic trainer on the project's PPO core."""
 from __future__ import annotations
 
-import copy
-
 import json
 from pathlib import Path
 
@@ -31,11 +29,8 @@ ARRAY_KEYS = {"objective/kl_dist", "objective/logprobs", "objective/ref_logprobs
 
 
 @pytest.fixture()
-def tokenizer(tiny_tokenizer):
-    """TRL's examples pad with EOS; a copy, so the session's tokenizer keeps its own pad token."""
-    tokenizer = copy.deepcopy(tiny_tokenizer)
-    tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+def tokenizer(eos_padded_tokenizer):
+    return eos_padded_tokenizer
 
 
 def _model(**kwargs) -> AutoModelForCausalLMWithValueHead:

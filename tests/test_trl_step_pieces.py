@@ -2,8 +2,6 @@
 compute_rewards, compute_advantages, loss, _step_safety_checker) and TRL's minibatch statistics."""
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import pytest
 import torch
@@ -13,11 +11,8 @@ from rl4lms.trl import AutoModelForCausalLMWithValueHead, PPOConfig, PPOTrainer
 
 
 @pytest.fixture()
-def tokenizer(tiny_tokenizer):
-    """TRL's examples pad with EOS; a copy, so the session's tokenizer keeps its own pad token."""
-    tokenizer = copy.deepcopy(tiny_tokenizer)
-    tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+def tokenizer(eos_padded_tokenizer):
+    return eos_padded_tokenizer
 
 
 def _trainer(tokenizer, **config) -> PPOTrainer:
