@@ -5,7 +5,7 @@ import copy
 import os
 import stat
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Generator, Optional
 
 import pytest
 
@@ -139,8 +139,9 @@ def require_vllm() -> None:
     pytest.skip(f"needs vLLM: {INSTALL_HINT}")
 
 
-@pytest.hookimpl(trylast=True)  # after the fixtures: WordNet's copy goes to the test session's cache
-def pytest_runtest_setup(item: pytest.Item) -> None:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Generator[None, object, object]:
+    # Before the test's fixtures, which would load the missing model and fail:
     if item.get_closest_marker(REAL_MODEL_MARK) is not None:
         from rl4lms.models.gguf import packaged_gguf
         from rl4lms.errors import GGUFError
@@ -151,8 +152,10 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
             skip_unless_ci(f"needs the real model: {error}")
     if item.get_closest_marker(VLLM_MARK) is not None:
         require_vllm()
+    result = yield
+    # After them: WordNet's copy goes to the test session's cache.
     if item.get_closest_marker(WORDNET_MARK) is None:
-        return
+        return result
     from rl4lms.errors import WordNetMissingError
     from rl4lms.metrics.wordnet import load_wordnet
 
@@ -160,6 +163,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         load_wordnet()
     except WordNetMissingError as error:
         skip_unless_ci(f"needs WordNet for METEOR: {error}")
+    return result
 
 
 def fake_spice_home(folder: Path) -> Path:
