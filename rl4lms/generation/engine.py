@@ -69,6 +69,11 @@ class GenerationEngine(ABC):
         """Sample (or decode greedily) with ``config``'s settings; ``logits`` / ``hidden`` ask for the
         actor's step outputs, which an engine may not have (then None)."""
 
+    def refresh_weights(self) -> None:
+        """Bring the engine's copy of the actor's weights up to date (nothing for an engine that samples
+        with the actor itself); :meth:`generate` does it first, so calling it is only needed to time or
+        schedule the copy apart from sampling."""
+
     def close(self) -> None:
         """Release what the engine holds (nothing for the default engine)."""
 

@@ -223,8 +223,15 @@ class VLLMEngine(GenerationEngine):
             self._config_dir.cleanup()
             self._config_dir = None
 
+    def refresh_weights(self) -> None:
+        """Start the engine at the first call; load the actor's weights when they changed since the last load."""
+        if self.llm is None:
+            self._start()
+        if self._stepped or self._synced_version != weights_version(self.policy.model):
+            self.sync_weights()
+
     def sync_weights(self) -> None:
-        """Load the actor's current weights into the engine (in place) and empty its prefix cache."""
+        """Load the actor's current weights into the engine (in place)."""
         policy = self.policy
         with policy.generation_context():
             weights = engine_weights(policy.model, self.llm.model_config.dtype)
@@ -233,7 +240,6 @@ class VLLMEngine(GenerationEngine):
             worker.model_runner.reload_weights(weights_iterator=iter(weights))
 
         self.llm.collective_rpc(reload)
-        self.llm.reset_prefix_cache()
         self._synced_version = weights_version(policy.model)
         self._stepped = False
 
@@ -247,12 +253,8 @@ class VLLMEngine(GenerationEngine):
         from vllm.inputs import TokensPrompt
 
         kwargs = sampling_params_kwargs(config)
-        if self.llm is None:
-            self._start()
-        if self._stepped or self._synced_version != weights_version(self.policy.model):
-            self.sync_weights()
-        else:
-            self.llm.reset_prefix_cache()  # each batch is computed as if the engine were new
+        self.refresh_weights()
+        self.llm.reset_prefix_cache()  # each batch is computed as if the engine were new
         # One seed per request from torch's generator: the run's seed and a checkpoint fix them.
         seeds = torch.randint(SEED_LIMIT, (len(prompt_ids),)).tolist()
         prompts = [TokensPrompt(prompt_token_ids=row[mask.bool()].tolist())

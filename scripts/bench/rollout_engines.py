@@ -22,7 +22,9 @@ optimizer step, which computes the log-probs in its own forward, so neither engi
 them), ``rollout_forward`` (the same rollout with the log-probs: from ``generate``'s logits, or vLLM's
 trainer forward, as every rollout did before that change), ``grpo_iteration``
 (rollout + one update pass over the 32 completions, beta 0) and ``ppo_iteration`` (rollout with value head and
-reference, one epoch; ``--no_ppo`` leaves it out). Tokens per second count the generated tokens.
+reference, one epoch; ``--no_ppo`` leaves it out). An iteration ends with the engine's copy of the new
+weights (``weight_sync``, also reported alone; nothing for ``generate``), so the phases that follow time the
+engine alone. Tokens per second count the generated tokens.
 For the vLLM paths it also records the engine-trainer mismatch of the last GRPO rollout
 (``rollout_info/engine_*``) and, for ``vllm_bf16``, how far the trainer's bf16-autocast log-probs are
 from float32 on the same tokens.
@@ -120,10 +122,12 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - start
 
 
-def one_iteration(alg: LMOnPolicyAlgorithm) -> int:
-    """One trainer iteration; returns the tokens it generated."""
+def one_iteration(alg: LMOnPolicyAlgorithm, sync_seconds: List[float]) -> int:
+    """One trainer iteration and the engine's copy of the weights it changed (timed into ``sync_seconds``;
+    in training the next rollout makes that copy); returns the tokens it generated."""
     before = alg.num_timesteps
     alg.run_iteration()
+    sync_seconds.append(timed(alg.policy.engine.refresh_weights))
     return alg.num_timesteps - before
 
 
@@ -172,17 +176,20 @@ def bench(model: str, eos: bool, args: argparse.Namespace, folder: Path) -> Dict
     results: Dict[str, Dict[str, Any]] = {path: {} for path in args.paths}
     params = 0
     extra: Dict[str, Dict[str, float]] = {path: {} for path in args.paths}
+    weight_sync: Dict[str, Dict[str, float]] = {path: {} for path in args.paths}
     for kind in ("grpo",) if args.no_ppo else ("grpo", "ppo"):
         algs = {path: build(kind, path, work, args, eos) for path in args.paths}
         phases: Dict[str, Dict[str, Callable[[], int]]] = {}
+        syncs: Dict[str, List[float]] = {path: [] for path in algs}
         for path, alg in algs.items():
-            phases[path] = {f"{kind}_iteration": lambda alg=alg: one_iteration(alg)}
+            phases[path] = {f"{kind}_iteration": lambda alg=alg, path=path: one_iteration(alg, syncs[path])}
             if kind == "grpo":
                 phases[path] = {"sample": lambda alg=alg: sample_once(alg), "rollout": lambda alg=alg: rollout_once(alg),
                                 "rollout_forward": lambda alg=alg: rollout_once(alg, with_forward=True),
                                 **phases[path]}
         for path, measured in turns(phases, args.repeats).items():
             results[path].update(measured)
+            weight_sync[path][kind] = statistics.median(syncs[path][1:])  # the timed rounds, not the warm-up
         for path, alg in algs.items():
             params = sum(p.numel() for p in alg.policy.model.parameters())
             if kind == "grpo":
@@ -196,6 +203,7 @@ def bench(model: str, eos: bool, args: argparse.Namespace, folder: Path) -> Dict
     ratios = {path: {phase: base[phase]["seconds"] / r[phase]["seconds"] for phase in r}
               for path, r in results.items() if base is not None and path != "generate_fp32"}
     return {"model": model, "eos_stop": eos, "results": results, "speedup_over_generate_fp32": ratios,
+            "weight_sync_seconds": weight_sync,
             "mismatch": extra, "parameters": params}
 
 
@@ -226,12 +234,14 @@ def table(runs: List[Dict[str, Any]], paths: List[str]) -> str:
     phases = [phase for phase in ("sample", "rollout", "rollout_forward", "grpo_iteration", "ppo_iteration")
               if phase in timed_phases]
     head = "| model | EOS stop | path | " + " | ".join(f"{p} tok/s (s)" for p in phases) + \
-        " | speed-up " + " / ".join(phases) + " | engine |logp diff| mean / max, KL | bf16-fp32 |logp diff| mean |"
-    lines = [head, "|" + "---|" * (len(phases) + 6)]
+        " | weight sync (s) | speed-up " + " / ".join(phases) + \
+        " | engine |logp diff| mean / max, KL | bf16-fp32 |logp diff| mean |"
+    lines = [head, "|" + "---|" * (len(phases) + 7)]
     for run in runs:
         for path in paths:
             r = run["results"][path]
             cells = " | ".join(f"{r[p]['tokens_per_second']:.0f} ({r[p]['seconds']:.1f})" for p in phases)
+            cells += f" | {run['weight_sync_seconds'][path]['grpo']:.2f}"
             ratio = run["speedup_over_generate_fp32"].get(path)
             speed = " / ".join(f"{ratio[p]:.2f}x" for p in phases) if ratio else "1"
             m = run["mismatch"][path]
