@@ -261,13 +261,18 @@ def apply_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
+PRELOADED = os.environ.get("LD_PRELOAD")
+"""The libraries preloaded when this process started (vLLM's CPU platform later sets ``LD_PRELOAD`` for its own
+child processes)."""
+
+
 def machine_description(device: str) -> str:
     """Processor, torch threads and version (and the GPU's name on ``cuda``, the preloaded libraries if any)."""
     machine = f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}"
     if device.startswith("cuda"):
         machine += f", {torch.cuda.get_device_name()}"
-    if os.environ.get("LD_PRELOAD"):
-        machine += f", LD_PRELOAD={os.environ['LD_PRELOAD']}"
+    if PRELOADED:
+        machine += f", LD_PRELOAD={PRELOADED}"
     return machine
 
 
