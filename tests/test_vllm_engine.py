@@ -46,7 +46,7 @@ def test_engine_choice_and_options_are_checked(tiny_tokenizer) -> None:
         VLLMOptions.from_config({"importance_sampling_cap": 0.5})
 
 
-def test_refusals_name_the_reason(tiny_tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refusals_name_the_reason(tiny_tokenizer) -> None:
     from rl4lms.policies.maskable import MaskableCausalLMActorCriticPolicy
     from rl4lms.policies.seq2seq import Seq2SeqLMActorCriticPolicy
 
@@ -57,9 +57,6 @@ def test_refusals_name_the_reason(tiny_tokenizer, monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ValueError, match="per-step action masks \\(NLPO\\)"):
         MaskableCausalLMActorCriticPolicy(space, space, lambda _: 1e-3, "rl4lms/tiny-gpt2", tiny_tokenizer,
                                           generation_engine="vllm")
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ValueError, match="single-process training only"):
-        make_policy(tiny_tokenizer, "vllm")
 
 
 def test_sampling_settings_map_onto_vllm() -> None:
@@ -255,3 +252,28 @@ def test_killed_vllm_run_resumes_and_matches_uninterrupted_run(tmp_path: Path) -
     weights = "model/model.safetensors"
     assert (run / weights).read_bytes() == (tmp_path / "straight" / weights).read_bytes()
     assert json.loads((run / "run_complete.json").read_text())["iterations"] == 12
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+@pytest.mark.parametrize("sharding", ["ddp", "fsdp"])
+def test_each_process_of_a_two_process_run_samples_with_the_whole_current_weights(tmp_path: Path,
+                                                                                   sharding: str) -> None:
+    from test_distributed import _env, _jsonl, _summary, _train_command, _with_accelerator
+
+    config = write_small_config(tmp_path, n_iters=2, eval_every=2, save_every=2, base=GRPO_CONFIG,
+                                alg_args={"n_steps": 2})
+    config = _with_accelerator(config, "run.yml", **({"sharding": "fsdp"} if sharding == "fsdp" else {}))
+    result = subprocess.run(_train_command(config, tmp_path, "run"), env=_env(), capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr  # the engines shut down before the process group went down
+    distributed = _summary(tmp_path / "run")["distributed"]
+    assert distributed["sharding"] == sharding
+    checksums = distributed["trainable_weight_checksums"]
+    assert len(checksums) == 2 and checksums[0] == checksums[1]
+    rollouts = _jsonl(tmp_path / "run" / "rollout_info.jsonl")
+    assert [r["iteration"] for r in rollouts] == [1, 2]
+    # float32 in both engines: each process's largest trainer-vLLM log-prob difference (averaged over the
+    # processes) stays at rounding level only if every engine holds the actor's whole weights after the update.
+    assert all(r["rollout_info/engine_logprob_abs_diff_max"] < 1e-4 for r in rollouts)

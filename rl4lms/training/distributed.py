@@ -19,6 +19,7 @@ from accelerate.utils import DistributedDataParallelKwargs, str_to_bool
 from torch.distributed.tensor import DTensor
 
 from rl4lms.errors import DistributedSetupError
+from rl4lms.generation.engine import close_engines
 from rl4lms.policies.base import LMActorCriticPolicy
 
 logger = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ def share_main_failure(accelerator: Optional[Accelerator], failure: Optional[Bas
     shared = main_process_value(accelerator, shared)
     if shared is None:
         return
-    accelerator.end_training()  # gloo's threads left to interpreter shutdown can abort a process
+    end_process_group(accelerator)
     if failure is not None:
         raise failure
     shared.reported_by_main_process = True
@@ -140,3 +141,11 @@ class LauncherWatch:
 def any_launcher_gone(accelerator: Accelerator, watch: LauncherWatch) -> bool:
     """Whether any process of the run has lost its launcher (every process must call this)."""
     return any(gather_from_processes(accelerator, watch.gone()) or [watch.gone()])
+
+
+def end_process_group(accelerator: Accelerator) -> None:
+    """Take a multi-process run's process group down while the interpreter is whole (gloo's threads left
+    to interpreter shutdown can abort a process), the generation engines first. Every process calls it
+    together, after its last collective."""
+    close_engines()
+    accelerator.end_training()

@@ -18,8 +18,9 @@ from rl4lms.training.builders import RunComponents, build_components
 from rl4lms.training.checkpoint import (checkpoint_iteration, latest_checkpoint, load_checkpoint,
                                         newest_intact_checkpoint, process_random_state, prune_checkpoints,
                                         save_checkpoint, trainable_state)
-from rl4lms.training.distributed import (LauncherWatch, any_launcher_gone, check_launch, gather_from_processes,
-                                         main_process_value, make_accelerator, share_main_failure, weights_checksum)
+from rl4lms.training.distributed import (LauncherWatch, any_launcher_gone, check_launch, end_process_group,
+                                         gather_from_processes, main_process_value, make_accelerator,
+                                         share_main_failure, weights_checksum)
 from rl4lms.training.evaluation import evaluate_samples
 from rl4lms.training.run_lock import RunLock
 from rl4lms.training.sharding import ShardedPolicy, fsdp_settings, memory_footprint
@@ -153,6 +154,9 @@ class OnPolicyTrainer:
         assert self.parts is not None
         policy = self.parts.alg.policy
         with policy.generation_context():
+            # Every process together: an engine with its own copy of the weights (vLLM) starts and
+            # loads them in a collective when the run has several processes.
+            policy.engine.refresh_weights()
             if self.tracker is None:
                 return
             result = evaluate_samples(policy, self.parts.env, list(self.parts.pools[split]), self.parts.metrics,
@@ -243,7 +247,7 @@ class OnPolicyTrainer:
             # After the main process's writes, take the process group down while the interpreter is
             # whole: gloo's worker threads left to interpreter shutdown can abort a process.
             self.accelerator.wait_for_everyone()
-            self.accelerator.end_training()
+            end_process_group(self.accelerator)
         return summary
 
     def _stop_if_launcher_gone(self, done: int) -> None:
@@ -255,7 +259,7 @@ class OnPolicyTrainer:
         message = (f"the launcher of this {self.accelerator.num_processes}-process run is gone: stopped after "
                    f"iteration {done}; rerun the same command to continue from "
                    f"{newest.name if newest is not None else 'the first iteration'}")
-        self.accelerator.end_training()
+        end_process_group(self.accelerator)
         error = LauncherGoneError(message)
         error.reported_by_main_process = not self.is_main
         raise error
