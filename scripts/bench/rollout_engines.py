@@ -3,6 +3,7 @@
     python scripts/bench/rollout_engines.py [--models tiny <folder or model name> ...] [--prompts 32]
                                             [--new_tokens 128] [--eos off on] [--repeats 2] [--threads N]
                                             [--paths generate_fp32 vllm_bf16 vllm_fp32] [--no_ppo] [--quick]
+                                            [--device cpu|cuda]
 
 Needs vLLM (docs/vllm.md). Each model runs arithmetic prompts ("What is 23 + 58? Answer with just the
 number." through the tokenizer's chat template when it has one, else "23+58="), ``--prompts``
@@ -103,13 +104,13 @@ def build(kind: str, path: str, work: Dict[str, Any], args: argparse.Namespace, 
     if kind == "grpo":
         alg: LMOnPolicyAlgorithm = GRPO(CausalLMActorCriticPolicy, env, KLController(0.0), n_envs=args.prompts // GENERATIONS,
                                         n_steps=1, batch_size=args.prompts, num_generations=GENERATIONS, beta=0.0,
-                                        learning_rate=1e-6, seed=0, policy_kwargs=policy_kwargs, device="cpu")
+                                        learning_rate=1e-6, seed=0, policy_kwargs=policy_kwargs, device=args.device)
     else:
         alg = PPO(CausalLMActorCriticPolicy, env, KLController(0.01), n_envs=args.prompts, n_steps=1,
                   batch_size=args.prompts, n_epochs=1, learning_rate=1e-6, seed=0, policy_kwargs=policy_kwargs,
-                  device="cpu")
+                  device=args.device)
     if settings.get("dtype") == "bfloat16":
-        accelerator = make_accelerator({"mixed_precision": "bf16"}, "cpu")
+        accelerator = make_accelerator({"mixed_precision": "bf16"}, args.device)
         assert accelerator is not None
         alg.attach_accelerator(accelerator)
     alg.planned_iterations = 1000
@@ -210,7 +211,7 @@ def bench(model: str, eos: bool, args: argparse.Namespace, folder: Path) -> Dict
 def sample_once(alg: LMOnPolicyAlgorithm) -> int:
     """The engine's generation alone, for the GRPO batch's prompts."""
     policy = alg.policy
-    ids, mask, _ = encode_prompts(alg.text_env, alg.draw_prompts(), torch.device("cpu"))
+    ids, mask, _ = encode_prompts(alg.text_env, alg.draw_prompts(), alg.device)
     response, response_mask = policy.generate(ids, mask, policy.generation_config(
         max_new_tokens=alg.text_env.max_episode_length))
     return int(response_mask.sum())
@@ -267,6 +268,8 @@ def main() -> int:
     parser.add_argument("--kv_cache_gib", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=2, help="timed rounds (after a warm-up round)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="where the trainer runs (default: the GPU when there is one; vLLM follows its build)")
     parser.add_argument("--quick", action="store_true", help="tiny model, 8 x 16 tokens, EOS off, 1 round")
     parser.add_argument("--json", default="bench_rollout_engines.json")
     args = parser.parse_args()
@@ -279,7 +282,7 @@ def main() -> int:
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="rl4lms_engines_") as folder:
         runs = [bench(model, eos == "on", args, Path(folder)) for model in args.models for eos in args.eos]
-    machine = machine_description("cuda" if torch.cuda.is_available() else "cpu")
+    machine = machine_description(args.device)
     Path(args.json).write_text(json.dumps({"machine": machine, "settings": vars(args), "targets": TARGETS,
                                            "runs": runs}, indent=2))
     print(f"{args.prompts} completions x <= {args.new_tokens} new tokens; {machine}\n")
