@@ -84,7 +84,7 @@ _OPEN_ENGINES: "weakref.WeakSet[GenerationEngine]" = weakref.WeakSet()
 
 
 def track_open_engine(engine: GenerationEngine) -> None:
-    """Have :func:`close_engines` close ``engine`` (until it is closed or collected)."""
+    """Have :func:`close_engines` close ``engine`` (until it is collected; closing twice does nothing)."""
     _OPEN_ENGINES.add(engine)
 
 

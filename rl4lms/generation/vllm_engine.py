@@ -131,9 +131,11 @@ def preserved_process_state() -> Iterator[None]:
         torch.set_num_threads(threads)
 
 
-def processes() -> int:
-    """How many processes the launcher started (torchrun's and accelerate's ``WORLD_SIZE``)."""
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def process_group_position() -> Tuple[int, int]:
+    """This process's rank and the number of processes in torch's default process group ((0, 1) without one)."""
+    if not torch.distributed.is_initialized():
+        return 0, 1
+    return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 
 def engine_weights(model: torch.nn.Module, dtype: torch.dtype) -> List[Tuple[str, torch.Tensor]]:
@@ -217,7 +219,7 @@ class VLLMEngine(GenerationEngine):
             args["kv_cache_memory_bytes"] = int(options.kv_cache_gib * 2 ** 30)
         if options.max_num_seqs is not None:
             args["max_num_seqs"] = options.max_num_seqs
-        if processes() > 1:  # one engine per process, in the process group the launcher set up
+        if process_group_position()[1] > 1:  # one engine per process, in the trainer's process group
             args["distributed_executor_backend"] = "external_launcher"
         with preserved_process_state():
             self.llm = LLM(**{**args, **options.engine_args})
@@ -272,7 +274,7 @@ class VLLMEngine(GenerationEngine):
         self.llm.reset_prefix_cache()  # each batch is computed as if the engine were new
         # One seed per request from torch's generator: the run's seed and a checkpoint fix them.
         # Every process draws the same numbers (one torch seed per run): its rank makes its seeds its own.
-        rank = int(os.environ.get("RANK", "0"))
+        rank = process_group_position()[0]
         seeds = [(seed + rank * RANK_SEED_STRIDE) % SEED_LIMIT
                  for seed in torch.randint(SEED_LIMIT, (len(prompt_ids),)).tolist()]
         prompts = [TokensPrompt(prompt_token_ids=row[mask.bool()].tolist())
